@@ -1,0 +1,28 @@
+"""cqrs_celery: replicate Django models from the service that owns them to read-only copies, over Celery."""
+
+from cqrs_celery.constants import SignalType
+from cqrs_celery.exceptions import (
+    ApplyError,
+    ConfigurationError,
+    CQRSError,
+    DataError,
+    EnvelopeError,
+    PublishError,
+    UnknownCQRSIdError,
+    UnsupportedVersionError,
+)
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'ApplyError',
+    'CQRSError',
+    'ConfigurationError',
+    'DataError',
+    'EnvelopeError',
+    'PublishError',
+    'SignalType',
+    'UnknownCQRSIdError',
+    'UnsupportedVersionError',
+    '__version__',
+]

@@ -1,0 +1,28 @@
+"""Django app config: every receiver and check is wired here, nothing at import time."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.core import checks
+from django.core.signals import setting_changed
+
+
+class CQRSCeleryConfig(AppConfig):
+    name = 'cqrs_celery'
+    verbose_name = 'CQRS (Celery)'
+    default_auto_field = 'django.db.models.BigAutoField'
+
+    def ready(self) -> None:
+        from celery.signals import celeryd_init, worker_init
+
+        from cqrs_celery import checks as cqrs_checks
+        from cqrs_celery.conf import reset_settings
+        from cqrs_celery.master import signals as master_signals
+        from cqrs_celery.replica import queues, tasks  # noqa: F401  (registers the Celery task)
+
+        setting_changed.connect(reset_settings, dispatch_uid='cqrs_celery.reset_settings')
+        master_signals.connect()
+        celeryd_init.connect(queues.on_celeryd_init, dispatch_uid='cqrs_celery.celeryd_init', weak=False)
+        worker_init.connect(queues.on_worker_init, dispatch_uid='cqrs_celery.worker_init', weak=False)
+        checks.register(cqrs_checks.check_settings, 'cqrs_celery')
+        checks.register(cqrs_checks.check_models, 'cqrs_celery', checks.Tags.models)

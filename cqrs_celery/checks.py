@@ -1,0 +1,112 @@
+"""Django system checks with stable ids (``cqrs_celery.E001``…); each hint says what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.core import checks
+from django.utils.module_loading import import_string
+
+from cqrs_celery import conf
+from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
+from cqrs_celery.serialization import field_for_key
+
+#: Every check id with a one-line summary; the docs list exactly these.
+CHECK_IDS = {
+    'cqrs_celery.E001': 'The CQRS setting is missing or is not a dict.',
+    'cqrs_celery.E002': "CQRS['app'] is not set.",
+    'cqrs_celery.E003': "CQRS['app'] cannot be imported or is not a Celery app.",
+    'cqrs_celery.E004': 'Unknown key in CQRS, CQRS[\'master\'] or CQRS[\'replica\'].',
+    'cqrs_celery.E005': 'A CQRS value has the wrong type.',
+    'cqrs_celery.E006': "Replica models are declared but CQRS['queue'] is not set.",
+    'cqrs_celery.E007': "CQRS['queue'] is not a valid queue name.",
+    'cqrs_celery.E008': 'correlation_function or meta_function cannot be imported or is not callable.',
+    'cqrs_celery.E009': 'Two models of one side share a CQRS_ID.',
+    'cqrs_celery.E010': 'CQRS_MAPPING names a field the replica model does not have.',
+    'cqrs_celery.E011': 'CQRS_FIELDS or CQRS_TRACKED_FIELDS names a field the master model does not have.',
+    'cqrs_celery.E012': 'CQRS_SERIALIZER cannot be imported.',
+}
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Problems with the ``CQRS`` setting itself."""
+    errors: list[checks.CheckMessage] = [
+        checks.Error(p.msg, hint=p.hint, id=p.id) for p in conf.validate(conf.raw_setting())
+    ]
+    raw = conf.raw_setting()
+    if ReplicaRegistry.ids() and not (isinstance(raw, Mapping) and raw.get('queue')):
+        errors.append(checks.Error(
+            f"Replica models ({', '.join(ReplicaRegistry.ids())}) are declared but CQRS['queue'] is not set.",
+            hint="Set CQRS['queue'] to a name unique to this replica service, e.g. 'billing_replica'.",
+            id='cqrs_celery.E006',
+        ))
+    return errors
+
+
+def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Problems with master and replica model declarations."""
+    errors: list[checks.CheckMessage] = []
+    for registry in (MasterRegistry, ReplicaRegistry):
+        for cqrs_id, models in registry.duplicates().items():
+            labels = ', '.join(_label(m) for m in models)
+            errors.append(checks.Error(
+                f'CQRS_ID {cqrs_id!r} is used by more than one {registry.side} model: {labels}.',
+                hint='Give each model its own CQRS_ID; a replica names the id of the master it copies.',
+                obj=models[-1], id='cqrs_celery.E009',
+            ))
+    for model in MasterRegistry.models():
+        errors.extend(_check_master(model))
+    for model in ReplicaRegistry.models():
+        errors.extend(_check_mapping(model))
+    return errors
+
+
+def _label(model: Any) -> str:
+    meta = getattr(model, '_meta', None)
+    return meta.label if meta is not None else f'{model.__module__}.{model.__qualname__}'
+
+
+def _check_master(model: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    names = {f.name for f in model._meta.concrete_fields}
+    for attr in ('CQRS_FIELDS', 'CQRS_TRACKED_FIELDS'):
+        value = getattr(model, attr)
+        if value in (None, '__all__'):
+            continue
+        for name in sorted(set(value) - names):
+            errors.append(checks.Error(
+                f'{model._meta.label}.{attr} names {name!r}, which is not a concrete field of the model.',
+                hint=f'Use field names of {model._meta.label}: {", ".join(sorted(names))}.',
+                obj=model, id='cqrs_celery.E011',
+            ))
+    if model.CQRS_SERIALIZER:
+        try:
+            import_string(model.CQRS_SERIALIZER)
+        except ImportError as exc:
+            errors.append(checks.Error(
+                f'{model._meta.label}.CQRS_SERIALIZER = {model.CQRS_SERIALIZER!r} cannot be imported: {exc}.',
+                hint='Give the dotted path of a serializer class, e.g. "app.serializers.BookSerializer".',
+                obj=model, id='cqrs_celery.E012',
+            ))
+    return errors
+
+
+def _check_mapping(model: Any) -> list[checks.CheckMessage]:
+    mapping = getattr(model, 'CQRS_MAPPING', None)
+    if not mapping or model.CQRS_CUSTOM_SERIALIZATION:
+        return []
+    errors: list[checks.CheckMessage] = []
+    for source, target in mapping.items():
+        if not isinstance(source, str) or not isinstance(target, str):
+            problem = f'maps {source!r} to {target!r}; both must be field names (strings)'
+        elif field_for_key(model, target) is None:
+            problem = f'maps {source!r} to {target!r}, which is not a field of the model'
+        else:
+            continue
+        errors.append(checks.Error(
+            f'{model._meta.label}.CQRS_MAPPING {problem}.',
+            hint='Write CQRS_MAPPING = {"master_field": "replica_field", ...} with fields of this model.',
+            obj=model, id='cqrs_celery.E010',
+        ))
+    return errors

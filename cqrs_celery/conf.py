@@ -1,0 +1,237 @@
+"""The ``CQRS`` setting, read once into a frozen, typed object and rebuilt on ``setting_changed``.
+
+No other module reads ``django.conf.settings`` for CQRS values: they call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
+
+from cqrs_celery.exceptions import ConfigurationError
+
+#: Replica queue names: letters, digits and ``._-:``; they become broker names.
+QUEUE_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the ``CQRS`` setting, reported as a system check."""
+
+    id: str
+    msg: str
+    hint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterSettings:
+    """``CQRS['master']``: how the owning service publishes."""
+
+    #: Every ``save(update_fields=...)`` bumps the revision and publishes, even when only
+    #: fields that are not replicated changed.
+    auto_update_fields: bool = False
+    #: Seconds an envelope stays valid; replicas drop expired envelopes unapplied. ``None``: forever.
+    message_ttl: int | None = None
+    #: Called with no arguments at publish time; its result travels as ``correlation_id``.
+    correlation_function: Callable[[], Any] | None = None
+    #: Called with the instance (keyword ``instance``); its dict is merged into the metadata.
+    meta_function: Callable[..., Mapping[str, Any]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaSettings:
+    """``CQRS['replica']``: how a replica service applies."""
+
+    #: Attempts after the first one before an envelope is given up.
+    max_retries: int = 30
+    #: Seconds before a retry.
+    retry_delay: float = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class CQRSSettings:
+    """The whole ``CQRS`` setting, typed, with every default in one place."""
+
+    app: Any = None
+    queue: str | None = None
+    master: MasterSettings = dataclasses.field(default_factory=MasterSettings)
+    replica: ReplicaSettings = dataclasses.field(default_factory=ReplicaSettings)
+
+    def celery_app(self) -> Any:
+        """The project's Celery app (``CQRS['app']`` resolved if it is a dotted path)."""
+        if self.app is None:
+            raise ConfigurationError(
+                "CQRS['app'] is not set: point it at your Celery app, e.g. 'proj.celery.app'."
+            )
+        if isinstance(self.app, str):
+            return _resolve_app(self.app)
+        return self.app
+
+
+# key -> (attribute, accepted types, converter or None)
+_MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
+    'CQRS_AUTO_UPDATE_FIELDS': ('auto_update_fields', (bool,)),
+    'CQRS_MESSAGE_TTL': ('message_ttl', (int, type(None))),
+    'correlation_function': ('correlation_function', (str, type(None))),
+    'meta_function': ('meta_function', (str, type(None))),
+}
+_REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
+    'CQRS_MAX_RETRIES': ('max_retries', (int,)),
+    'CQRS_RETRY_DELAY': ('retry_delay', (int, float)),
+}
+_TOP_KEYS = frozenset({'app', 'queue', 'master', 'replica'})
+_CALLABLE_KEYS = frozenset({'correlation_function', 'meta_function'})
+
+#: Every settings key, as ``section.key`` for nested ones; the docs list exactly these.
+ALL_KEYS = (
+    sorted(_TOP_KEYS)
+    + [f'master.{k}' for k in sorted(_MASTER_KEYS)]
+    + [f'replica.{k}' for k in sorted(_REPLICA_KEYS)]
+)
+
+
+def _resolve_app(path: str) -> Any:
+    try:
+        app = import_string(path)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"CQRS['app'] = {path!r} cannot be imported: {exc}. "
+            "Point it at your Celery app, e.g. 'proj.celery.app'."
+        ) from exc
+    if not hasattr(app, 'send_task') or not hasattr(app, 'conf'):
+        raise ConfigurationError(f"CQRS['app'] = {path!r} is not a Celery app ({type(app)!r}).")
+    return app
+
+
+def _resolve_callable(section: str, key: str, value: Any) -> Callable[..., Any] | None:
+    if value is None or callable(value):
+        return value
+    try:
+        func = import_string(value)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"CQRS['{section}']['{key}'] = {value!r} cannot be imported: {exc}."
+        ) from exc
+    if not callable(func):
+        raise ConfigurationError(f"CQRS['{section}']['{key}'] = {value!r} is not callable.")
+    return func
+
+
+def validate(raw: Any) -> list[Problem]:
+    """Every problem with a raw ``CQRS`` setting; an empty list means it is usable."""
+    if raw is None:
+        return [Problem('cqrs_celery.E001', 'The CQRS setting is missing.',
+                        "Add CQRS = {'app': 'proj.celery.app', ...} to your settings.")]
+    if not isinstance(raw, Mapping):
+        return [Problem('cqrs_celery.E001', f'The CQRS setting must be a dict, not {type(raw).__name__}.',
+                        "Write CQRS = {'app': 'proj.celery.app', ...}.")]
+    problems: list[Problem] = []
+    for key in sorted(set(raw) - _TOP_KEYS):
+        problems.append(Problem('cqrs_celery.E004', f'Unknown key CQRS[{key!r}].',
+                                f'Known keys: {", ".join(sorted(_TOP_KEYS))}.'))
+    if raw.get('app') is None:
+        problems.append(Problem('cqrs_celery.E002', "CQRS['app'] is not set.",
+                                "Point it at your Celery app: 'proj.celery.app' or the app object."))
+    elif isinstance(raw['app'], str):
+        try:
+            _resolve_app(raw['app'])
+        except ConfigurationError as exc:
+            problems.append(Problem('cqrs_celery.E003', str(exc),
+                                    'Use the dotted path of the Celery() instance in your celery.py.'))
+    elif not hasattr(raw['app'], 'send_task'):
+        problems.append(Problem('cqrs_celery.E003', f"CQRS['app'] is a {type(raw['app']).__name__}, "
+                                'not a Celery app.', 'Give the Celery() instance or its dotted path.'))
+    queue = raw.get('queue')
+    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME_RE.match(queue)):
+        problems.append(Problem('cqrs_celery.E007', f"CQRS['queue'] = {queue!r} is not a valid queue name.",
+                                'Use letters, digits and . _ - : (at most 200 characters), '
+                                'unique to this replica service.'))
+    for section, schema in (('master', _MASTER_KEYS), ('replica', _REPLICA_KEYS)):
+        problems.extend(_validate_section(section, raw.get(section), schema))
+    return problems
+
+
+def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str, tuple[type, ...]]]
+                      ) -> list[Problem]:
+    if values is None:
+        return []
+    if not isinstance(values, Mapping):
+        return [Problem('cqrs_celery.E005', f"CQRS['{section}'] must be a dict, not {type(values).__name__}.",
+                        f"Write CQRS['{section}'] = {{...}} or leave it out for the defaults.")]
+    problems = []
+    for key, value in values.items():
+        if key not in schema:
+            problems.append(Problem('cqrs_celery.E004', f"Unknown key CQRS['{section}'][{key!r}].",
+                                    f'Known keys: {", ".join(sorted(schema))}.'))
+            continue
+        types = schema[key][1]
+        if key in _CALLABLE_KEYS and callable(value):
+            continue
+        bad_bool = isinstance(value, bool) and bool not in types
+        if not isinstance(value, types) or bad_bool or _negative(value):
+            names = ' or '.join('None' if t is type(None) else t.__name__ for t in types)
+            problems.append(Problem('cqrs_celery.E005',
+                                    f"CQRS['{section}'][{key!r}] = {value!r} must be {names}"
+                                    f"{'' if bool in types or str in types else ' (not negative)'}.",
+                                    'Fix the value or remove the key to use the default.'))
+        elif key in _CALLABLE_KEYS and value is not None:
+            try:
+                _resolve_callable(section, key, value)
+            except ConfigurationError as exc:
+                problems.append(Problem('cqrs_celery.E008', str(exc),
+                                        'Give a callable or the dotted path of one.'))
+    return problems
+
+
+def _negative(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+
+
+def build(raw: Any) -> CQRSSettings:
+    """Turn a raw ``CQRS`` setting into :class:`CQRSSettings`; raise on the first problem."""
+    problems = [p for p in validate(raw) if p.id != 'cqrs_celery.E002'] if raw is not None else []
+    if problems:
+        first = problems[0]
+        raise ConfigurationError(f'{first.msg} {first.hint} ({first.id})')
+    raw = raw or {}
+    master_raw = raw.get('master') or {}
+    replica_raw = raw.get('replica') or {}
+    master_kwargs = {
+        _MASTER_KEYS[key][0]: (_resolve_callable('master', key, value) if key in _CALLABLE_KEYS else value)
+        for key, value in master_raw.items()
+    }
+    replica_kwargs = {_REPLICA_KEYS[key][0]: value for key, value in replica_raw.items()}
+    return CQRSSettings(
+        app=raw.get('app'),
+        queue=raw.get('queue'),
+        master=MasterSettings(**master_kwargs),
+        replica=ReplicaSettings(**replica_kwargs),
+    )
+
+
+_cached: CQRSSettings | None = None
+
+
+def get_settings() -> CQRSSettings:
+    """The current settings; built on first use and after every change of ``settings.CQRS``."""
+    global _cached
+    if _cached is None:
+        _cached = build(getattr(django_settings, 'CQRS', None))
+    return _cached
+
+
+def raw_setting() -> Any:
+    """The ``CQRS`` setting as the user wrote it (for system checks)."""
+    return getattr(django_settings, 'CQRS', None)
+
+
+def reset_settings(*, setting: str = 'CQRS', **kwargs: Any) -> None:
+    """``setting_changed`` receiver (wired in ``apps.py``): forget the cached settings."""
+    global _cached
+    if setting == 'CQRS':
+        _cached = None

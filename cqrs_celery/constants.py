@@ -1,0 +1,34 @@
+"""Names and values shared by the master and replica sides."""
+
+from __future__ import annotations
+
+import enum
+
+#: Name of the Celery task that carries every envelope.
+TASK_NAME = 'cqrs_celery.apply'
+
+#: Envelope schema version produced by this release.
+ENVELOPE_VERSION = 1
+
+#: Envelope schema versions this release can apply.
+SUPPORTED_ENVELOPE_VERSIONS = frozenset({1})
+
+#: Field added to every master and replica model: +1 per committed change.
+FIELD_REVISION = 'cqrs_revision'
+
+#: Field added to every master and replica model: time of the last change.
+FIELD_UPDATED = 'cqrs_updated'
+
+#: Only content type the replica task accepts.
+JSON_CONTENT_TYPE = 'application/json'
+
+
+class SignalType(str, enum.Enum):
+    """What happened to the master row an envelope describes."""
+
+    SAVE = 'SAVE'
+    DELETE = 'DELETE'
+    SYNC = 'SYNC'
+
+    def __str__(self) -> str:
+        return self.value

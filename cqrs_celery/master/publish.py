@@ -1,0 +1,142 @@
+"""Turn committed master changes into envelopes and hand them to Celery.
+
+Changes are collected per transaction and published from ``transaction.on_commit``: a rollback
+publishes nothing, and a row changed several times in one transaction is published once, with the
+state read back after commit (so a change undone by a rolled-back savepoint is never sent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import connections, models, transaction
+from django.utils import timezone
+
+from cqrs_celery.conf import get_settings
+from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
+from cqrs_celery.envelope import Envelope
+from cqrs_celery.models import MasterTombstone, tombstone_revision
+from cqrs_celery.producer import send
+from cqrs_celery.serialization import to_json
+
+logger = logging.getLogger(__name__)
+
+def build_envelope(instance: Any, signal_type: SignalType, using: str | None = None, *,
+                   queue: str | None = None, previous_data: dict[str, Any] | None = None,
+                   instance_data: dict[str, Any] | None = None) -> Envelope:
+    """The envelope describing ``instance`` (its current in-memory state unless data is given)."""
+    master = get_settings().master
+    ttl = master.message_ttl
+    correlation = master.correlation_function
+    data = instance.to_cqrs_dict(using=using, sync=signal_type == SignalType.SYNC) \
+        if instance_data is None else instance_data
+    return Envelope(
+        signal_type=signal_type,
+        cqrs_id=instance.CQRS_ID,
+        instance_pk=to_json(instance.pk),
+        instance_data=data,
+        previous_data=previous_data,
+        meta=to_json(instance.get_cqrs_meta(signal_type=signal_type)) or None,
+        correlation_id=None if correlation is None else _str_or_none(correlation()),
+        queue=queue,
+        expires=timezone.now() + datetime.timedelta(seconds=ttl) if ttl else None,
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclasses.dataclass
+class _Pending:
+    previous_data: dict[str, Any] | None = None
+    delete_envelope: Envelope | None = None
+
+
+class _Batch:
+    """Rows changed in one transaction on one database, published once after it commits."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.rows: dict[tuple[type[models.Model], Any], _Pending] = {}
+
+    def add(self, instance: Any, previous_data: dict[str, Any] | None,
+            delete_envelope: Envelope | None) -> None:
+        pending = self.rows.setdefault((type(instance), instance.pk), _Pending())
+        if previous_data:
+            merged = dict(previous_data)
+            merged.update(pending.previous_data or {})  # the earliest value of each field wins
+            pending.previous_data = merged
+        pending.delete_envelope = delete_envelope
+
+    def flush(self) -> None:
+        by_model: dict[type[models.Model], list[Any]] = {}
+        for model, pk in self.rows:
+            by_model.setdefault(model, []).append(pk)
+        for model, pks in by_model.items():
+            fresh = {obj.pk: obj for obj in model.relate_cqrs_serialization(  # type: ignore[attr-defined]
+                model._base_manager.using(self.using).filter(pk__in=pks))}
+            for pk in pks:
+                self._publish_one(model, pk, fresh.get(pk))
+
+    def _publish_one(self, model: Any, pk: Any, fresh: Any) -> None:
+        pending = self.rows[(model, pk)]
+        envelope = None
+        try:
+            if fresh is not None:
+                envelope = build_envelope(fresh, SignalType.SAVE, self.using, previous_data=pending.previous_data)
+            elif pending.delete_envelope is not None and self._delete_committed(pending.delete_envelope):
+                envelope = pending.delete_envelope
+            if envelope is not None:
+                send(envelope)
+        except Exception:
+            logger.exception('cqrs publish failed: cqrs_id=%s pk=%s revision=%s',
+                             model.CQRS_ID, pk, envelope.revision if envelope else None)
+
+    def _delete_committed(self, envelope: Envelope) -> bool:
+        stored = tombstone_revision(MasterTombstone, self.using, envelope.cqrs_id, envelope.instance_pk)
+        return stored == envelope.revision
+
+
+def _current_batch(using: str) -> _Batch:
+    connection = connections[using]
+    batch: _Batch | None = getattr(connection, '_cqrs_batch', None)
+    # A batch whose callback was discarded by a savepoint rollback is no longer valid.
+    if batch is None or not any(entry[1] == batch.flush for entry in connection.run_on_commit):
+        batch = _Batch(using)
+        connection._cqrs_batch = batch  # type: ignore[attr-defined]
+        # Publishing only after commit means replicas never see a change that was rolled back,
+        # and never receive a message before the row is visible to a reader of the master.
+        transaction.on_commit(batch.flush, using=using, robust=True)
+    return batch
+
+
+def schedule(instance: Any, signal_type: SignalType, using: str, *,
+             previous_data: dict[str, Any] | None = None, delete_envelope: Envelope | None = None) -> None:
+    """Publish ``instance`` after the current transaction commits (at once in autocommit)."""
+    if not instance.CQRS_PRODUCE:
+        return
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        batch = _Batch(using)
+        batch.add(instance, previous_data, delete_envelope)
+        batch.flush()
+        return
+    _current_batch(using).add(instance, previous_data, delete_envelope)
+
+
+def schedule_many(instances: Iterable[Any], signal_type: SignalType, using: str) -> None:
+    for instance in instances:
+        schedule(instance, signal_type, using)
+
+
+def delete_envelope(instance: Any, using: str, revision: int) -> Envelope:
+    """The DELETE envelope of ``instance``, carrying the revision of the deletion."""
+    pk_name = instance._meta.pk.name
+    data = {pk_name: to_json(instance.pk), FIELD_REVISION: revision, FIELD_UPDATED: to_json(timezone.now())}
+    data.update(to_json(instance.get_custom_cqrs_delete_data() or {}))
+    return build_envelope(instance, SignalType.DELETE, using, instance_data=data)

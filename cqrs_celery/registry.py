@@ -1,0 +1,58 @@
+"""CQRS_ID → model, one registry for each side, filled as model classes are prepared."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from cqrs_celery.exceptions import UnknownCQRSIdError
+
+
+class Registry:
+    """Models of one side (master or replica) by CQRS_ID; duplicates are kept for system checks."""
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self._models: dict[str, Any] = {}
+        self._all: defaultdict[str, list[Any]] = defaultdict(list)
+
+    def register(self, model: Any) -> None:
+        cqrs_id = model.CQRS_ID
+        known = self._all[cqrs_id]
+        # re-declaring the same class path (tests, reloads) replaces it rather than duplicating
+        known[:] = [m for m in known if _path(m) != _path(model)] + [model]
+        self._models[cqrs_id] = model
+
+    def get(self, cqrs_id: str) -> Any:
+        """The model registered for ``cqrs_id``.
+
+        Raises:
+            UnknownCQRSIdError: nothing is registered under that id on this side.
+        """
+        try:
+            return self._models[cqrs_id]
+        except KeyError:
+            raise UnknownCQRSIdError(
+                f'No {self.side} model has CQRS_ID {cqrs_id!r} in this service '
+                f'(known: {", ".join(sorted(self._models)) or "none"}).'
+            ) from None
+
+    def models(self) -> list[Any]:
+        return list(self._models.values())
+
+    def ids(self) -> list[str]:
+        return sorted(self._models)
+
+    def duplicates(self) -> dict[str, list[Any]]:
+        return {cqrs_id: list(models) for cqrs_id, models in self._all.items() if len(models) > 1}
+
+    def __contains__(self, cqrs_id: object) -> bool:
+        return cqrs_id in self._models
+
+
+def _path(model: Any) -> str:
+    return f'{model.__module__}.{model.__qualname__}'
+
+
+MasterRegistry = Registry('master')
+ReplicaRegistry = Registry('replica')

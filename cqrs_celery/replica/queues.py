@@ -1,0 +1,72 @@
+"""Worker set-up: the replica queue and its bindings, declared when ``celery worker`` starts.
+
+``celery -A proj worker -Q my_replica -c 2`` needs nothing else: when the worker initialises, the
+queue named by ``CQRS['queue']`` is added to the app's queues with a binding to each replicated
+model's exchange, and Celery declares it (again after every reconnection).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from cqrs_celery import topology
+from cqrs_celery.conf import get_settings
+from cqrs_celery.producer import transport_family
+from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
+
+logger = logging.getLogger(__name__)
+
+
+def replica_queue(app: Any) -> Queue | None:
+    """This service's replica queue with its bindings, or None if it replicates nothing."""
+    queue = get_settings().queue
+    if not queue or not ReplicaRegistry.ids():
+        return None
+    return topology.replica_queue(queue, ReplicaRegistry.ids(), transport_family(app))
+
+
+def master_exchanges(app: Any) -> list[Exchange]:
+    family = transport_family(app)
+    return [topology.broadcast_exchange(cqrs_id, family) for cqrs_id in MasterRegistry.ids()]
+
+
+def install(app: Any) -> Queue | None:
+    """Put the replica queue in ``app.amqp.queues``, replacing a same-named plain queue."""
+    queue = replica_queue(app)
+    if queue is None:
+        return None
+    queues = app.amqp.queues
+    queues[queue.name] = queue
+    if queue.name in queues.consume_from:
+        queues.consume_from[queue.name] = queue
+    logger.info('cqrs replica queue %s bound to %s', queue.name,
+                ', '.join(b.exchange.name for b in queue.bindings))
+    return queue
+
+
+def on_celeryd_init(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
+    """``celeryd_init`` receiver: runs before ``-Q`` is applied."""
+    install(instance.app)
+
+
+def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
+    """``worker_init`` receiver: after ``-Q``; makes sure the selected queue has its bindings."""
+    install(sender.app)
+
+
+def declare(app: Any) -> list[str]:
+    """Declare this service's exchanges and replica queue on the broker; returns what was declared."""
+    done = []
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for exchange in master_exchanges(app):
+            exchange(channel).declare()
+            done.append(f'exchange {exchange.name} ({exchange.type})')
+        queue = replica_queue(app)
+        if queue is not None:
+            queue(channel).declare()
+            done.append(f'queue {queue.name}')
+    return done

@@ -1,0 +1,124 @@
+"""Model instance ⇄ JSON-safe dict; every concrete Django field type round-trips exactly.
+
+Encoding is by value type, so nested values (a DRF serializer's output, metadata) follow the same
+rules: Decimal → string with every digit, date/time/datetime → ISO-8601 (offset and microseconds
+kept), timedelta → ISO-8601 duration, UUID → string, bytes → base64. Decoding is by the replica
+field's own ``to_python``, which parses exactly those forms.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.core.exceptions import FieldDoesNotExist, ValidationError
+from django.db import models
+from django.utils.duration import duration_iso_string
+
+from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED
+from cqrs_celery.exceptions import DataError
+
+
+def to_json(value: Any) -> Any:
+    """``value`` made JSON-safe without losing precision; containers are converted recursively."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return duration_iso_string(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode('ascii')
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, Iterable):
+        return [to_json(v) for v in value]
+    return str(value)
+
+
+def field_value(field: models.Field[Any, Any], instance: models.Model) -> Any:
+    """The JSON-safe value of one concrete field (a foreign key gives its target's key)."""
+    value = field.value_from_object(instance)
+    if isinstance(field, models.JSONField):
+        return value
+    return to_json(value)
+
+
+def concrete_fields(model: type[models.Model], names: Iterable[str] | None = None) -> list[Any]:
+    """Concrete local fields of ``model`` limited to ``names`` (all when None), in model order."""
+    wanted = None if names is None else set(names)
+    return [f for f in model._meta.concrete_fields if wanted is None or f.name in wanted]
+
+
+def instance_to_dict(instance: models.Model, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The row as a JSON-safe dict keyed by field name, with the revision fields always present."""
+    fields = concrete_fields(type(instance), names)
+    data = {f.name: field_value(f, instance) for f in fields}
+    pk = instance._meta.pk
+    assert pk is not None
+    data.setdefault(pk.name, field_value(pk, instance))
+    for name in (FIELD_REVISION, FIELD_UPDATED):
+        if name not in data:
+            data[name] = field_value(instance._meta.get_field(name), instance)  # type: ignore[arg-type]
+    return data
+
+
+def field_for_key(model: type[models.Model], key: str) -> Any | None:
+    """The concrete field of ``model`` named (or with attname) ``key``, or None."""
+    try:
+        field = model._meta.get_field(key)
+    except FieldDoesNotExist:
+        for f in model._meta.concrete_fields:
+            if f.attname == key:
+                return f
+        return None
+    return field if getattr(field, 'concrete', False) else None
+
+
+def from_json(model: type[models.Model], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` converted to Python values of ``model``'s fields, keyed by attname.
+
+    Keys that name no concrete field are dropped.
+
+    Raises:
+        DataError: a value does not fit its field; the message names field and value.
+    """
+    result: dict[str, Any] = {}
+    for key, value in data.items():
+        field = field_for_key(model, key)
+        if field is None:
+            continue
+        result[field.attname] = python_value(model, field, value)
+    return result
+
+
+def python_value(model: type[models.Model], field: Any, value: Any) -> Any:
+    """One JSON value converted by ``field.to_python``; ``DataError`` if it does not fit."""
+    if value is None:
+        return None
+    try:
+        if isinstance(field, models.JSONField):
+            return value
+        converted = field.to_python(value)
+    except (ValidationError, TypeError, ValueError, decimal.InvalidOperation) as exc:
+        raise DataError(
+            f'{model._meta.label}.{field.name}: value {value!r} does not fit a {field.get_internal_type()}'
+            f' ({_reason(exc)})'
+        ) from exc
+    if isinstance(field, models.BinaryField) and isinstance(converted, memoryview):
+        return bytes(converted)
+    return converted
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return '; '.join(str(m) for m in exc.messages)
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,84 @@
+"""Broker names and kombu entities: the only module that formats an exchange or queue name.
+
+* AMQP (RabbitMQ): a durable fanout exchange ``cqrs.<CQRS_ID>`` per model.
+* Redis, filesystem, memory (kombu's virtual transports): the same exchange name but of type
+  *direct*, routed by the binding table kombu keeps in the broker itself (Redis sets, files), so
+  each bound queue's list receives its own copy and nothing is lost while a replica is offline.
+  kombu's virtual fanout on Redis is PUB/SUB, which drops messages nobody is listening for.
+* Every replica queue is also bound to ``cqrs.direct`` with its own name as routing key: directed
+  syncs and retries travel that way, never back through the broadcast exchange.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from kombu import Exchange, Queue, binding
+
+#: Prefix of every broadcast exchange.
+EXCHANGE_PREFIX = 'cqrs.'
+
+#: The exchange that routes to one replica queue by name.
+DIRECT_EXCHANGE_NAME = 'cqrs.direct'
+
+#: AMQP delivery mode for messages that survive a broker restart.
+PERSISTENT = 2
+
+AMQP = 'amqp'
+VIRTUAL = 'virtual'
+
+
+def exchange_name(cqrs_id: str) -> str:
+    """Broadcast exchange for one CQRS_ID."""
+    return f'{EXCHANGE_PREFIX}{cqrs_id}'
+
+
+def broadcast_routing_key(cqrs_id: str) -> str:
+    """Routing key of broadcast messages (ignored by AMQP fanout, matched on virtual transports)."""
+    return cqrs_id
+
+
+def direct_routing_key(queue: str) -> str:
+    """Routing key that reaches exactly one replica queue through ``cqrs.direct``."""
+    return queue
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """Default dead-letter queue of a replica service."""
+    return f'dead_letter_{queue}'
+
+
+def transport_family(driver_type: str) -> str:
+    """``amqp`` for RabbitMQ drivers, ``virtual`` for kombu's emulated ones (redis, filesystem…)."""
+    return AMQP if driver_type in {'amqp', 'pyamqp', 'librabbitmq'} else VIRTUAL
+
+
+def broadcast_exchange_type(family: str) -> str:
+    return 'fanout' if family == AMQP else 'direct'
+
+
+def broadcast_exchange(cqrs_id: str, family: str) -> Exchange:
+    """The durable exchange every replica of ``cqrs_id`` is bound to."""
+    return Exchange(exchange_name(cqrs_id), type=broadcast_exchange_type(family), durable=True,
+                    delivery_mode=PERSISTENT)
+
+
+def direct_exchange() -> Exchange:
+    return Exchange(DIRECT_EXCHANGE_NAME, type='direct', durable=True, delivery_mode=PERSISTENT)
+
+
+def replica_queue(queue: str, cqrs_ids: Iterable[str], family: str) -> Queue:
+    """A replica service's durable queue, bound to ``cqrs.direct`` and to each model's exchange."""
+    bindings = [binding(broadcast_exchange(cqrs_id, family), routing_key=broadcast_routing_key(cqrs_id))
+                for cqrs_id in sorted(set(cqrs_ids))]
+    return Queue(queue, exchange=direct_exchange(), routing_key=direct_routing_key(queue),
+                 bindings=bindings, durable=True)
+
+
+def describe(queue: Queue) -> list[dict[str, Any]]:
+    """Every (exchange, type, routing key) a queue is bound to, for inspection commands."""
+    rows = [{'exchange': queue.exchange.name, 'type': queue.exchange.type, 'routing_key': queue.routing_key}]
+    rows += [{'exchange': b.exchange.name, 'type': b.exchange.type, 'routing_key': b.routing_key}
+             for b in sorted(queue.bindings, key=lambda b: b.exchange.name)]
+    return rows

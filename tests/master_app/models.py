@@ -1,0 +1,96 @@
+"""Master models of the test project: each exercises part of the master API."""
+
+import uuid
+
+from django.db import models
+
+from cqrs_celery.mixins import MasterMixin, RawMasterMixin
+
+
+class Author(MasterMixin):
+    CQRS_ID = 'author'
+    CQRS_TRACKED_FIELDS = ['name']
+
+    name = models.CharField(max_length=100)
+    email = models.EmailField(blank=True)
+
+    def get_cqrs_meta(self, **kwargs):
+        meta = super().get_cqrs_meta(**kwargs)
+        meta['tenant'] = 'acme'
+        return meta
+
+
+class Book(MasterMixin):
+    CQRS_ID = 'book'
+    CQRS_TRACKED_FIELDS = ['title', 'price']
+    CQRS_FIELDS = ['id', 'title', 'price', 'author', 'published']
+
+    title = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=12, decimal_places=4)
+    author = models.ForeignKey(Author, on_delete=models.CASCADE, related_name='books')
+    published = models.DateField(null=True, blank=True)
+    internal_note = models.TextField(blank=True)
+
+
+class Item(MasterMixin):
+    """Natural (explicit) primary key: rows are deleted and re-created under the same pk."""
+
+    CQRS_ID = 'item'
+
+    sku = models.CharField(max_length=40, primary_key=True)
+    name = models.CharField(max_length=100)
+    quantity = models.IntegerField(default=0)
+
+
+class Publisher(MasterMixin):
+    """Replicated only to services that ask for directed syncs."""
+
+    CQRS_ID = 'publisher'
+
+    name = models.CharField(max_length=100)
+
+
+class AllFields(MasterMixin):
+    """One field of each concrete Django type, for the round-trip table."""
+
+    CQRS_ID = 'all_fields'
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    big = models.BigIntegerField(null=True)
+    small = models.SmallIntegerField(null=True)
+    positive = models.PositiveIntegerField(null=True)
+    flag = models.BooleanField(null=True)
+    char = models.CharField(max_length=50, null=True)
+    text = models.TextField(null=True)
+    slug = models.SlugField(null=True)
+    email = models.EmailField(null=True)
+    url = models.URLField(null=True)
+    ip = models.GenericIPAddressField(null=True)
+    decimal = models.DecimalField(max_digits=30, decimal_places=15, null=True)
+    floating = models.FloatField(null=True)
+    day = models.DateField(null=True)
+    moment = models.DateTimeField(null=True)
+    clock = models.TimeField(null=True)
+    duration = models.DurationField(null=True)
+    token = models.UUIDField(null=True)
+    blob = models.BinaryField(null=True)
+    document = models.JSONField(null=True)
+    author = models.ForeignKey(Author, null=True, on_delete=models.SET_NULL)
+
+
+class SerializedBook(MasterMixin):
+    """Serialized by a DRF serializer (CQRS_SERIALIZER)."""
+
+    CQRS_ID = 'serialized_book'
+    CQRS_SERIALIZER = 'tests.master_app.serializers.SerializedBookSerializer'
+
+    title = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+
+
+class ManualNote(RawMasterMixin):
+    """RawMasterMixin: publishes only through cqrs_sync()."""
+
+    CQRS_ID = 'manual_note'
+
+    text = models.CharField(max_length=100)

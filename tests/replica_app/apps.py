@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class ReplicaAppConfig(AppConfig):
+    name = 'tests.replica_app'
+    default_auto_field = 'django.db.models.BigAutoField'
+
+    def ready(self):
+        from celery.signals import task_postrun
+
+        from tests.replica_app.observe import record_outcome
+
+        task_postrun.connect(record_outcome, weak=False, dispatch_uid='tests.record_outcome')

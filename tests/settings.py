@@ -1,0 +1,73 @@
+"""Settings of the test project: one settings module for the pytest process (master and reader of
+the replica databases) and for the replica worker processes the broker tests start.
+
+Environment:
+    CQRS_TEST_DATABASE   postgres | sqlite (default: postgres when 127.0.0.1:5432 answers)
+    CQRS_TEST_DEFAULT_DB name of the 'default' PostgreSQL database (replica workers use their own)
+    CQRS_TEST_QUEUE      this process's replica queue
+    CQRS_TEST_BROKER     broker URL of the Celery app (default: in-memory)
+"""
+
+import os
+import socket
+
+
+def _postgres_up() -> bool:
+    try:
+        with socket.create_connection(('127.0.0.1', 5432), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+SECRET_KEY = 'cqrs-celery-tests'
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = 'UTC'
+DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'
+
+INSTALLED_APPS = [
+    'django.contrib.contenttypes',
+    'django.contrib.auth',
+    'cqrs_celery',
+    'tests.master_app',
+    'tests.replica_app',
+]
+
+DATABASE_KIND = os.environ.get('CQRS_TEST_DATABASE') or ('postgres' if _postgres_up() else 'sqlite')
+
+
+def _database(name: str) -> dict:
+    if DATABASE_KIND == 'postgres':
+        return {
+            'ENGINE': 'django.db.backends.postgresql', 'NAME': name, 'USER': 'postgres',
+            'HOST': '127.0.0.1', 'PORT': 5432, 'TEST': {'NAME': name},
+        }
+    return {'ENGINE': 'django.db.backends.sqlite3', 'NAME': f'/tmp/{name}.sqlite3', 'TEST': {'NAME': f'/tmp/{name}.sqlite3'}}
+
+
+DATABASES = {
+    'default': _database(os.environ.get('CQRS_TEST_DEFAULT_DB', 'cqrs_test_master')),
+    'replica_a': _database('cqrs_test_replica_a'),
+    'replica_b': _database('cqrs_test_replica_b'),
+}
+if DATABASE_KIND == 'sqlite' and 'CQRS_TEST_DEFAULT_DB' not in os.environ:
+    DATABASES['default'] = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}
+
+CELERY_BROKER_URL = os.environ.get('CQRS_TEST_BROKER', 'memory://')
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+CQRS = {
+    'app': 'tests.celery_app.app',
+    'queue': os.environ.get('CQRS_TEST_QUEUE', 'replica_a'),
+    'master': {'meta_function': 'tests.master_app.meta.meta_function'},
+    'replica': {'CQRS_RETRY_DELAY': 0.2, 'CQRS_MAX_RETRIES': 5},
+}
+
+LOGGING = {
+    'version': 1,
+    'disable_existing_loggers': False,
+    'handlers': {'console': {'class': 'logging.StreamHandler'}},
+    'loggers': {'cqrs_celery': {'handlers': ['console'], 'level': os.environ.get('CQRS_TEST_LOGLEVEL', 'INFO')}},
+}
