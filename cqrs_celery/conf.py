@@ -16,7 +16,7 @@ from django.utils.module_loading import import_string
 from cqrs_celery.exceptions import ConfigurationError
 
 #: Replica queue names: letters, digits and ``._-:``; they become broker names.
-QUEUE_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$')
+QUEUE_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:-]{0,199}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,7 @@ def validate(raw: Any) -> list[Problem]:
         return [Problem('cqrs_celery.E001', f'The CQRS setting must be a dict, not {type(raw).__name__}.',
                         "Write CQRS = {'app': 'proj.celery.app', ...}.")]
     problems: list[Problem] = []
-    for key in sorted(set(raw) - _TOP_KEYS):
+    for key in sorted(set(raw) - _TOP_KEYS, key=repr):
         problems.append(Problem('cqrs_celery.E004', f'Unknown key CQRS[{key!r}].',
                                 f'Known keys: {", ".join(sorted(_TOP_KEYS))}.'))
     if raw.get('app') is None:
@@ -147,7 +147,7 @@ def validate(raw: Any) -> list[Problem]:
         problems.append(Problem('cqrs_celery.E003', f"CQRS['app'] is a {type(raw['app']).__name__}, "
                                 'not a Celery app.', 'Give the Celery() instance or its dotted path.'))
     queue = raw.get('queue')
-    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME_RE.match(queue)):
+    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME_RE.fullmatch(queue)):
         problems.append(Problem('cqrs_celery.E007', f"CQRS['queue'] = {queue!r} is not a valid queue name.",
                                 'Use letters, digits and . _ - : (at most 200 characters), '
                                 'unique to this replica service.'))

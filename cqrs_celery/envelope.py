@@ -99,7 +99,7 @@ def decode(raw: Any) -> Envelope:
     if missing:
         raise EnvelopeError(f'envelope lacks required keys: {", ".join(missing)}', raw)
     version = body['v']
-    if isinstance(version, bool) or version not in SUPPORTED_ENVELOPE_VERSIONS:
+    if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_ENVELOPE_VERSIONS:
         raise UnsupportedVersionError(
             f'envelope version {version!r} is not supported (this replica applies '
             f'{", ".join(map(str, sorted(SUPPORTED_ENVELOPE_VERSIONS)))}); upgrade cqrs_celery here',

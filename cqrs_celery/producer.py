@@ -41,6 +41,11 @@ def send(envelope: Envelope, *, route_to: str | None = None, countdown: float | 
     if _sender is not None:
         _sender(envelope)
         return
+    publish_to_broker(envelope, route_to=route_to, countdown=countdown)
+
+
+def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countdown: float | None = None) -> None:
+    """What ``send`` does when no test sender is installed: one message through the Celery app."""
     app = get_settings().celery_app()
     target = route_to or envelope.queue
     if target:

@@ -79,6 +79,11 @@ def field_for_key(model: type[models.Model], key: str) -> Any | None:
         for f in model._meta.concrete_fields:
             if f.attname == key:
                 return f
+        # A master foreign key travels under its name (``author``) with the target's key as value;
+        # a replica that keeps that id in a plain column named like the attname (``author_id``) gets it.
+        for f in model._meta.concrete_fields:
+            if f.name == f'{key}_id' and not f.is_relation:
+                return f
         return None
     return field if getattr(field, 'concrete', False) else None
 

@@ -70,15 +70,17 @@ def direct_exchange() -> Exchange:
 
 def replica_queue(queue: str, cqrs_ids: Iterable[str], family: str) -> Queue:
     """A replica service's durable queue, bound to ``cqrs.direct`` and to each model's exchange."""
-    bindings = [binding(broadcast_exchange(cqrs_id, family), routing_key=broadcast_routing_key(cqrs_id))
-                for cqrs_id in sorted(set(cqrs_ids))]
-    return Queue(queue, exchange=direct_exchange(), routing_key=direct_routing_key(queue),
-                 bindings=bindings, durable=True)
+    bindings = [binding(direct_exchange(), routing_key=direct_routing_key(queue))]
+    bindings += [binding(broadcast_exchange(cqrs_id, family), routing_key=broadcast_routing_key(cqrs_id))
+                 for cqrs_id in sorted(set(cqrs_ids))]
+    # kombu ignores ``exchange`` when ``bindings`` are given, so every route is a binding; the
+    # main exchange is set afterwards only so that Celery does not put its default one there.
+    entity = Queue(queue, bindings=bindings, durable=True)
+    entity.exchange, entity.routing_key = direct_exchange(), direct_routing_key(queue)
+    return entity
 
 
 def describe(queue: Queue) -> list[dict[str, Any]]:
     """Every (exchange, type, routing key) a queue is bound to, for inspection commands."""
-    rows = [{'exchange': queue.exchange.name, 'type': queue.exchange.type, 'routing_key': queue.routing_key}]
-    rows += [{'exchange': b.exchange.name, 'type': b.exchange.type, 'routing_key': b.routing_key}
-             for b in sorted(queue.bindings, key=lambda b: b.exchange.name)]
-    return rows
+    return [{'exchange': b.exchange.name, 'type': b.exchange.type, 'routing_key': b.routing_key}
+            for b in sorted(queue.bindings, key=lambda b: b.exchange.name)]

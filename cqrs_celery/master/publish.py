@@ -55,6 +55,8 @@ def _str_or_none(value: Any) -> str | None:
 class _Pending:
     previous_data: dict[str, Any] | None = None
     delete_envelope: Envelope | None = None
+    #: Lowest revision this transaction saved; a committed row below it kept none of our saves.
+    first_revision: int | None = None
 
 
 class _Batch:
@@ -66,7 +68,12 @@ class _Batch:
 
     def add(self, instance: Any, previous_data: dict[str, Any] | None,
             delete_envelope: Envelope | None) -> None:
-        pending = self.rows.setdefault((type(instance), instance.pk), _Pending())
+        # The same row may be saved through instances whose pk has another type ('7' and 7).
+        pk = instance._meta.pk.to_python(instance.pk)
+        pending = self.rows.setdefault((type(instance), pk), _Pending())
+        if delete_envelope is None and (pending.first_revision is None
+                                        or instance.cqrs_revision < pending.first_revision):
+            pending.first_revision = instance.cqrs_revision
         if previous_data:
             merged = dict(previous_data)
             merged.update(pending.previous_data or {})  # the earliest value of each field wins
@@ -88,7 +95,10 @@ class _Batch:
         envelope = None
         try:
             if fresh is not None:
-                envelope = build_envelope(fresh, SignalType.SAVE, self.using, previous_data=pending.previous_data)
+                # Saved only inside a rolled-back savepoint: the committed row is not our change.
+                if pending.first_revision is not None and fresh.cqrs_revision >= pending.first_revision:
+                    envelope = build_envelope(fresh, SignalType.SAVE, self.using,
+                                              previous_data=pending.previous_data)
             elif pending.delete_envelope is not None and self._delete_committed(pending.delete_envelope):
                 envelope = pending.delete_envelope
             if envelope is not None:

@@ -1,0 +1,185 @@
+"""Real services for the broker tests (tier iii): brokers, replica worker processes, polling.
+
+A missing service skips these tests on a laptop; with ``CQRS_REQUIRE_SERVICES=1`` (CI) it fails
+them instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from kombu import Connection
+
+ROOT = Path(__file__).resolve().parents[2]
+LOG_DIR = Path(os.environ.get('CQRS_TEST_LOG_DIR', '/tmp/cqrs_celery_test_logs'))
+
+BROKERS = {
+    'amqp': os.environ.get('CQRS_TEST_AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672//'),
+    # a database index of its own, flushed after every test
+    'redis': os.environ.get('CQRS_TEST_REDIS_URL', 'redis://127.0.0.1:6379/13'),
+}
+POSTGRES = ('127.0.0.1', 5432)
+
+
+def services_required() -> bool:
+    return os.environ.get('CQRS_REQUIRE_SERVICES', '').lower() in {'1', 'true', 'yes'}
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require(name: str, host: str, port: int) -> None:
+    """Skip (or, when services are required, fail) unless ``host:port`` answers."""
+    if _port_open(host, port):
+        return
+    message = f'{name} is not reachable on {host}:{port}'
+    if services_required():
+        pytest.fail(f'{message} and CQRS_REQUIRE_SERVICES is set', pytrace=False)
+    pytest.skip(message)
+
+
+def require_broker(kind: str) -> str:
+    url = BROKERS[kind]
+    parsed = urlparse(url)
+    require(kind, parsed.hostname or '127.0.0.1', parsed.port or (5672 if kind == 'amqp' else 6379))
+    return url
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.1,
+               message: str | Callable[[], str] = 'condition') -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            pytest.fail(f'timed out after {timeout}s waiting for: {text}', pytrace=False)
+        time.sleep(interval)
+
+
+def unique_queue(prefix: str) -> str:
+    return f'{prefix}_{uuid.uuid4().hex[:8]}'
+
+
+def service_env(broker_url: str, queue: str, database: str) -> dict[str, str]:
+    """Environment of one replica service of the test project."""
+    env = dict(os.environ)
+    env.update({
+        'DJANGO_SETTINGS_MODULE': 'tests.settings',
+        'PYTHONPATH': os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')]),
+        'CQRS_TEST_DATABASE': 'postgres',
+        'CQRS_TEST_DEFAULT_DB': database,
+        'CQRS_TEST_QUEUE': queue,
+        'CQRS_TEST_BROKER': broker_url,
+        'CELERY_SKIP_CHECKS': '',
+    })
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    """Run ``python -m django <args>`` as the service described by ``env``; returns its output."""
+    result = subprocess.run([sys.executable, '-m', 'django', *args], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f'django {" ".join(args)} failed:\n{result.stdout}\n{result.stderr}')
+    return result.stdout
+
+
+class ReplicaWorker:
+    """``celery -A tests.celery_app worker -Q <queue> -c 2`` as a real process."""
+
+    def __init__(self, broker_url: str, queue: str, database: str, concurrency: int = 2) -> None:
+        self.env = service_env(broker_url, queue, database)
+        self.queue = queue
+        self.concurrency = concurrency
+        self.process: subprocess.Popen[bytes] | None = None
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f'{queue}.log'
+
+    def start(self, timeout: float = 60) -> ReplicaWorker:
+        log = self.log_path.open('ab')
+        command = [sys.executable, '-m', 'celery', '-A', 'tests.celery_app', 'worker', '-Q', self.queue,
+                   '-c', str(self.concurrency), '--loglevel=INFO', '-n', f'{self.queue}@%h',
+                   '--without-mingle', '--without-gossip']
+        self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        wait_until(lambda: self._ready(offset), timeout=timeout,
+                   message=lambda: f'worker {self.queue} ready; log tail:\n{self.log_tail()}')
+        return self
+
+    def _ready(self, offset: int) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            pytest.fail(f'worker {self.queue} exited with {self.process.returncode}:\n{self.log_tail()}',
+                        pytrace=False)
+        return b' ready.' in self.log_path.read_bytes()[offset:]
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return '(no log)'
+        return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(30)
+
+
+def clean_broker(broker_url: str, queues: list[str], exchanges: list[str]) -> None:
+    """Delete the queues and exchanges a test used (Redis: flush the test's own database)."""
+    with Connection(broker_url, connect_timeout=5) as conn:
+        if conn.transport.driver_type == 'redis':
+            conn.default_channel.client.flushdb()
+            return
+        channel = conn.default_channel
+        for queue in queues:
+            channel.queue_delete(queue)
+        for exchange in exchanges:
+            channel.exchange_delete(exchange)
+
+
+def queue_depth(broker_url: str, queue: str) -> int:
+    """Messages ready in ``queue`` (0 when it does not exist)."""
+    with Connection(broker_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        try:
+            if conn.transport.driver_type == 'redis':
+                return int(channel.client.llen(queue))
+            return int(channel.queue_declare(queue, passive=True).message_count)
+        except Exception:
+            return 0
+        finally:
+            channel.close()

@@ -1,0 +1,184 @@
+"""Replication through real brokers and real ``celery worker`` processes (tier iii).
+
+Each test runs on RabbitMQ and on Redis; replica services write to their own PostgreSQL databases.
+"""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+from django.db import transaction
+
+from cqrs_celery.producer import publish_to_broker, set_sender
+from tests.broker.compare import describe, in_step
+from tests.broker.harness import queue_depth, wait_until
+from tests.master_app.models import Author, Book, Item, Publisher
+from tests.replica_app.models import AppliedLog, ReplicaAuthor, ReplicaBook, ReplicaPublisher
+
+
+def applied(alias: str, **filters) -> int:
+    return AppliedLog.objects.using(alias).filter(**filters).count()
+
+
+def test_creates_updates_and_deletes_reach_two_replica_services_field_for_field(services, replica_db):
+    queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
+    services.worker(queue_a, replica_db('replica_a')).start()
+    services.worker(queue_b, replica_db('replica_b')).start()
+
+    ann = Author.objects.create(name='Ann', email='ann@example.com')
+    bob = Author.objects.create(name='Bob')
+    books = [Book.objects.create(title=f'Book {i}', price=Decimal(f'{i}.1234'), author=ann) for i in range(5)]
+    ann.name = 'Ann Smith'
+    ann.save()
+    with transaction.atomic():
+        books[0].title, books[0].price = 'Renamed', Decimal('99.9999')
+        books[0].save()
+    books[1].delete()
+    bob.delete()
+
+    for alias in ('replica_a', 'replica_b'):
+        wait_until(lambda alias=alias: in_step(alias, 'author', 'book'), timeout=60,
+                   message=lambda alias=alias: describe(alias, 'author', 'book'))
+        replica_ann = ReplicaAuthor.objects.using(alias).get(pk=ann.pk)
+        assert replica_ann.last_meta == {'origin': 'tests', 'model': 'author', 'tenant': 'acme'}
+        assert replica_ann.last_previous == {'name': 'Ann'}
+        renamed = ReplicaBook.objects.using(alias).get(pk=books[0].pk)
+        assert renamed.last_previous == {'title': 'Book 0', 'price': '0.1234'}
+        assert renamed.price == Decimal('99.9999')
+        assert not ReplicaAuthor.objects.using(alias).filter(pk=bob.pk).exists()
+
+
+def test_a_replica_that_is_down_gets_every_change_when_its_worker_starts(services, replica_db):
+    # replica A has run before and is stopped; replica B has never run, only its topology exists.
+    queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
+    worker_a = services.worker(queue_a, replica_db('replica_a')).start()
+    worker_a.stop()
+    output = services.declare_topology(queue_b, replica_db('replica_b'))
+    assert f'declared queue {queue_b}' in output
+
+    changes = 0
+    items = []
+    for i in range(400):
+        items.append(Item.objects.create(sku=f'sku-{i:04d}', name=f'item {i}', quantity=i))
+        changes += 1
+    for step in range(2):
+        for item in items[:250]:
+            item.quantity += 1
+            item.save()
+            changes += 1
+    for item in items[250:]:
+        item.delete()
+        changes += 1
+    assert changes >= 1000
+    assert Item.objects.count() == 250
+
+    services.worker(queue_a, replica_db('replica_a')).start()
+    services.worker(queue_b, replica_db('replica_b')).start()
+    for alias in ('replica_a', 'replica_b'):
+        wait_until(lambda alias=alias: in_step(alias, 'item'), timeout=180,
+                   message=lambda alias=alias: describe(alias, 'item'))
+
+
+def test_a_directed_sync_reaches_only_its_queue_and_only_direct_replicas_ignore_broadcast_syncs(
+        services, replica_db):
+    queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
+    services.worker(queue_a, replica_db('replica_a')).start()
+    services.worker(queue_b, replica_db('replica_b')).start()
+    publisher = Publisher.objects.create(name='Original')
+    author = Author.objects.create(name='Drifting')
+    for alias in ('replica_a', 'replica_b'):
+        wait_until(lambda alias=alias: in_step(alias, 'publisher', 'author'),
+                   message=lambda alias=alias: describe(alias, 'publisher', 'author'))
+
+    # The master changes without publishing (a raw UPDATE), so replicas drift until a sync.
+    Publisher.objects.filter(pk=publisher.pk).update(name='Synced')
+    Author.objects.filter(pk=author.pk).update(name='Synced author')
+
+    assert Publisher.objects.get(pk=publisher.pk).cqrs_sync(queue=queue_b)
+    assert Author.objects.get(pk=author.pk).cqrs_sync(queue=queue_b)
+    wait_until(lambda: in_step('replica_b', 'publisher', 'author'), message=lambda: describe('replica_b', 'publisher'))
+
+    # A broadcast SYNC goes to every replica; the CQRS_ONLY_DIRECT_SYNCS model ignores it.
+    assert Publisher.objects.get(pk=publisher.pk).cqrs_sync()
+    assert Author.objects.get(pk=author.pk).cqrs_sync()
+    for alias in ('replica_a', 'replica_b'):
+        wait_until(lambda alias=alias: applied(alias, cqrs_id='publisher', signal='SYNC', directed_to=None,
+                                               outcome='not_for_me') == 1,
+                   message=f'broadcast publisher SYNC ignored on {alias}')
+        wait_until(lambda alias=alias: applied(alias, cqrs_id='author', signal='SYNC', directed_to=None) == 1,
+                   message=f'broadcast author SYNC on {alias}')
+    assert ReplicaAuthor.objects.using('replica_a').get(pk=author.pk).name == 'Synced author'
+    assert ReplicaPublisher.objects.using('replica_a').get(pk=publisher.pk).name == 'Original'
+    assert ReplicaPublisher.objects.using('replica_b').get(pk=publisher.pk).name == 'Synced'
+    # The directed syncs were never routed to replica A's queue at all.
+    assert applied('replica_a', directed_to=queue_b) == 0
+    assert applied('replica_b', directed_to=queue_b, outcome='updated') == 2
+    assert queue_depth(services.broker_url, queue_a) == 0
+
+
+def test_replicas_converge_under_random_changes_duplicates_and_reordering(services, replica_db):
+    queue_a = services.queue('replica_a')
+    services.worker(queue_a, replica_db('replica_a')).start()
+    rng = random.Random(20261123)
+    sent = []
+    replays = []
+
+    def send_with_replays(envelope):
+        publish_to_broker(envelope)
+        sent.append(envelope)
+        if rng.random() < 0.2:
+            replays.append(envelope)
+
+    set_sender(send_with_replays)
+    skus = [f'conv-{i:02d}' for i in range(20)]
+    for sku in skus:
+        Item.objects.create(sku=sku, name=sku, quantity=0)
+    for _ in range(50):
+        for sku in skus:
+            item = Item.objects.filter(sku=sku).first()
+            action = rng.random()
+            if item is None:
+                Item.objects.create(sku=sku, name=f'{sku} again', quantity=rng.randint(0, 1000))
+            elif action < 0.15:
+                item.delete()
+            else:
+                item.quantity = rng.randint(0, 1000)
+                item.name = f'{sku} v{item.cqrs_revision + 1}'
+                item.save()
+    # Old envelopes delivered again, late and out of order.
+    rng.shuffle(replays)
+    for envelope in replays:
+        publish_to_broker(envelope)
+    set_sender(None)
+
+    total = len(sent) + len(replays)
+    wait_until(lambda: applied('replica_a') >= total, timeout=240,
+               message=lambda: f'{applied("replica_a")} of {total} envelopes handled')
+    assert in_step('replica_a', 'item'), describe('replica_a', 'item')
+    assert applied('replica_a', outcome__in=['stale', 'duplicate']) > 0
+
+
+def test_a_stale_save_after_a_delete_does_not_bring_the_row_back(services, replica_db):
+    queue_a = services.queue('replica_a')
+    services.worker(queue_a, replica_db('replica_a')).start()
+    captured = []
+
+    def capture_and_send(envelope):
+        captured.append(envelope)
+        publish_to_broker(envelope)
+
+    set_sender(capture_and_send)
+    item = Item.objects.create(sku='ghost', name='ghost', quantity=1)
+    item.quantity = 2
+    item.save()
+    item.delete()
+    set_sender(None)
+    wait_until(lambda: applied('replica_a', cqrs_id='item', signal='DELETE') == 1, message='DELETE applied')
+    stale_save = captured[1]
+    assert stale_save.signal_type.value == 'SAVE' and stale_save.revision == 1
+    publish_to_broker(stale_save)
+    wait_until(lambda: applied('replica_a', cqrs_id='item', signal='SAVE', outcome='stale') == 1,
+               message='stale SAVE skipped')
+    assert not Item.objects.exists()
+    assert in_step('replica_a', 'item'), describe('replica_a', 'item')

@@ -1,0 +1,332 @@
+"""System checks: each misconfiguration is reported under its own stable id with a hint, and bad model
+declarations fail when the class is defined, naming model and attribute (tier i)."""
+
+import inspect
+import re
+from io import StringIO
+
+import pytest
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import models
+from django.test import override_settings
+from django.test.utils import isolate_apps
+
+from cqrs_celery import checks as cqrs_checks
+from cqrs_celery import conf
+from cqrs_celery.checks import CHECK_IDS
+from cqrs_celery.mixins import MasterMixin, RawReplicaMixin, ReplicaMixin
+from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
+
+GOOD = {'app': 'tests.celery_app.app', 'queue': 'replica_a'}
+
+#: check id -> name of the test below that provokes it.
+PROVOKED: dict[str, str] = {}
+
+
+def provokes(check_id):
+    """Mark a test as the one that provokes ``check_id``."""
+
+    def mark(test):
+        PROVOKED[check_id] = test.__name__
+        return test
+
+    return mark
+
+
+def cqrs_errors():
+    """Every message the cqrs_celery checks report for the current settings and models."""
+    return [m for m in checks.run_checks(tags=['cqrs_celery']) if (m.id or '').startswith('cqrs_celery.')]
+
+
+def reported_ids():
+    return {m.id for m in cqrs_errors()}
+
+
+@pytest.fixture
+def registries():
+    """Throwaway models register themselves; put both registries back as they were afterwards."""
+    saved = [(r, dict(r._models), {k: list(v) for k, v in r._all.items()}) for r in (MasterRegistry, ReplicaRegistry)]
+    yield
+    for registry, by_id, every in saved:
+        registry._models.clear()
+        registry._models.update(by_id)
+        registry._all.clear()
+        registry._all.update(every)
+
+
+@pytest.fixture
+def throwaway_apps(registries):
+    """Models defined in the test go to an isolated app registry, not the project's."""
+    with isolate_apps('tests.master_app', 'tests.replica_app'):
+        yield
+
+
+# --- a clean configuration -------------------------------------------------------------------
+
+
+def test_the_test_project_passes_every_check():
+    out = StringIO()
+
+    call_command('check', stdout=out, stderr=out)
+
+    assert 'no issues' in out.getvalue()
+    assert 'cqrs_celery' not in out.getvalue()
+    assert cqrs_errors() == []
+
+
+def test_a_minimal_replica_configuration_passes():
+    with override_settings(CQRS=GOOD):
+        assert cqrs_errors() == []
+
+
+def test_the_check_command_fails_on_a_cqrs_error_and_shows_its_id():
+    with override_settings(CQRS={**GOOD, 'queue': 'not a queue'}):
+        with pytest.raises(SystemCheckError, match=r'cqrs_celery\.E007'):
+            call_command('check', stdout=StringIO(), stderr=StringIO())
+
+
+def test_every_reported_problem_is_an_error_with_a_hint():
+    with override_settings(CQRS={'queue': 'bad queue', 'extra': 1, 'master': {'meta_function': 'no.such.f'},
+                                 'replica': {'CQRS_MAX_RETRIES': 'x'}}):
+        errors = cqrs_errors()
+
+    assert {m.id for m in errors} >= {'cqrs_celery.E002', 'cqrs_celery.E004', 'cqrs_celery.E005',
+                                      'cqrs_celery.E007', 'cqrs_celery.E008'}
+    assert all(m.level == checks.ERROR for m in errors)
+    assert all(m.hint for m in errors)
+
+
+# --- one test per check id -------------------------------------------------------------------
+
+
+@provokes('cqrs_celery.E001')
+@pytest.mark.parametrize('raw', [None, ['app', 'tests.celery_app.app'], 'tests.celery_app.app'],
+                         ids=['missing', 'a-list', 'a-string'])
+def test_e001_the_cqrs_setting_is_missing_or_not_a_dict(raw):
+    with override_settings(CQRS=raw):
+        assert 'cqrs_celery.E001' in reported_ids()
+
+
+@provokes('cqrs_celery.E002')
+def test_e002_the_celery_app_is_not_set():
+    with override_settings(CQRS={'queue': 'replica_a'}):
+        assert reported_ids() == {'cqrs_celery.E002'}
+
+
+@provokes('cqrs_celery.E003')
+@pytest.mark.parametrize('app', ['tests.no_such_module.app', 'tests.settings.SECRET_KEY', 42],
+                         ids=['not-importable', 'not-a-celery-app', 'an-int'])
+def test_e003_the_celery_app_cannot_be_imported_or_is_not_a_celery_app(app):
+    with override_settings(CQRS={**GOOD, 'app': app}):
+        assert reported_ids() == {'cqrs_celery.E003'}
+
+
+@provokes('cqrs_celery.E004')
+@pytest.mark.parametrize('raw', [
+    {**GOOD, 'queues': ['replica_a']},
+    {**GOOD, 'master': {'CQRS_MESSAGE_TTLS': 60}},
+    {**GOOD, 'replica': {'CQRS_MAX_RETRY': 3}},
+], ids=['top-level', 'master', 'replica'])
+def test_e004_an_unknown_key(raw):
+    with override_settings(CQRS=raw):
+        assert reported_ids() == {'cqrs_celery.E004'}
+
+
+@provokes('cqrs_celery.E005')
+@pytest.mark.parametrize('raw', [
+    {**GOOD, 'master': ['CQRS_MESSAGE_TTL', 60]},
+    {**GOOD, 'master': {'CQRS_MESSAGE_TTL': '60'}},
+    {**GOOD, 'replica': {'CQRS_MAX_RETRIES': -1}},
+    {**GOOD, 'replica': {'CQRS_RETRY_DELAY': True}},
+], ids=['section-not-a-dict', 'ttl-a-string', 'retries-negative', 'delay-a-bool'])
+def test_e005_a_value_of_the_wrong_type(raw):
+    with override_settings(CQRS=raw):
+        assert reported_ids() == {'cqrs_celery.E005'}
+
+
+@provokes('cqrs_celery.E006')
+def test_e006_replica_models_without_a_queue():
+    assert ReplicaRegistry.ids(), 'the test project declares replica models'
+
+    with override_settings(CQRS={'app': 'tests.celery_app.app'}):
+        errors = cqrs_errors()
+
+    assert {m.id for m in errors} == {'cqrs_celery.E006'}
+    assert 'book' in errors[0].msg
+
+
+@provokes('cqrs_celery.E007')
+@pytest.mark.parametrize('queue', ['my queue', '', '-leading-dash', 'q' * 201, 'replica_a\n', 7],
+                         ids=['space', 'empty', 'leading-dash', 'too-long', 'trailing-newline', 'an-int'])
+def test_e007_an_invalid_queue_name(queue):
+    with override_settings(CQRS={**GOOD, 'queue': queue}):
+        ids = reported_ids()
+
+    # an empty name is also no queue at all for the replica models
+    assert ids - {'cqrs_celery.E006'} == {'cqrs_celery.E007'}
+
+
+@provokes('cqrs_celery.E008')
+@pytest.mark.parametrize(('key', 'path'), [
+    ('meta_function', 'tests.master_app.meta.no_such_function'),
+    ('correlation_function', 'tests.no_such_module.correlation'),
+    ('meta_function', 'tests.settings.SECRET_KEY'),
+], ids=['meta-not-importable', 'correlation-not-importable', 'meta-not-callable'])
+def test_e008_a_function_setting_cannot_be_imported_or_is_not_callable(key, path):
+    with override_settings(CQRS={**GOOD, 'master': {key: path}}):
+        errors = cqrs_errors()
+
+    assert {m.id for m in errors} == {'cqrs_celery.E008'}
+    assert key in errors[0].msg
+
+
+@provokes('cqrs_celery.E009')
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('side', ['master', 'replica'])
+def test_e009_two_models_of_one_side_share_a_cqrs_id(side):
+    if side == 'master':
+        class DuplicateBook(MasterMixin):
+            CQRS_ID = 'book'
+            title = models.CharField(max_length=10)
+
+            class Meta:
+                app_label = 'master_app'
+    else:
+        class DuplicateNoteSink(RawReplicaMixin):
+            CQRS_ID = 'manual_note'
+
+    errors = cqrs_errors()
+
+    assert {m.id for m in errors} == {'cqrs_celery.E009'}
+    assert ('book' if side == 'master' else 'manual_note') in errors[0].msg
+
+
+@provokes('cqrs_celery.E010')
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('mapping', [{'title': 'headline'}, {'title': 5}], ids=['unknown-field', 'not-a-string'])
+def test_e010_the_replica_mapping_names_a_field_the_model_does_not_have(mapping):
+    class MappedCopy(ReplicaMixin):
+        CQRS_ID = 'throwaway_mapped'
+        CQRS_MAPPING = mapping
+        id = models.BigIntegerField(primary_key=True)
+        title = models.CharField(max_length=10)
+
+        class Meta:
+            app_label = 'replica_app'
+
+    errors = cqrs_errors()
+
+    assert {m.id for m in errors} == {'cqrs_celery.E010'}
+    assert errors[0].obj is MappedCopy
+    assert 'replica_app.MappedCopy.CQRS_MAPPING' in errors[0].msg
+
+
+@provokes('cqrs_celery.E011')
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('attr', ['CQRS_FIELDS', 'CQRS_TRACKED_FIELDS'])
+def test_e011_the_master_names_a_field_it_does_not_have(attr):
+    FieldsOriginal = type('FieldsOriginal', (MasterMixin,), {
+        '__module__': __name__, 'CQRS_ID': 'throwaway_fields', attr: ['title', 'subtitle'],
+        'title': models.CharField(max_length=10), 'Meta': type('Meta', (), {'app_label': 'master_app'}),
+    })
+
+    errors = cqrs_errors()
+
+    assert {m.id for m in errors} == {'cqrs_celery.E011'}
+    assert errors[0].obj is FieldsOriginal
+    assert f'master_app.FieldsOriginal.{attr}' in errors[0].msg
+    assert 'subtitle' in errors[0].msg
+
+
+@provokes('cqrs_celery.E012')
+@pytest.mark.usefixtures('throwaway_apps')
+def test_e012_the_master_serializer_cannot_be_imported():
+    class SerializedOriginal(MasterMixin):
+        CQRS_ID = 'throwaway_serialized'
+        CQRS_SERIALIZER = 'tests.master_app.serializers.NoSuchSerializer'
+        title = models.CharField(max_length=10)
+
+        class Meta:
+            app_label = 'master_app'
+
+    errors = cqrs_errors()
+
+    assert {m.id for m in errors} == {'cqrs_celery.E012'}
+    assert errors[0].obj is SerializedOriginal
+    assert 'NoSuchSerializer' in errors[0].msg
+
+
+@pytest.mark.parametrize('check_id', sorted(CHECK_IDS))
+def test_every_check_id_is_provoked_by_a_test_in_this_file(check_id):
+    assert check_id in PROVOKED, f'write a test here that provokes {check_id}'
+
+
+def test_every_id_the_checks_can_report_is_listed_in_check_ids():
+    source = inspect.getsource(conf) + inspect.getsource(cqrs_checks)
+
+    assert set(re.findall(r'cqrs_celery\.[EW]\d{3}', source)) == set(CHECK_IDS)
+
+
+def test_the_throwaway_models_of_these_tests_are_gone_afterwards():
+    assert not [cqrs_id for cqrs_id in MasterRegistry.ids() + ReplicaRegistry.ids() if 'throwaway' in cqrs_id]
+    assert MasterRegistry.duplicates() == {}
+    assert ReplicaRegistry.duplicates() == {}
+
+
+# --- bad model declarations fail at class definition -----------------------------------------
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+def test_a_master_model_without_cqrs_id_fails_at_definition():
+    with pytest.raises(ImproperlyConfigured, match=r'master_app\.NoIdOriginal\.CQRS_ID'):
+        class NoIdOriginal(MasterMixin):
+            name = models.CharField(max_length=10)
+
+            class Meta:
+                app_label = 'master_app'
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('cqrs_id', [None, '', '   ', 5], ids=['missing', 'empty', 'blank', 'an-int'])
+def test_a_replica_model_without_a_usable_cqrs_id_fails_at_definition(cqrs_id):
+    attrs = {'__module__': __name__, 'id': models.BigIntegerField(primary_key=True),
+             'Meta': type('Meta', (), {'app_label': 'replica_app'})}
+    if cqrs_id is not None:
+        attrs['CQRS_ID'] = cqrs_id
+
+    with pytest.raises(ImproperlyConfigured, match=r'replica_app\.NoIdCopy\.CQRS_ID'):
+        type('NoIdCopy', (ReplicaMixin,), attrs)
+
+
+@pytest.mark.usefixtures('registries')
+def test_a_raw_replica_with_an_empty_cqrs_id_fails_at_definition():
+    with pytest.raises(ImproperlyConfigured, match=r'EmptyIdSink\.CQRS_ID'):
+        class EmptyIdSink(RawReplicaMixin):
+            CQRS_ID = ''
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('attr', ['CQRS_FIELDS', 'CQRS_TRACKED_FIELDS'])
+def test_master_fields_given_as_a_plain_string_fail_at_definition(attr):
+    attrs = {'__module__': __name__, 'CQRS_ID': 'throwaway_string_fields', attr: 'title',
+             'title': models.CharField(max_length=10), 'Meta': type('Meta', (), {'app_label': 'master_app'})}
+
+    with pytest.raises(ImproperlyConfigured, match=rf'master_app\.StringFieldsOriginal\.{attr}'):
+        type('StringFieldsOriginal', (MasterMixin,), attrs)
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('mapping', [['title'], 'title', (('title', 'title'),)], ids=['a-list', 'a-string', 'pairs'])
+def test_a_replica_mapping_that_is_not_a_dict_fails_at_definition(mapping):
+    with pytest.raises(ImproperlyConfigured, match=r'replica_app\.ListMappedCopy\.CQRS_MAPPING'):
+        class ListMappedCopy(ReplicaMixin):
+            CQRS_ID = 'throwaway_list_mapped'
+            CQRS_MAPPING = mapping
+            id = models.BigIntegerField(primary_key=True)
+            title = models.CharField(max_length=10)
+
+            class Meta:
+                app_label = 'replica_app'
