@@ -112,6 +112,7 @@ def python_value(model: type[models.Model], field: Any, value: Any) -> Any:
     try:
         if isinstance(field, models.JSONField):
             return value
+        _refuse_coercion(field, value)
         converted = field.to_python(value)
     except (ValidationError, TypeError, ValueError, decimal.InvalidOperation) as exc:
         raise DataError(
@@ -121,6 +122,17 @@ def python_value(model: type[models.Model], field: Any, value: Any) -> Any:
     if isinstance(field, models.BinaryField) and isinstance(converted, memoryview):
         return bytes(converted)
     return converted
+
+
+def _refuse_coercion(field: Any, value: Any) -> None:
+    """Raise for values ``to_python`` would silently turn into something else (str(dict), int(1.5))."""
+    target = field.target_field if field.is_relation else field
+    if isinstance(value, Mapping | list):
+        raise TypeError(f'a JSON {"object" if isinstance(value, Mapping) else "array"} is not a single value')
+    if isinstance(value, bool) and not isinstance(target, models.BooleanField):
+        raise TypeError('a boolean is not a value of this field')
+    if isinstance(value, float) and isinstance(target, models.IntegerField) and not value.is_integer():
+        raise ValueError('a fractional number is not an integer')
 
 
 def _reason(exc: Exception) -> str:

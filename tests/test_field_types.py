@@ -179,7 +179,7 @@ def test_a_row_with_every_field_none_arrives_equal(loopback):
 
 def test_the_foreign_key_travels_as_the_target_id(cqrs_captured):
     author = Author.objects.create(name='a')
-    row = AllFields.objects.create(author=author)
+    AllFields.objects.create(author=author)
 
     [envelope] = [e for e in cqrs_captured if e.cqrs_id == 'all_fields']
     assert envelope.instance_data['author'] == author.pk

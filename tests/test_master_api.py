@@ -283,6 +283,20 @@ def test_a_change_in_a_rolled_back_savepoint_is_not_published(cqrs_captured):
     assert not Author.objects.filter(pk=undone.pk).exists()
 
 
+def test_a_row_changed_only_in_a_rolled_back_savepoint_is_not_published(cqrs_captured):
+    untouched = make_author('untouched')
+    cqrs_captured.clear()
+
+    with transaction.atomic():
+        other = make_author('other')
+        with contextlib.suppress(Rollback), transaction.atomic():
+            untouched.name = 'renamed in the savepoint'
+            untouched.save()
+            raise Rollback
+
+    assert [e.instance_pk for e in cqrs_captured] == [other.pk]
+
+
 def test_a_rolled_back_savepoint_that_held_the_first_change_does_not_stop_later_ones(cqrs_captured):
     with transaction.atomic():
         with contextlib.suppress(Rollback), transaction.atomic():
@@ -710,20 +724,6 @@ def test_a_master_only_save_after_a_replicated_one_in_a_transaction_keeps_the_re
 
     [envelope] = of(cqrs_captured, Book)
     assert (envelope.instance_data['title'], envelope.revision) == ('new', 1)
-
-
-def test_a_row_changed_only_in_a_rolled_back_savepoint_is_not_published(cqrs_captured):
-    untouched = make_author('untouched')
-    cqrs_captured.clear()
-
-    with transaction.atomic():
-        other = make_author('other')
-        with contextlib.suppress(Rollback), transaction.atomic():
-            untouched.name = 'renamed in the savepoint'
-            untouched.save()
-            raise Rollback
-
-    assert [e.instance_pk for e in cqrs_captured] == [other.pk]
 
 
 # --- primary keys given in another type --------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu import pools
 from django.conf import settings as django_settings
 from django.test import override_settings
 
@@ -74,7 +75,8 @@ def master_app(broker_url: str) -> Iterator[Celery]:
     cqrs = dict(django_settings.CQRS, app=app)
     with override_settings(CQRS=cqrs):
         yield app
-    app.pool.force_close_all()
+    # Celery's pools are kombu's global ones, keyed by URL: close and forget them together.
+    pools.reset()
 
 
 @pytest.fixture
@@ -86,9 +88,6 @@ def services(broker_url: str, master_app: Celery) -> Iterator[Services]:
     finally:
         set_sender(previous)
         services.close()
-
-
-DB_OF = {'replica_a': 'cqrs_test_replica_a', 'replica_b': 'cqrs_test_replica_b'}
 
 
 def database_name(alias: str) -> str:
