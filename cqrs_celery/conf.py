@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
+from cqrs_celery import topology
 from cqrs_celery.exceptions import ConfigurationError
 
 #: Replica queue names: letters, digits and ``._-:``; they become broker names.
@@ -41,16 +42,43 @@ class MasterSettings:
     correlation_function: Callable[[], Any] | None = None
     #: Called with the instance (keyword ``instance``); its dict is merged into the metadata.
     meta_function: Callable[..., Mapping[str, Any]] | None = None
+    #: Write each event to the outbox table in the change's own transaction (nothing committed is
+    #: ever lost); off: publish after commit and only log a failed publish.
+    outbox: bool = True
+    #: Seconds a publish may take after commit (connect + confirm) before it is left to the relay.
+    publish_timeout: float = 2.0
+    #: Outbox rows the relay publishes per run.
+    outbox_relay_batch: int = 500
+    #: Seconds an outbox row must wait before the relay takes it (the committing process goes first).
+    outbox_relay_delay: float = 2.0
+    #: Seconds the master remembers the revision of a deleted pk (outlive the replicas' tombstones).
+    tombstone_retention: int = 90 * 24 * 3600
 
 
 @dataclasses.dataclass(frozen=True)
 class ReplicaSettings:
     """``CQRS['replica']``: how a replica service applies."""
 
-    #: Attempts after the first one before an envelope is given up.
+    #: Attempts after the first one before an envelope goes to the dead-letter queue.
     max_retries: int = 30
-    #: Seconds before a retry.
+    #: Seconds before the first retry.
     retry_delay: float = 2
+    #: Each retry waits this many times longer than the one before (1: constant delay).
+    retry_backoff: float = 2.0
+    #: Longest wait between retries, in seconds (kept below the Redis visibility timeout).
+    retry_backoff_max: float = 300
+    #: Randomise each delay between half and all of its value, so retries do not stampede.
+    retry_jitter: bool = True
+    #: Dead-letter queue of this service; ``None``: ``dead_letter_<queue>``.
+    dead_letter_queue: str | None = None
+    #: Seconds a dead letter is kept (RabbitMQ: x-message-ttl; other brokers: dropped by the purge
+    #: of expired dead letters); ``None``: forever.
+    dead_message_ttl: int | None = 864000
+    #: Redis only, when the Celery app sets none: seconds before a killed worker's unacknowledged
+    #: messages are delivered again.
+    visibility_timeout: int = 600
+    #: Seconds a replica remembers a deleted row's revision (late SAVEs older than that can resurrect).
+    tombstone_retention: int = 30 * 24 * 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,17 +100,36 @@ class CQRSSettings:
             return _resolve_app(self.app)
         return self.app
 
+    @property
+    def dead_letter_queue(self) -> str | None:
+        """This replica service's dead-letter queue name."""
+        if self.replica.dead_letter_queue:
+            return self.replica.dead_letter_queue
+        return topology.dead_letter_queue_name(self.queue) if self.queue else None
 
-# key -> (attribute, accepted types, converter or None)
+
+# key -> (attribute on the typed object, accepted types)
 _MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'CQRS_AUTO_UPDATE_FIELDS': ('auto_update_fields', (bool,)),
     'CQRS_MESSAGE_TTL': ('message_ttl', (int, type(None))),
     'correlation_function': ('correlation_function', (str, type(None))),
     'meta_function': ('meta_function', (str, type(None))),
+    'outbox': ('outbox', (bool,)),
+    'publish_timeout': ('publish_timeout', (int, float)),
+    'outbox_relay_batch': ('outbox_relay_batch', (int,)),
+    'outbox_relay_delay': ('outbox_relay_delay', (int, float)),
+    'tombstone_retention': ('tombstone_retention', (int,)),
 }
 _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'CQRS_MAX_RETRIES': ('max_retries', (int,)),
     'CQRS_RETRY_DELAY': ('retry_delay', (int, float)),
+    'retry_backoff': ('retry_backoff', (int, float)),
+    'retry_backoff_max': ('retry_backoff_max', (int, float)),
+    'retry_jitter': ('retry_jitter', (bool,)),
+    'dead_letter_queue': ('dead_letter_queue', (str, type(None))),
+    'dead_message_ttl': ('dead_message_ttl', (int, type(None))),
+    'visibility_timeout': ('visibility_timeout', (int,)),
+    'tombstone_retention': ('tombstone_retention', (int,)),
 }
 _TOP_KEYS = frozenset({'app', 'queue', 'master', 'replica'})
 _CALLABLE_KEYS = frozenset({'correlation_function', 'meta_function'})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -31,8 +32,14 @@ class _ReplicaOptions:
 
     @classmethod
     def get_cqrs_retry_delay(cls, current_retry: int) -> float:
-        """Seconds to wait before retry number ``current_retry + 1``."""
-        return get_settings().replica.retry_delay
+        """Seconds to wait before retry number ``current_retry + 1``.
+
+        ``CQRS_RETRY_DELAY × retry_backoff ** current_retry``, at most ``retry_backoff_max``, and
+        with ``retry_jitter`` a random value between half of that and all of it.
+        """
+        replica = get_settings().replica
+        delay = min(replica.retry_delay * replica.retry_backoff ** current_retry, replica.retry_backoff_max)
+        return random.uniform(delay / 2, delay) if replica.retry_jitter else delay
 
 
 class RawReplicaMixin(_ReplicaOptions):

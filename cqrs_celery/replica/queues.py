@@ -47,14 +47,56 @@ def install(app: Any) -> Queue | None:
     return queue
 
 
+def max_retry_delay(app: Any | None = None) -> float:
+    """Longest retry delay that is safe on this broker.
+
+    On Redis a delayed retry is held unacknowledged by the worker until it is due; if that took
+    longer than the visibility timeout, Redis would hand the message out again and the retry would
+    loop. Delays are therefore kept under half the visibility timeout.
+    """
+    app = app or get_settings().celery_app()
+    if _driver(app) != 'redis':
+        return float('inf')
+    options = app.conf.broker_transport_options or {}
+    return float(options.get('visibility_timeout', get_settings().replica.visibility_timeout)) / 2
+
+
+def _driver(app: Any) -> str:
+    with app.connection_for_write() as conn:
+        return str(conn.transport.driver_type)
+
+
+def configure_worker(app: Any) -> None:
+    """Worker settings the replica needs: Redis visibility timeout and the dead-letter consumer step."""
+    from cqrs_celery.replica.consumer import DeadLetterInvalidMessages
+
+    if replica_queue(app) is None:
+        return
+    if _driver(app) == 'redis':
+        options = dict(app.conf.broker_transport_options or {})
+        if 'visibility_timeout' not in options:
+            # kombu's default (1 hour) would keep a killed worker's messages away for that long.
+            options['visibility_timeout'] = get_settings().replica.visibility_timeout
+            app.conf.broker_transport_options = options
+            logger.info('cqrs set the Redis visibility_timeout to %ss', options['visibility_timeout'])
+    app.steps['consumer'].add(DeadLetterInvalidMessages)
+
+
 def on_celeryd_init(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
-    """``celeryd_init`` receiver: runs before ``-Q`` is applied."""
+    """``celeryd_init`` receiver: runs before ``-Q`` is applied and before any connection."""
+    configure_worker(instance.app)
     install(instance.app)
 
 
 def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
     """``worker_init`` receiver: after ``-Q``; makes sure the selected queue has its bindings."""
     install(sender.app)
+
+
+def dead_letter_queue(app: Any) -> Queue:
+    from cqrs_celery.replica.dead_letters import dead_letter_queue as build
+
+    return build(app)
 
 
 def declare(app: Any) -> list[str]:
@@ -69,4 +111,7 @@ def declare(app: Any) -> list[str]:
         if queue is not None:
             queue(channel).declare()
             done.append(f'queue {queue.name}')
+            dead = dead_letter_queue(app)
+            dead(channel).declare()
+            done.append(f'queue {dead.name} (dead letters)')
     return done

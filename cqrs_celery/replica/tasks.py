@@ -1,6 +1,9 @@
-"""The Celery task every envelope travels in: decode, apply, then ack or retry.
+"""The Celery task every envelope travels in: decode, apply, then ack, retry or dead-letter.
 
-The task is registered with ``shared_task`` so it binds to the project's own Celery app.
+The task is registered with ``shared_task`` so it binds to the project's own Celery app. It never
+raises: every failure ends as a retry (a new message to this service's queue only, the attempt
+count inside the envelope) or as a dead letter, and the message itself is acknowledged only after
+that, so a worker killed at any moment loses nothing (``acks_late`` + ``reject_on_worker_lost``).
 """
 
 from __future__ import annotations
@@ -17,58 +20,70 @@ from cqrs_celery.envelope import Envelope, decode
 from cqrs_celery.exceptions import DataError, EnvelopeError, UnknownCQRSIdError
 from cqrs_celery.producer import send
 from cqrs_celery.registry import ReplicaRegistry
+from cqrs_celery.replica import dead_letters
 from cqrs_celery.replica.apply import apply
+from cqrs_celery.replica.queues import max_retry_delay
 
 logger = logging.getLogger(__name__)
 
 
 class JSONOnlyRequest(Request):  # type: ignore[misc]
-    """Refuses any body that is not JSON before the task runs (pickle never reaches a replica)."""
+    """Refuses any body that is not JSON before the task runs: it goes to the dead-letter queue."""
 
     def execute_using_pool(self, pool: Any, **kwargs: Any) -> Any:
         if self.content_type != JSON_CONTENT_TYPE:
-            logger.error('cqrs refused a %s message (only %s is accepted): task_id=%s queue=%s',
-                         self.content_type, JSON_CONTENT_TYPE, self.id, get_settings().queue)
-            self.reject(requeue=False)
+            try:
+                dead_letters.send(dead_letters.record(
+                    error=f'content type {self.content_type!r} refused; only {JSON_CONTENT_TYPE} is accepted',
+                    reason='not json', attempts=0,
+                    raw=dead_letters.raw_form(self._message.body, self.content_type)))
+            except Exception:
+                logger.exception('cqrs could not dead-letter a %s message; rejecting it', self.content_type)
+                self.reject(requeue=False)
+                return None
+            self.acknowledge()
             return None
         return super().execute_using_pool(pool, **kwargs)
 
 
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
              Request=JSONOnlyRequest)
-def apply_envelope(self: Any, raw: Any) -> str:
+def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str:
     """Apply one envelope on this replica service; returns the outcome's name."""
     queue = get_settings().queue
+    if args or kwargs:
+        return _dead(None, EnvelopeError('the task takes exactly one argument, the envelope', raw),
+                     'bad input', raw=[raw, *args, kwargs])
     try:
         envelope = decode(raw)
     except EnvelopeError as exc:
-        logger.error('cqrs bad envelope, dropped: queue=%s reason=%s', queue, exc)
-        return 'invalid'
-    fields = envelope.log_fields()
+        return _dead(None, exc, 'bad input', raw=raw)
+    if envelope.is_expired():
+        return _dead(envelope, EnvelopeError(f'expired at {envelope.expires.isoformat()}'), 'expired')  # type: ignore[union-attr]
     try:
         result = apply(envelope, queue)
     except (UnknownCQRSIdError, DataError) as exc:
-        logger.error('cqrs envelope cannot be applied: cqrs_id=%s pk=%s revision=%s correlation_id=%s '
-                     'queue=%s reason=%s', *fields.values(), queue, exc)
-        return 'invalid'
+        return _dead(envelope, exc, 'bad input')
     except Exception as exc:
-        _retry(envelope, queue, exc)
-        return 'retrying'
+        return _retry(envelope, queue, exc)
     logger.debug('cqrs %s: cqrs_id=%s pk=%s revision=%s correlation_id=%s queue=%s',
-                 result.outcome.value, *fields.values(), queue)
+                 result.outcome.value, *envelope.log_fields().values(), queue)
     return result.outcome.value
 
 
-def _retry(envelope: Envelope, queue: str | None, exc: Exception) -> None:
+def _dead(envelope: Envelope | None, exc: BaseException, reason: str, raw: Any = None) -> str:
+    dead_letters.send(dead_letters.record(error=exc, reason=reason, attempts=envelope.retries if envelope else 0,
+                                          envelope=envelope, raw=raw))
+    return 'dead_lettered'
+
+
+def _retry(envelope: Envelope, queue: str | None, exc: Exception) -> str:
     """Send the envelope again to this service's queue only, with the attempt count in it."""
     model = ReplicaRegistry.get(envelope.cqrs_id)
-    fields = envelope.log_fields()
-    if queue and model.should_retry_cqrs(envelope.retries, exc):
-        delay = model.get_cqrs_retry_delay(envelope.retries)
-        logger.warning('cqrs apply failed, retry %s in %ss: cqrs_id=%s pk=%s revision=%s correlation_id=%s '
-                       'queue=%s error=%r', envelope.retries + 1, delay, *fields.values(), queue, exc)
-        send(envelope.replace(retries=envelope.retries + 1), route_to=queue, countdown=delay)
-        return
-    logger.error('cqrs apply failed, giving up after %s retries: cqrs_id=%s pk=%s revision=%s '
-                 'correlation_id=%s queue=%s error=%r', envelope.retries, *fields.values(), queue, exc,
-                 exc_info=exc)
+    if not queue or not model.should_retry_cqrs(envelope.retries, exc):
+        return _dead(envelope, exc, f'failed after {envelope.retries} retries')
+    delay = min(model.get_cqrs_retry_delay(envelope.retries), max_retry_delay())
+    logger.warning('cqrs apply failed, retry %s in %.1fs: cqrs_id=%s pk=%s revision=%s correlation_id=%s '
+                   'queue=%s error=%r', envelope.retries + 1, delay, *envelope.log_fields().values(), queue, exc)
+    send(envelope.replace(retries=envelope.retries + 1), route_to=queue, countdown=delay)
+    return 'retrying'
