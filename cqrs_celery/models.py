@@ -42,6 +42,23 @@ class ReplicaTombstone(_Tombstone):
         constraints = [models.UniqueConstraint(fields=['cqrs_id', 'pk_value'], name='cqrs_replica_tomb_uniq')]
 
 
+class OutboxEvent(models.Model):
+    """An event written in the same transaction as the change it describes, deleted once published."""
+
+    cqrs_id = models.CharField(max_length=200)
+    pk_value = models.CharField(max_length=255)
+    revision = models.BigIntegerField(null=True)
+    #: The envelope as JSON text, exactly as it will be published.
+    envelope = models.TextField()
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=['cqrs_id', 'pk_value'], name='cqrs_outbox_row')]
+
+    def __str__(self) -> str:
+        return f'{self.cqrs_id}:{self.pk_value}@{self.revision}'
+
+
 def record_tombstone(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any, revision: int) -> None:
     """Store ``revision`` for the pk unless a higher one is already there (caller holds the lock)."""
     key = pk_key(pk)

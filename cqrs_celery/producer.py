@@ -1,14 +1,24 @@
-"""Hand envelopes to the broker through the project's Celery app (pooled producers, JSON only)."""
+"""Hand envelopes to the broker through the project's Celery app (pooled producers, JSON only).
+
+Publishing uses a kombu producer pool of its own, built from the app's broker settings with a
+bounded connect timeout and, on RabbitMQ, publisher confirms: a publish returns only once the
+broker has stored the message. On Redis and the filesystem broker a broadcast publish first checks
+that at least one replica queue is bound (kombu would otherwise drop the message silently), so a
+publish that reached no queue fails and the outbox keeps the event.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from kombu import pools
+
 from cqrs_celery import topology
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope
+from cqrs_celery.exceptions import PublishError
 
 #: Replaced by ``cqrs_celery.testing`` to apply in-process or capture instead of using the broker.
 _sender: Callable[[Envelope], None] | None = None
@@ -33,11 +43,19 @@ def transport_family(app: Any) -> str:
     return _families[key]
 
 
-def send(envelope: Envelope, *, route_to: str | None = None, countdown: float | None = None) -> None:
-    """Publish one envelope: to every replica, or to one queue (a directed sync, or ``route_to``).
+def producer_pool(app: Any) -> Any:
+    """kombu's shared producer pool for publishing envelopes (one per broker URL and options)."""
+    timeout = get_settings().master.publish_timeout
+    options = dict(app.conf.broker_transport_options or {})
+    options.setdefault('max_retries', 1)
+    if transport_family(app) == topology.AMQP:
+        options['confirm_publish'] = True
+    connection = app.connection_for_write(connect_timeout=timeout, transport_options=options)
+    return pools.producers[connection]
 
-    Uses Celery's pooled producers; messages are persistent.
-    """
+
+def send(envelope: Envelope, *, route_to: str | None = None, countdown: float | None = None) -> None:
+    """Publish one envelope: to every replica, or to one queue (a directed sync, or ``route_to``)."""
     if _sender is not None:
         _sender(envelope)
         return
@@ -45,19 +63,42 @@ def send(envelope: Envelope, *, route_to: str | None = None, countdown: float | 
 
 
 def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countdown: float | None = None) -> None:
-    """What ``send`` does when no test sender is installed: one message through the Celery app."""
+    """What ``send`` does when no test sender is installed: one message through the Celery app.
+
+    Raises:
+        PublishError: the broker could not be reached in time, or (Redis, filesystem) no replica
+            queue is bound to the model's exchange.
+    """
     app = get_settings().celery_app()
+    family = transport_family(app)
+    timeout = get_settings().master.publish_timeout
     target = route_to or envelope.queue
     if target:
         exchange = topology.direct_exchange()
         routing_key = topology.direct_routing_key(target)
     else:
-        exchange = topology.broadcast_exchange(envelope.cqrs_id, transport_family(app))
+        exchange = topology.broadcast_exchange(envelope.cqrs_id, family)
         routing_key = topology.broadcast_routing_key(envelope.cqrs_id)
-    app.send_task(
-        TASK_NAME, args=[envelope.to_wire()], exchange=exchange.name, routing_key=routing_key,
-        exchange_type=exchange.type, declare=[exchange], serializer='json',
-        delivery_mode=topology.PERSISTENT, countdown=countdown, ignore_result=True,
-        retry=True, retry_policy={'max_retries': 3, 'interval_start': 0, 'interval_step': 0.5,
-                                  'interval_max': 2},
-    )
+    try:
+        with producer_pool(app).acquire(block=True, timeout=timeout) as producer:
+            if family == topology.VIRTUAL:
+                _require_bound_queue(producer.channel, exchange.name, routing_key)
+            app.send_task(
+                TASK_NAME, args=[envelope.to_wire()], exchange=exchange.name, routing_key=routing_key,
+                exchange_type=exchange.type, declare=[exchange], serializer='json', producer=producer,
+                delivery_mode=topology.PERSISTENT, countdown=countdown, ignore_result=True,
+                confirm_timeout=timeout, retry=True,
+                retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': timeout / 2,
+                              'interval_max': timeout / 2},
+            )
+    except PublishError:
+        raise
+    except Exception as exc:
+        raise PublishError(f'publishing {envelope.cqrs_id} pk={envelope.instance_pk!r} '
+                           f'revision={envelope.revision} failed: {exc!r}') from exc
+
+
+def _require_bound_queue(channel: Any, exchange: str, routing_key: str) -> None:
+    if not any(key == routing_key for key, _, _ in channel.get_table(exchange)):
+        raise PublishError(f'no replica queue is bound to {exchange} with routing key {routing_key!r}: '
+                           'the message would be dropped (start a replica worker or run cqrs_topology --declare)')

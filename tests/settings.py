@@ -4,6 +4,7 @@ the replica databases) and for the replica worker processes the broker tests sta
 Environment:
     CQRS_TEST_DATABASE   postgres | sqlite (default: postgres when 127.0.0.1:5432 answers)
     CQRS_TEST_DEFAULT_DB name of the 'default' PostgreSQL database (replica workers use their own)
+    CQRS_TEST_DB_PREFIX  prefix of the test database names (default cqrs_test_)
     CQRS_TEST_QUEUE      this process's replica queue
     CQRS_TEST_BROKER     broker URL of the Celery app (default: in-memory)
 """
@@ -46,10 +47,12 @@ def _database(name: str) -> dict:
     return {'ENGINE': 'django.db.backends.sqlite3', 'NAME': f'/tmp/{name}.sqlite3', 'TEST': {'NAME': f'/tmp/{name}.sqlite3'}}
 
 
+# CQRS_TEST_DB_PREFIX lets two test runs share one PostgreSQL server without colliding.
+_PREFIX = os.environ.get('CQRS_TEST_DB_PREFIX', 'cqrs_test_')
 DATABASES = {
-    'default': _database(os.environ.get('CQRS_TEST_DEFAULT_DB', 'cqrs_test_master')),
-    'replica_a': _database('cqrs_test_replica_a'),
-    'replica_b': _database('cqrs_test_replica_b'),
+    'default': _database(os.environ.get('CQRS_TEST_DEFAULT_DB', f'{_PREFIX}master')),
+    'replica_a': _database(f'{_PREFIX}replica_a'),
+    'replica_b': _database(f'{_PREFIX}replica_b'),
 }
 if DATABASE_KIND == 'sqlite' and 'CQRS_TEST_DEFAULT_DB' not in os.environ:
     DATABASES['default'] = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}

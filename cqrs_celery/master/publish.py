@@ -1,8 +1,12 @@
 """Turn committed master changes into envelopes and hand them to Celery.
 
 Changes are collected per transaction and published from ``transaction.on_commit``: a rollback
-publishes nothing, and a row changed several times in one transaction is published once, with the
-state read back after commit (so a change undone by a rolled-back savepoint is never sent).
+publishes nothing, and a row changed several times in one transaction is published once.
+
+With the outbox (``CQRS['master']['outbox']``, the default) each change also writes its envelope
+to the outbox table inside the transaction, one row per changed instance, rewritten by later
+changes; a rolled-back savepoint rolls the row back with the change. Without it, the state is read
+back after commit (so a change undone by a rolled-back savepoint is never sent).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from django.utils import timezone
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.envelope import Envelope
+from cqrs_celery.master import outbox
 from cqrs_celery.models import MasterTombstone, tombstone_revision
 from cqrs_celery.producer import send
 from cqrs_celery.serialization import to_json
 
 logger = logging.getLogger(__name__)
+
 
 def build_envelope(instance: Any, signal_type: SignalType, using: str | None = None, *,
                    queue: str | None = None, previous_data: dict[str, Any] | None = None,
@@ -57,6 +63,8 @@ class _Pending:
     delete_envelope: Envelope | None = None
     #: Lowest revision this transaction saved; a committed row below it kept none of our saves.
     first_revision: int | None = None
+    #: This row's event in the outbox table (outbox mode).
+    outbox_id: int | None = None
 
 
 class _Batch:
@@ -79,8 +87,20 @@ class _Batch:
             merged.update(pending.previous_data or {})  # the earliest value of each field wins
             pending.previous_data = merged
         pending.delete_envelope = delete_envelope
+        if get_settings().master.outbox:
+            envelope = delete_envelope or build_envelope(_stored(instance, self.using), SignalType.SAVE,
+                                                         self.using, previous_data=pending.previous_data)
+            pending.outbox_id = outbox.write(self.using, envelope, pending.outbox_id)
 
     def flush(self) -> None:
+        if get_settings().master.outbox:
+            ids = [p.outbox_id for p in self.rows.values() if p.outbox_id is not None]
+            try:
+                outbox.publish_committed(self.using, ids)
+            except Exception:
+                logger.exception('cqrs outbox publish failed after commit; the relay will publish %s events',
+                                 len(ids))
+            return
         by_model: dict[type[models.Model], list[Any]] = {}
         for model, pk in self.rows:
             by_model.setdefault(model, []).append(pk)
@@ -110,6 +130,12 @@ class _Batch:
     def _delete_committed(self, envelope: Envelope) -> bool:
         stored = tombstone_revision(MasterTombstone, self.using, envelope.cqrs_id, envelope.instance_pk)
         return stored == envelope.revision
+
+
+def _stored(instance: Any, using: str) -> Any:
+    """The row as the database holds it in this transaction (rounded decimals, ``F()`` results…)."""
+    model = type(instance)
+    return model.relate_cqrs_serialization(model._base_manager.using(using)).get(pk=instance.pk)
 
 
 def _current_batch(using: str) -> _Batch:
