@@ -15,6 +15,7 @@ class CQRSCeleryConfig(AppConfig):
     def ready(self) -> None:
         from celery.signals import celeryd_init, worker_init
 
+        from cqrs_celery import beat  # noqa: F401  (registers the periodic tasks)
         from cqrs_celery import checks as cqrs_checks
         from cqrs_celery.conf import reset_settings
         from cqrs_celery.master import signals as master_signals

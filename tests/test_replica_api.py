@@ -212,12 +212,12 @@ def test_cqrs_mapping_renames_master_fields():
         'Dune', decimal.Decimal('9.9900'), 3, '1965-08-01')
 
 
-def test_previous_data_is_passed_to_cqrs_update():
+def test_previous_data_is_passed_to_cqrs_update_renamed_by_the_mapping():
     apply(book_envelope(0))
     apply(book_envelope(1, title='Dune Messiah'))
 
     row = ReplicaBook.objects.get(pk=10)
-    assert (row.name, row.last_previous) == ('Dune Messiah', {'title': 'Old'})
+    assert (row.name, row.last_previous) == ('Dune Messiah', {'name': 'Old'})
 
 
 def author_envelope(signal, revision, meta=META, **data):

@@ -92,6 +92,14 @@ def mapped_data(model: Any, data: dict[str, Any]) -> dict[str, Any]:
     return from_json(model, data)
 
 
+def mapped_previous(model: Any, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``previous_data`` with keys renamed by ``CQRS_MAPPING`` (unmapped keys dropped); values stay JSON."""
+    mapping = model.CQRS_MAPPING
+    if previous is None or mapping is None or model.CQRS_CUSTOM_SERIALIZATION:
+        return previous
+    return {mapping[key]: value for key, value in previous.items() if key in mapping}
+
+
 def replica_pk(model: Any, data: dict[str, Any], fallback: Any = None) -> Any:
     """The replica primary key named by master ``data`` (through ``CQRS_MAPPING``), as a Python value."""
     pk_field = model._meta.pk
@@ -157,7 +165,7 @@ def _apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
         if deleted_at is not None:
             _forget_tombstone(using, envelope)
         created = model.cqrs_create(envelope.signal_type == SignalType.SYNC, mapped_data(model, data),
-                                    envelope.previous_data, **_meta_kwargs(model, envelope))
+                                    mapped_previous(model, envelope.previous_data), **_meta_kwargs(model, envelope))
         if not created:
             raise ApplyError(f'{model._meta.label}.cqrs_create returned {created!r}')
         return Result(Outcome.CREATED, created)
@@ -172,7 +180,7 @@ def _apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
     if revision > stored + 1:
         logger.info('cqrs revision gap: cqrs_id=%s pk=%s revision=%s correlation_id=%s stored=%s', *log, stored)
     updated = instance.cqrs_update(envelope.signal_type == SignalType.SYNC, mapped_data(model, data),
-                                   envelope.previous_data, **_meta_kwargs(model, envelope))
+                                   mapped_previous(model, envelope.previous_data), **_meta_kwargs(model, envelope))
     if not updated:
         raise ApplyError(f'{model._meta.label}.cqrs_update returned {updated!r}')
     return Result(Outcome.UPDATED, updated)

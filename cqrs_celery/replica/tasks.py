@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import shared_task
 from celery.worker.request import Request
+from django import db
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import JSON_CONTENT_TYPE, TASK_NAME
@@ -62,7 +63,8 @@ def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str
         return _dead(envelope, EnvelopeError(f'expired at {envelope.expires.isoformat()}'), 'expired')  # type: ignore[union-attr]
     try:
         result = apply(envelope, queue)
-    except (UnknownCQRSIdError, DataError) as exc:
+    except (UnknownCQRSIdError, DataError, db.DataError) as exc:
+        # db.DataError: a value the database refuses (too long, malformed); retrying cannot help.
         return _dead(envelope, exc, 'bad input')
     except Exception as exc:
         return _retry(envelope, queue, exc)

@@ -44,7 +44,7 @@ def test_creates_updates_and_deletes_reach_two_replica_services_field_for_field(
         assert replica_ann.last_meta == {'origin': 'tests', 'model': 'author', 'tenant': 'acme'}
         assert replica_ann.last_previous == {'name': 'Ann'}
         renamed = ReplicaBook.objects.using(alias).get(pk=books[0].pk)
-        assert renamed.last_previous == {'title': 'Book 0', 'price': '0.1234'}
+        assert renamed.last_previous == {'name': 'Book 0', 'price': '0.1234'}
         assert renamed.price == Decimal('99.9999')
         assert not ReplicaAuthor.objects.using(alias).filter(pk=bob.pk).exists()
 
