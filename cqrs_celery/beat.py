@@ -5,6 +5,7 @@ Add them in one line to your Celery configuration::
     from cqrs_celery.beat import beat_schedule
     app.conf.beat_schedule = {**app.conf.beat_schedule, **beat_schedule()}
 
+This module imports no models, so ``beat_schedule()`` can be called from ``settings.py``.
 The tasks run on whichever worker consumes the queue they are sent to (the master's workers for the
 relay; every service for the clean-up).
 """
@@ -20,7 +21,6 @@ from django.db import router
 from django.utils import timezone
 
 from cqrs_celery.conf import get_settings
-from cqrs_celery.models import MasterTombstone, OutboxEvent, ReplicaTombstone
 from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ CLEANUP_TASK = 'cqrs_celery.clean_tombstones'
 
 
 def _master_databases() -> list[str]:
+    from cqrs_celery.models import OutboxEvent
+
     aliases = {router.db_for_write(model) for model in MasterRegistry.models()}
     return sorted(aliases) or [router.db_for_write(OutboxEvent)]
 
@@ -45,6 +47,8 @@ def relay_outbox() -> int:
 @shared_task(name=CLEANUP_TASK, ignore_result=True)
 def clean_tombstones() -> int:
     """Forget tombstones older than the retention periods (the master's outlive the replicas')."""
+    from cqrs_celery.models import MasterTombstone, ReplicaTombstone
+
     settings = get_settings()
     removed = 0
     now = timezone.now()

@@ -63,10 +63,26 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 CQRS = {
     'app': 'tests.celery_app.app',
-    'queue': os.environ.get('CQRS_TEST_QUEUE', 'replica_a'),
-    'master': {'meta_function': 'tests.master_app.meta.meta_function'},
-    'replica': {'CQRS_RETRY_DELAY': 0.2, 'CQRS_MAX_RETRIES': 5},
+    'queue': os.environ.get('CQRS_TEST_QUEUE', 'replica_a') or None,
+    'master': {
+        'meta_function': 'tests.master_app.meta.meta_function',
+        'publish_timeout': 1.0,
+        'outbox_relay_delay': 1.0,
+    },
+    'replica': {
+        'CQRS_RETRY_DELAY': 0.2,
+        'CQRS_MAX_RETRIES': 5,
+        'retry_backoff_max': 2,
+        'visibility_timeout': int(os.environ.get('CQRS_TEST_VISIBILITY_TIMEOUT', '600')),
+    },
 }
+
+# The master's worker and beat (broker tests): the relay runs every second on the master's queue.
+from cqrs_celery.beat import beat_schedule  # noqa: E402
+
+CELERY_BEAT_SCHEDULE = beat_schedule(relay_every=1.0, queue=os.environ.get('CQRS_TEST_MASTER_QUEUE') or None)
+#: Where the fault-injecting replica model keeps its attempt counters (broker tests).
+CQRS_TEST_FAULT_DIR = os.environ.get('CQRS_TEST_FAULT_DIR', '')
 
 LOGGING = {
     'version': 1,

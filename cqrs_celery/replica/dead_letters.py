@@ -101,10 +101,12 @@ def _channel(app: Any) -> Iterator[Any]:
             channel.close()
 
 
-def _drain(channel: Any, name: str, limit: int | None) -> list[Any]:
+def _drain(channel: Any, queue: Queue, limit: int | None) -> list[Any]:
+    """Take messages (unacknowledged) until the queue is empty or ``limit`` is reached."""
+    bound = queue(channel)
     messages = []
     while limit is None or len(messages) < limit:
-        message = channel.basic_get(name, no_ack=False)
+        message = bound.get(no_ack=False, accept=['json'])
         if message is None:
             break
         messages.append(message)
@@ -115,7 +117,7 @@ def letters(app: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """Every dead letter, oldest first, leaving the queue as it was (read, re-queued in order, acked)."""
     queue = dead_letter_queue(app)
     with _channel(app) as channel:
-        messages = _drain(channel, queue.name, limit)
+        messages = _drain(channel, queue, limit)
         bodies = [_decoded(m) for m in messages]
         _republish(channel, queue, messages)
         for message in messages:
@@ -154,7 +156,7 @@ def retry(app: Any, limit: int | None = None) -> tuple[int, int]:
     assert own is not None  # dead_letter_queue() raised otherwise
     sent = kept = 0
     with _channel(app) as channel:
-        messages = _drain(channel, queue.name, limit)
+        messages = _drain(channel, queue, limit)
         keep = []
         for message in messages:
             try:
@@ -178,7 +180,7 @@ def purge(app: Any, expired_only: bool = False) -> int:
         if not expired_only:
             return int(channel.queue_purge(queue.name) or 0)
         ttl = get_settings().replica.dead_message_ttl
-        messages = _drain(channel, queue.name, None)
+        messages = _drain(channel, queue, None)
         if ttl is None:
             keep = messages
         else:

@@ -42,18 +42,35 @@ class Services:
 
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
-        self.workers: list[harness.ReplicaWorker] = []
+        self.kind = 'amqp' if broker_url.startswith('amqp') else 'redis'
+        self.workers: list[harness.CeleryProcess] = []
         self.queues: list[str] = []
 
     def queue(self, prefix: str) -> str:
+        """A replica queue name unique to this test (its dead-letter queue is cleaned up too)."""
         name = harness.unique_queue(prefix)
-        self.queues.append(name)
+        self.queues += [name, topology.dead_letter_queue_name(name)]
         return name
 
-    def worker(self, queue: str, database: str, concurrency: int = 2) -> harness.ReplicaWorker:
-        worker = harness.ReplicaWorker(self.broker_url, queue, database, concurrency)
+    def worker(self, queue: str, database: str, concurrency: int = 2, **env: str) -> harness.ReplicaWorker:
+        worker = harness.ReplicaWorker(self.broker_url, queue, database, concurrency, **env)
         self.workers.append(worker)
         return worker
+
+    def master(self) -> str:
+        """Start the master's worker and beat (the outbox relay); returns the master queue."""
+        queue = harness.unique_queue('master')
+        self.queues.append(queue)
+        database = database_name('default')
+        self.workers.append(harness.MasterWorker(self.broker_url, database, queue).start())
+        self.workers.append(harness.Beat(self.broker_url, database, queue).start())
+        return queue
+
+    def master_env(self, master_queue: str = '') -> dict[str, str]:
+        return harness.master_env(self.broker_url, database_name('default'), master_queue)
+
+    def replica_env(self, queue: str, database: str, **env: str) -> dict[str, str]:
+        return {**harness.service_env(self.broker_url, queue, database), **env}
 
     def declare_topology(self, queue: str, database: str) -> str:
         """``manage.py cqrs_topology --declare`` run as that replica service."""
@@ -62,6 +79,10 @@ class Services:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
+        if self.kind == 'amqp' and not harness._port_open('127.0.0.1', 5672):
+            harness.start_broker('amqp')
+        if self.kind == 'redis' and not harness._port_open('127.0.0.1', 6379):
+            harness.start_broker('redis')
         exchanges = [topology.exchange_name(cqrs_id) for cqrs_id in MasterRegistry.ids()]
         exchanges.append(topology.DIRECT_EXCHANGE_NAME)
         harness.clean_broker(self.broker_url, self.queues, exchanges)

