@@ -110,7 +110,7 @@ def test_bad_input_is_dead_lettered_and_the_messages_behind_it_apply(services, r
     letters = wait_until(lambda: (found := dead_letters(services, queue_a, replica_db('replica_a')))
                          and len(found) == 6 and found, timeout=60, message='six dead letters')
     reasons = sorted(letter['error']['reason'] for letter in letters)
-    assert reasons == ['bad input'] * 4 + ['invalid message', 'undecodable'] or reasons.count('bad input') == 4
+    assert reasons == ['bad input'] * 4 + ['invalid message', 'undecodable']
     messages = ' | '.join(letter['error']['message'] for letter in letters)
     for fragment in ('version 99', 'instance_data', 'no_such_model', 'quantity', 'pickle'):
         assert fragment in messages, (fragment, messages)
