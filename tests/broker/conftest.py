@@ -12,6 +12,7 @@ from django.conf import settings as django_settings
 from django.test import override_settings
 
 from cqrs_celery import topology
+from cqrs_celery.master import outbox
 from cqrs_celery.producer import set_sender
 from cqrs_celery.registry import MasterRegistry
 from tests.broker import harness
@@ -109,6 +110,7 @@ def services(broker_url: str, master_app: Celery) -> Iterator[Services]:
     finally:
         set_sender(previous)
         services.close()
+        outbox._broker_down_until = 0.0  # a broker outage in one test must not pause the next
 
 
 def database_name(alias: str) -> str:
