@@ -9,6 +9,7 @@ publish that reached no queue fails and the outbox keeps the event.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +40,20 @@ def transport_family(app: Any) -> str:
     key = (id(app), str(app.conf.broker_url))
     if key not in _families:
         with app.connection_for_write() as conn:
-            _families[key] = topology.transport_family(conn.transport.driver_type)
+            driver = conn.transport.driver_type
+        if driver == 'filesystem':
+            ensure_filesystem_folders(app)
+        _families[key] = topology.transport_family(driver)
     return _families[key]
+
+
+def ensure_filesystem_folders(app: Any) -> None:
+    """Create the folders of kombu's filesystem transport, which fails on missing ones."""
+    options = app.conf.broker_transport_options or {}
+    for key, default in (('data_folder_in', 'data_in'), ('data_folder_out', 'data_out'),
+                         ('control_folder', 'control'), ('processed_folder', 'processed')):
+        if key != 'processed_folder' or options.get('store_processed'):
+            os.makedirs(options.get(key, default), exist_ok=True)
 
 
 def producer_pool(app: Any) -> Any:

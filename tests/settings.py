@@ -58,6 +58,16 @@ if DATABASE_KIND == 'sqlite' and 'CQRS_TEST_DEFAULT_DB' not in os.environ:
     DATABASES['default'] = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}
 
 CELERY_BROKER_URL = os.environ.get('CQRS_TEST_BROKER', 'memory://')
+
+
+def filesystem_broker_options(folder: str) -> dict:
+    """kombu filesystem transport options: every service shares one message folder."""
+    return {'data_folder_in': f'{folder}/messages', 'data_folder_out': f'{folder}/messages',
+            'control_folder': f'{folder}/control', 'polling_interval': 0.1}
+
+
+if CELERY_BROKER_URL.startswith('filesystem'):
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker_options(os.environ['CQRS_TEST_FS_DIR'])
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -70,7 +70,7 @@ def configure_worker(app: Any) -> None:
     """Worker settings the replica needs: Redis visibility timeout and the dead-letter consumer step."""
     from cqrs_celery.replica.consumer import DeadLetterInvalidMessages
 
-    if replica_queue(app) is None:
+    if replica_queue(app) is None:  # also creates the filesystem broker's folders
         return
     if _driver(app) == 'redis':
         options = dict(app.conf.broker_transport_options or {})

@@ -16,6 +16,7 @@ from cqrs_celery.master import outbox
 from cqrs_celery.producer import set_sender
 from cqrs_celery.registry import MasterRegistry
 from tests.broker import harness
+from tests.settings import filesystem_broker_options
 
 REPLICA_DATABASES = ['default', 'replica_a', 'replica_b']
 
@@ -27,14 +28,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.django_db(transaction=True, databases=REPLICA_DATABASES))
 
 
-@pytest.fixture(params=['amqp', 'redis'])
-def broker_url(request: pytest.FixtureRequest) -> str:
+def require_postgres() -> None:
     harness.require('PostgreSQL', *harness.POSTGRES)
     if django_settings.DATABASE_KIND != 'postgres':
         message = 'broker tests need the PostgreSQL databases (CQRS_TEST_DATABASE=postgres)'
         if harness.services_required():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+@pytest.fixture(params=['amqp', 'redis'])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    require_postgres()
     return harness.require_broker(request.param)
 
 
@@ -43,7 +48,7 @@ class Services:
 
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
-        self.kind = 'amqp' if broker_url.startswith('amqp') else 'redis'
+        self.kind = broker_url.split(':')[0]
         self.workers: list[harness.CeleryProcess] = []
         self.queues: list[str] = []
 
@@ -94,6 +99,8 @@ def master_app(broker_url: str) -> Iterator[Celery]:
     """The master's Celery app on the parametrized broker, installed through ``CQRS['app']``."""
     app = Celery('cqrs_test_master', broker=broker_url, set_as_current=False)
     app.conf.update(task_ignore_result=True, broker_connection_timeout=5)
+    if broker_url.startswith('filesystem'):
+        app.conf.broker_transport_options = filesystem_broker_options(harness.filesystem_dir())
     cqrs = dict(django_settings.CQRS, app=app)
     with override_settings(CQRS=cqrs):
         yield app

@@ -230,8 +230,16 @@ def start_broker(kind: str) -> None:
                message=f'{kind} started')
 
 
+def filesystem_dir() -> str:
+    """The folder of the filesystem broker test (set by its fixture, read by every service)."""
+    return os.environ['CQRS_TEST_FS_DIR']
+
+
 def clean_broker(broker_url: str, queues: list[str], exchanges: list[str]) -> None:
-    """Delete the queues and exchanges a test used (Redis: flush the test's own database)."""
+    """Delete the queues and exchanges a test used (Redis: flush the test's own database;
+    filesystem: the test's folder is removed with its tmp_path)."""
+    if broker_url.startswith('filesystem'):
+        return
     with Connection(broker_url, connect_timeout=5) as conn:
         if conn.transport.driver_type == 'redis':
             conn.default_channel.client.flushdb()

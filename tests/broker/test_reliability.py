@@ -100,6 +100,7 @@ def test_bad_input_is_dead_lettered_and_the_messages_behind_it_apply(services, r
     send([{key: value for key, value in envelope.items() if key != 'instance_data'}], serializer='json')
     send([{**envelope, 'cqrs_id': 'no_such_model'}], serializer='json')
     send([{**envelope, 'instance_data': {**envelope['instance_data'], 'quantity': 'many'}}], serializer='json')
+    send([{**envelope, 'expires': '2000-01-01T00:00:00+00:00'}], serializer='json')
 
     for i in range(100):
         Item.objects.create(sku=f'good-{i:03d}', name=f'after the bad input {i}', quantity=i)
@@ -107,11 +108,11 @@ def test_bad_input_is_dead_lettered_and_the_messages_behind_it_apply(services, r
     assert good.cqrs_revision == 0 and Item.objects.count() == 101
 
     letters = wait_until(lambda: (found := dead_letters(services, queue_a, replica_db('replica_a')))
-                         and len(found) == 6 and found, timeout=60, message='six dead letters')
+                         and len(found) == 7 and found, timeout=60, message='seven dead letters')
     reasons = sorted(letter['error']['reason'] for letter in letters)
-    assert reasons == ['bad input'] * 4 + ['invalid message', 'undecodable']
+    assert reasons == ['bad input'] * 4 + ['expired', 'invalid message', 'undecodable']
     messages = ' | '.join(letter['error']['message'] for letter in letters)
-    for fragment in ('version 99', 'instance_data', 'no_such_model', 'quantity', 'pickle'):
+    for fragment in ('version 99', 'instance_data', 'no_such_model', 'quantity', 'pickle', 'expired at'):
         assert fragment in messages, (fragment, messages)
     assert worker.alive()
 
