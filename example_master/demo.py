@@ -103,19 +103,20 @@ class Processes:
         return process
 
     def stop_all(self) -> None:
-        """SIGTERM (a worker's warm shutdown), then SIGKILL what is still there after 20 s."""
+        """SIGTERM to each process (a worker's warm shutdown stops its pool itself), SIGKILL after 20 s."""
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
         try:
             for _, process in self.running:
                 if process.poll() is None:
-                    _signal_group(process, signal.SIGTERM)
+                    process.terminate()
             deadline = time.monotonic() + 20
             for _, process in self.running:
                 try:
                     process.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    _signal_group(process, signal.SIGKILL)
-                    process.wait()
+                    pass
+                _signal_group(process, signal.SIGKILL)  # whatever is left of it, children included
+                process.wait()
             self.running.clear()
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -449,6 +450,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)  # the terminal went away
     try:
         return 0 if run(args.broker, pause, live, processes) else 1
     except KeyboardInterrupt:

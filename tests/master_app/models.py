@@ -104,3 +104,11 @@ class Flaky(MasterMixin):
     name = models.CharField(max_length=100)
     #: How many attempts the replica fails before it succeeds; -1: until its fault file is removed.
     fail_times = models.IntegerField(default=0)
+
+
+class PlainItem(models.Model):
+    """Item without cqrs_celery: the baseline the benchmarks compare against."""
+
+    sku = models.CharField(max_length=40, primary_key=True)
+    name = models.CharField(max_length=100)
+    quantity = models.IntegerField(default=0)
