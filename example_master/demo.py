@@ -48,6 +48,9 @@ STOCK_LOG = DATA / f'stock_{QUEUE}.log'
 WORKER_LOG = DATA / 'logs' / 'replica_worker.log'
 WORKER_COMMAND = ['celery', '-A', 'example_replica', 'worker', '-Q', QUEUE, '-c', '2']
 
+#: Installed with the project: brokers other than the filesystem one need them too.
+EXTRA_REQUIREMENTS = ['kombu[redis]']
+
 #: Variables of the caller's shell that would point the examples somewhere else.
 FOREIGN_VARIABLES = {'DJANGO_SETTINGS_MODULE', 'DATABASE_URL', 'REPLICA_QUEUE', 'STOCK_LOG_FILE',
                      'EXAMPLE_DATA_DIR', 'CELERY_BROKER_URL', 'PYTHONPATH', 'PYTHONHOME'}
@@ -61,7 +64,7 @@ def venv_python() -> Path:
 
 def installed(python: Path) -> bool:
     """Whether ``python`` imports this checkout's cqrs_celery and the libraries it needs."""
-    probe = 'import celery, django, kombu, cqrs_celery; print(cqrs_celery.__file__)'
+    probe = 'import celery, django, kombu.transport.redis, cqrs_celery; print(cqrs_celery.__file__)'
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN_VARIABLES}
     result = subprocess.run([str(python), '-c', probe], cwd=str(VENV), env=env, capture_output=True, text=True)
     return result.returncode == 0 and Path(result.stdout.strip()).resolve().is_relative_to(ROOT)
@@ -80,8 +83,9 @@ def ensure_venv() -> None:
             subprocess.run([sys.executable, '-m', 'venv', str(VENV)], check=True)
         if not installed(python):
             print('installing cqrs_celery and its dependencies into .venv (pip install -e .) ...', flush=True)
+            # kombu's Redis transport also needs what its "redis" extra brings (packaging).
             subprocess.run([str(python), '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
-                            '-e', str(ROOT)], check=True)
+                            '-e', str(ROOT), *EXTRA_REQUIREMENTS], check=True)
     except subprocess.CalledProcessError as exc:
         sys.exit(f'demo: setting up {VENV} failed ({exc}). On Debian/Ubuntu, `apt install python3-venv` '
                  'may be missing; delete .venv and try again.')
@@ -394,8 +398,8 @@ def run(broker: str, pause: float, live: bool, processes: Processes) -> bool:
             continue
         if live:
             screen.show(screen.frame(snap, shown_broker, line))
-        elif len(steps) > printed_steps:
-            printed_steps = len(steps)
+        elif sum(s.startswith('step ') for s in steps) > printed_steps:  # plain output: one frame per step
+            printed_steps += 1
             screen.show(screen.frame(snap, shown_broker, line))
         if finished:
             reader.join(5)

@@ -39,10 +39,13 @@ def write(using: str, envelope: Envelope, event_id: int | None = None) -> int:
     """Store ``envelope`` (replacing event ``event_id`` if it is still there); returns the event id."""
     text = ujson.dumps(envelope.to_wire(), ensure_ascii=False)
     events = OutboxEvent._default_manager.using(using)
-    if event_id is not None and events.filter(id=event_id).update(envelope=text, revision=envelope.revision):
+    key = pk_key(envelope.instance_pk)
+    # The row must still be this instance's: after a rolled-back savepoint removed it, SQLite may
+    # give its id to another instance's event, which must not be overwritten.
+    if event_id is not None and events.filter(id=event_id, cqrs_id=envelope.cqrs_id, pk_value=key).update(
+            envelope=text, revision=envelope.revision):
         return event_id
-    event = events.create(cqrs_id=envelope.cqrs_id, pk_value=pk_key(envelope.instance_pk),
-                          revision=envelope.revision, envelope=text)
+    event = events.create(cqrs_id=envelope.cqrs_id, pk_value=key, revision=envelope.revision, envelope=text)
     return int(event.pk)
 
 

@@ -4,14 +4,18 @@ The task is registered with ``shared_task`` so it binds to the project's own Cel
 raises: every failure ends as a retry (a new message to this service's queue only, the attempt
 count inside the envelope) or as a dead letter, and the message itself is acknowledged only after
 that, so a worker killed at any moment loses nothing (``acks_late`` + ``reject_on_worker_lost``).
+When the retry or dead letter cannot be published, the message is rejected back to the queue.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 from celery.worker.request import Request
 from django import db
 
@@ -74,9 +78,27 @@ def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str
 
 
 def _dead(envelope: Envelope | None, exc: BaseException, reason: str, raw: Any = None) -> str:
-    dead_letters.send(dead_letters.record(error=exc, reason=reason, attempts=envelope.retries if envelope else 0,
-                                          envelope=envelope, raw=raw))
+    letter = dead_letters.record(error=exc, reason=reason, attempts=envelope.retries if envelope else 0,
+                                 envelope=envelope, raw=raw)
+    with _requeue_on_failure('dead-letter', envelope):
+        dead_letters.send(letter)
     return 'dead_lettered'
+
+
+@contextmanager
+def _requeue_on_failure(what: str, envelope: Envelope | None) -> Iterator[None]:
+    """A retry or dead letter that cannot be published puts the message back instead of losing it.
+
+    A task that raised would be acknowledged (Celery acks failed tasks by default), so the
+    envelope would be gone; ``Reject(requeue=True)`` hands it to a worker again.
+    """
+    try:
+        yield
+    except Exception as exc:
+        fields = envelope.log_fields() if envelope else {}
+        logger.exception('cqrs could not %s, the message is requeued: cqrs_id=%s pk=%s revision=%s',
+                         what, fields.get('cqrs_id'), fields.get('pk'), fields.get('revision'))
+        raise Reject(exc, requeue=True) from exc
 
 
 def _retry(envelope: Envelope, queue: str | None, exc: Exception) -> str:
@@ -87,5 +109,6 @@ def _retry(envelope: Envelope, queue: str | None, exc: Exception) -> str:
     delay = min(model.get_cqrs_retry_delay(envelope.retries), max_retry_delay())
     logger.warning('cqrs apply failed, retry %s in %.1fs: cqrs_id=%s pk=%s revision=%s correlation_id=%s '
                    'queue=%s error=%r', envelope.retries + 1, delay, *envelope.log_fields().values(), queue, exc)
-    send(envelope.replace(retries=envelope.retries + 1), route_to=queue, countdown=delay)
+    with _requeue_on_failure('send a retry', envelope):
+        send(envelope.replace(retries=envelope.retries + 1), route_to=queue, countdown=delay)
     return 'retrying'

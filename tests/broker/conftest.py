@@ -58,8 +58,9 @@ class Services:
         self.queues += [name, topology.dead_letter_queue_name(name)]
         return name
 
-    def worker(self, queue: str, database: str, concurrency: int = 2, **env: str) -> harness.ReplicaWorker:
-        worker = harness.ReplicaWorker(self.broker_url, queue, database, concurrency, **env)
+    def worker(self, queue: str, database: str, concurrency: int = 2, node: str = '',
+               **env: str) -> harness.ReplicaWorker:
+        worker = harness.ReplicaWorker(self.broker_url, queue, database, concurrency, node, **env)
         self.workers.append(worker)
         return worker
 

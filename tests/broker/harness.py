@@ -171,11 +171,12 @@ class CeleryProcess:
 class ReplicaWorker(CeleryProcess):
     """``celery -A tests.celery_app worker -Q <queue> -c 2`` as a real process."""
 
-    def __init__(self, broker_url: str, queue: str, database: str, concurrency: int = 2,
+    def __init__(self, broker_url: str, queue: str, database: str, concurrency: int = 2, node: str = '',
                  **env: str) -> None:
+        name = f'{queue}-{node}' if node else queue
         super().__init__({**service_env(broker_url, queue, database), **env},
-                         ['worker', '-Q', queue, '-c', str(concurrency), '--loglevel=INFO', '-n', f'{queue}@%h',
-                          '--without-mingle', '--without-gossip'], queue)
+                         ['worker', '-Q', queue, '-c', str(concurrency), '--loglevel=INFO', '-n', f'{name}@%h',
+                          '--without-mingle', '--without-gossip'], name)
         self.queue = queue
 
 

@@ -80,6 +80,19 @@ def test_a_replica_that_is_down_gets_every_change_when_its_worker_starts(service
                    message=lambda alias=alias: describe(alias, 'item'))
 
 
+def test_two_worker_nodes_of_one_replica_service_share_its_queue(services, replica_db):
+    queue_a = services.queue('replica_a')
+    services.worker(queue_a, replica_db('replica_a'), node='one').start()
+    services.worker(queue_a, replica_db('replica_a'), node='two').start()
+    for i in range(200):
+        Item.objects.create(sku=f'shared-{i:03d}', name='shared', quantity=i)
+    wait_until(lambda: applied('replica_a') >= 200, timeout=90, message='200 envelopes handled')
+    wait_until(lambda: in_step('replica_a', 'item'), message=lambda: describe('replica_a', 'item'))
+    assert applied('replica_a') == 200, 'each message is handled once by the service, not once per node'
+    nodes = set(AppliedLog.objects.using('replica_a').values_list('node', flat=True))
+    assert {node.split('@')[0] for node in nodes} == {f'{queue_a}-one', f'{queue_a}-two'}
+
+
 def test_a_directed_sync_reaches_only_its_queue_and_only_direct_replicas_ignore_broadcast_syncs(
         services, replica_db):
     queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')

@@ -122,6 +122,7 @@ class AppliedLog(models.Model):
     revision = models.IntegerField(null=True)
     outcome = models.CharField(max_length=20)
     directed_to = models.CharField(max_length=100, null=True)
+    node = models.CharField(max_length=200, default='')
 
 
 class ReplicaFlaky(ReplicaMixin):

@@ -16,4 +16,5 @@ def record_outcome(sender=None, args=(), retval=None, **kwargs):
         signal=str(raw.get('signal_type')), revision=data.get('cqrs_revision') if isinstance(
             data.get('cqrs_revision'), int) else None,
         outcome=str(retval), directed_to=raw.get('queue'),
+        node=getattr(getattr(sender, 'request', None), 'hostname', None) or '',
     )
