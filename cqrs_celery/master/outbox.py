@@ -49,6 +49,16 @@ def write(using: str, envelope: Envelope, event_id: int | None = None) -> int:
     return int(event.pk)
 
 
+def write_many(using: str, envelopes: list[Envelope]) -> list[int]:
+    """Store new events in one INSERT where the database returns their ids; returns the ids."""
+    if not connections[using].features.can_return_rows_from_bulk_insert:
+        return [write(using, envelope) for envelope in envelopes]
+    events = OutboxEvent._default_manager.using(using).bulk_create([
+        OutboxEvent(cqrs_id=e.cqrs_id, pk_value=pk_key(e.instance_pk), revision=e.revision,
+                    envelope=ujson.dumps(e.to_wire(), ensure_ascii=False)) for e in envelopes])
+    return [int(event.pk) for event in events]
+
+
 def _locked(using: str) -> Any:
     events = OutboxEvent._default_manager.using(using).order_by('id')
     features = connections[using].features

@@ -76,6 +76,32 @@ class _Batch:
 
     def add(self, instance: Any, previous_data: dict[str, Any] | None,
             delete_envelope: Envelope | None) -> None:
+        pending = self._track(instance, previous_data, delete_envelope)
+        if get_settings().master.outbox:
+            envelope = delete_envelope or build_envelope(_stored(instance, self.using), SignalType.SAVE,
+                                                         self.using, previous_data=pending.previous_data)
+            pending.outbox_id = outbox.write(self.using, envelope, pending.outbox_id)
+
+    def add_saved(self, model: Any, instances: list[Any]) -> None:
+        """``add`` for many saved rows of one model: one query to read them, one to write the events."""
+        pendings = [self._track(instance, None, None) for instance in instances]
+        if not get_settings().master.outbox:
+            return
+        stored = {obj.pk: obj for obj in model.relate_cqrs_serialization(
+            model._base_manager.using(self.using).filter(pk__in=[i.pk for i in instances]))}
+        envelopes = [build_envelope(stored[model._meta.pk.to_python(instance.pk)], SignalType.SAVE, self.using,
+                                    previous_data=pending.previous_data)
+                     for instance, pending in zip(instances, pendings, strict=True)]
+        new = [(p, e) for p, e in zip(pendings, envelopes, strict=True) if p.outbox_id is None]
+        for (pending, _), event_id in zip(new, outbox.write_many(self.using, [e for _, e in new]), strict=True):
+            pending.outbox_id = event_id
+        new_ids = {id(p) for p, _ in new}
+        for pending, envelope in zip(pendings, envelopes, strict=True):
+            if id(pending) not in new_ids:  # already had an event in this transaction
+                pending.outbox_id = outbox.write(self.using, envelope, pending.outbox_id)
+
+    def _track(self, instance: Any, previous_data: dict[str, Any] | None,
+               delete_envelope: Envelope | None) -> _Pending:
         # The same row may be saved through instances whose pk has another type ('7' and 7).
         pk = instance._meta.pk.to_python(instance.pk)
         pending = self.rows.setdefault((type(instance), pk), _Pending())
@@ -87,10 +113,7 @@ class _Batch:
             merged.update(pending.previous_data or {})  # the earliest value of each field wins
             pending.previous_data = merged
         pending.delete_envelope = delete_envelope
-        if get_settings().master.outbox:
-            envelope = delete_envelope or build_envelope(_stored(instance, self.using), SignalType.SAVE,
-                                                         self.using, previous_data=pending.previous_data)
-            pending.outbox_id = outbox.write(self.using, envelope, pending.outbox_id)
+        return pending
 
     def flush(self) -> None:
         if get_settings().master.outbox:
@@ -166,8 +189,15 @@ def schedule(instance: Any, signal_type: SignalType, using: str, *,
 
 
 def schedule_many(instances: Iterable[Any], signal_type: SignalType, using: str) -> None:
-    for instance in instances:
-        schedule(instance, signal_type, using)
+    """``schedule`` for rows of one model saved in bulk (reads and writes them in batches)."""
+    instances = [i for i in instances if i.CQRS_PRODUCE]
+    if not instances:
+        return
+    if not connections[using].in_atomic_block:
+        for instance in instances:
+            schedule(instance, signal_type, using)
+        return
+    _current_batch(using).add_saved(type(instances[0]), instances)
 
 
 def delete_envelope(instance: Any, using: str, revision: int) -> Envelope:

@@ -22,7 +22,8 @@ def is_cqrs_message(message: Any) -> bool:
     """True for messages routed through a cqrs exchange or to this service's replica queue."""
     info = message.delivery_info or {}
     exchange = str(info.get('exchange') or '')
-    return exchange.startswith(topology.EXCHANGE_PREFIX) or info.get('routing_key') == get_settings().queue
+    queue = get_settings().queue
+    return exchange.startswith(topology.EXCHANGE_PREFIX) or (queue is not None and info.get('routing_key') == queue)
 
 
 def _dead_letter(message: Any, error: BaseException | str, reason: str) -> bool:
