@@ -38,11 +38,15 @@ INSTALLED_APPS = [
 DATABASE_KIND = os.environ.get('CQRS_TEST_DATABASE') or ('postgres' if _postgres_up() else 'sqlite')
 
 
+# Replica workers keep their database connection between tasks (as a production replica should).
+CONN_MAX_AGE = int(os.environ.get('CQRS_TEST_CONN_MAX_AGE', '0'))
+
+
 def _database(name: str) -> dict:
     if DATABASE_KIND == 'postgres':
         return {
             'ENGINE': 'django.db.backends.postgresql', 'NAME': name, 'USER': 'postgres',
-            'HOST': '127.0.0.1', 'PORT': 5432, 'TEST': {'NAME': name},
+            'HOST': '127.0.0.1', 'PORT': 5432, 'TEST': {'NAME': name}, 'CONN_MAX_AGE': CONN_MAX_AGE,
         }
     return {'ENGINE': 'django.db.backends.sqlite3', 'NAME': f'/tmp/{name}.sqlite3', 'TEST': {'NAME': f'/tmp/{name}.sqlite3'}}
 

@@ -90,6 +90,7 @@ def service_env(broker_url: str, queue: str, database: str) -> dict[str, str]:
         'CQRS_TEST_QUEUE': queue,
         'CQRS_TEST_BROKER': broker_url,
         'CELERY_SKIP_CHECKS': '',
+        'CQRS_TEST_CONN_MAX_AGE': '60',
     })
     return env
 
