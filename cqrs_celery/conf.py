@@ -220,12 +220,19 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
         if key in _CALLABLE_KEYS and callable(value):
             continue
         bad_bool = isinstance(value, bool) and bool not in types
-        if not isinstance(value, types) or bad_bool or _negative(value):
+        minimum = _MINIMUM.get(key, 0)
+        if not isinstance(value, types) or bad_bool or _below(value, minimum):
             names = ' or '.join('None' if t is type(None) else t.__name__ for t in types)
+            bound = '' if bool in types or str in types else (
+                ' (not negative)' if minimum == 0 else f' (at least {minimum})' if minimum >= 1 else ' (above 0)')
             problems.append(Problem('cqrs_celery.E005',
-                                    f"CQRS['{section}'][{key!r}] = {value!r} must be {names}"
-                                    f"{'' if bool in types or str in types else ' (not negative)'}.",
+                                    f"CQRS['{section}'][{key!r}] = {value!r} must be {names}{bound}.",
                                     'Fix the value or remove the key to use the default.'))
+        elif key == 'dead_letter_queue' and value is not None and not QUEUE_NAME_RE.fullmatch(value):
+            problems.append(Problem('cqrs_celery.E007',
+                                    f"CQRS['replica']['dead_letter_queue'] = {value!r} is not a valid queue name.",
+                                    'Use letters, digits and . _ - : (at most 200 characters), or leave it '
+                                    'out for dead_letter_<queue>.'))
         elif key in _CALLABLE_KEYS and value is not None:
             try:
                 _resolve_callable(section, key, value)
@@ -235,8 +242,15 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
     return problems
 
 
-def _negative(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+#: Smallest accepted value of numeric keys whose lower bound is not 0 (a tiny positive number means
+#: "above 0").
+_MINIMUM: dict[str, float] = {
+    'outbox_relay_batch': 1, 'retry_backoff': 1, 'visibility_timeout': 1, 'publish_timeout': 1e-9,
+}
+
+
+def _below(value: Any, minimum: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum
 
 
 def build(raw: Any) -> CQRSSettings:

@@ -15,8 +15,7 @@ from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from cqrs_celery import PublishError, SignalType
-from cqrs_celery import beat
+from cqrs_celery import PublishError, SignalType, beat
 from cqrs_celery.envelope import decode
 from cqrs_celery.master import outbox
 from cqrs_celery.models import MasterTombstone, OutboxEvent, ReplicaTombstone
@@ -125,7 +124,7 @@ def test_each_changed_instance_of_a_transaction_gets_its_own_event(captured):
     with transaction.atomic():
         first, second = Author.objects.create(name='first'), Author.objects.create(name='second')
         first.save()
-        item = Item.objects.create(sku='A', name='apple')
+        Item.objects.create(sku='A', name='apple')
         second.save()
 
         assert sorted(events()) == sorted([('author', str(first.pk), 1), ('author', str(second.pk), 1),
@@ -210,6 +209,56 @@ def test_a_row_saved_again_after_a_rolled_back_savepoint_does_not_take_over_anot
         [('author', Author.objects.get().pk), ('item', undone.pk), ('item', other.pk)])
     assert {e.instance_data['name'] for e in captured if e.cqrs_id == 'item'} == {
         'created after the savepoint', 'created again'}
+
+
+def test_bulk_create_writes_one_event_per_row(captured):
+    with transaction.atomic():
+        items = Item.cqrs.bulk_create([Item(sku=sku, name=f'item {sku}') for sku in 'ABC'])
+
+        assert sorted(events()) == [('item', 'A', 0), ('item', 'B', 0), ('item', 'C', 0)]
+
+    assert sorted(e.instance_pk for e in captured) == [i.pk for i in items]
+    assert events() == []
+
+
+def test_a_row_saved_then_bulk_updated_in_one_transaction_keeps_one_event_with_the_last_state(captured):
+    Item.cqrs.bulk_create([Item(sku=sku, name='old') for sku in 'AB'])
+    captured.clear()
+
+    with transaction.atomic():
+        item = Item.objects.get(pk='A')
+        item.quantity = 5
+        item.save()
+        Item.cqrs.bulk_update(Item.objects.all(), name='new')
+
+        assert sorted(events()) == [('item', 'A', 2), ('item', 'B', 1)]
+
+    assert sorted((e.instance_pk, e.instance_data['name'], e.instance_data['quantity'], e.revision)
+                  for e in captured) == [('A', 'new', 5, 2), ('B', 'new', 0, 1)]
+
+
+def test_a_rolled_back_bulk_update_leaves_no_event(captured):
+    Item.cqrs.bulk_create([Item(sku=sku, name='old') for sku in 'AB'])
+    captured.clear()
+
+    with contextlib.suppress(Rollback), transaction.atomic():
+        Item.cqrs.bulk_update(Item.objects.all(), name='new')
+        raise Rollback
+
+    assert events() == []
+    assert captured == []
+
+
+def test_events_of_a_bulk_create_that_could_not_be_published_are_relayed():
+    with broker_down():
+        Item.cqrs.bulk_create([Item(sku=sku, name=f'item {sku}') for sku in 'AB'])
+    assert len(events()) == 2
+
+    with capture_envelopes() as captured:
+        assert outbox.relay(min_age=0) == 2
+
+    assert sorted(e.instance_pk for e in captured) == ['A', 'B']
+    assert events() == []
 
 
 # --- published after commit ------------------------------------------------------------------
@@ -403,6 +452,25 @@ def test_the_relay_batch_defaults_to_outbox_relay_batch():
     assert left_when_sent == [3, 3, 1]
 
 
+def test_an_outbox_relay_batch_of_zero_ends_the_relay_instead_of_spinning(captured, monkeypatch):
+    with broker_down():
+        Author.objects.create(name='Ann')
+    runs = []
+    publish = outbox._publish
+
+    def counted(using, events):
+        runs.append(len(events))
+        if len(runs) > 3:
+            raise AssertionError('the relay keeps taking empty batches')
+        return publish(using, events)
+
+    monkeypatch.setattr(outbox, '_publish', counted)
+    with cqrs_master_settings(outbox_relay_batch=0):
+        assert outbox.relay(min_age=0) == 0
+
+    assert runs == [0]
+
+
 def test_an_empty_outbox_relays_nothing(captured):
     assert outbox.relay(min_age=0) == 0
     assert captured == []
@@ -474,10 +542,9 @@ def test_without_the_outbox_a_failed_publish_is_logged_and_never_raised(caplog):
 
 @cqrs_master_settings(outbox=False)
 def test_without_the_outbox_a_failed_publish_in_a_transaction_is_logged_and_never_raised(caplog):
-    with caplog.at_level(logging.ERROR, logger='cqrs_celery'), broker_down():
-        with transaction.atomic():
-            author = Author.objects.create(name='Ann')
-            item = Item.objects.create(sku='A', name='apple')
+    with caplog.at_level(logging.ERROR, logger='cqrs_celery'), broker_down(), transaction.atomic():
+        author = Author.objects.create(name='Ann')
+        item = Item.objects.create(sku='A', name='apple')
 
     assert Author.objects.filter(pk=author.pk).exists() and Item.objects.filter(pk=item.pk).exists()
     messages = sorted(r.getMessage() for r in caplog.records if r.name == 'cqrs_celery.master.publish')

@@ -120,7 +120,7 @@ def relay(using: str = 'default', batch: int | None = None, min_age: float | Non
         if error is not None:
             logger.error('cqrs outbox relay stopped after %s events: %r', total, error)
             break
-        if len(events) < batch:
+        if not events or len(events) < batch:  # a batch of 0 takes nothing: stop rather than spin
             break
     if total:
         logger.info('cqrs outbox relay published %s events from %s', total, using)

@@ -117,8 +117,10 @@ def letters(app: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """Every dead letter, oldest first, leaving the queue as it was (read, re-queued in order, acked)."""
     queue = dead_letter_queue(app)
     with _channel(app) as channel:
-        messages = _drain(channel, queue, limit)
-        bodies = [_decoded(m) for m in messages]
+        # Every letter is taken and re-queued, even with a limit: re-queueing only the first ones
+        # would move them behind the rest.
+        messages = _drain(channel, queue, None)
+        bodies = [_decoded(m) for m in messages[:limit]]
         _republish(channel, queue, messages)
         for message in messages:
             message.ack()

@@ -1,0 +1,74 @@
+"""Type validation of the settings keys added with the outbox, the retry policy, dead letters and
+tombstones (DESIGN §3): a wrong value is a ``cqrs_celery.E005`` system check naming the key and a
+``ConfigurationError`` on use; a right one passes. ``test_conf.py`` reads every key; this file
+refuses the wrong values of the keys its bad-value table does not cover.
+"""
+
+import pytest
+from django.core import checks
+from django.test import override_settings
+
+from cqrs_celery import ConfigurationError
+from cqrs_celery.conf import ALL_KEYS, get_settings, validate
+
+GOOD = {'app': 'tests.celery_app.app', 'queue': 'replica_a'}
+
+#: section.key -> (values that must be refused, values that must be accepted)
+TYPES = {
+    'master.outbox': (['yes', 1, 0, None], [True, False]),
+    'master.publish_timeout': (['2', True, -1, None, 0], [0.5, 2]),
+    'master.outbox_relay_batch': ([10.5, '100', True, -1, None, 0], [1, 500]),
+    'master.outbox_relay_delay': (['2', False, -0.1, None], [0, 1.5, 3]),
+    'master.tombstone_retention': ([3600.5, '3600', True, -1, None], [0, 3600]),
+    'replica.retry_backoff': (['2', True, -2, None, 0.5], [1, 1.5, 2]),
+    'replica.retry_backoff_max': (['300', True, -1, None], [0, 30, 2.5]),
+    'replica.retry_jitter': (['no', 0, None], [True, False]),
+    'replica.dead_letter_queue': ([42, True, ['graveyard']], ['graveyard', None]),
+    'replica.dead_message_ttl': ([86400.5, '86400', True, -1], [0, 86400, None]),
+    'replica.visibility_timeout': ([600.5, '600', True, -1, None, 0], [60, 600]),
+    'replica.tombstone_retention': ([3600.5, '3600', False, -1, None], [0, 3600]),
+}
+
+
+def raw_setting(key, value):
+    section, name = key.split('.')
+    return {**GOOD, section: {name: value}}
+
+
+def cqrs_check_ids():
+    return {m.id for m in checks.run_checks(tags=['cqrs_celery']) if (m.id or '').startswith('cqrs_celery.')}
+
+
+def test_every_nested_key_has_a_type_table_entry_or_is_covered_by_test_conf():
+    covered_by_test_conf = {'master.CQRS_AUTO_UPDATE_FIELDS', 'master.CQRS_MESSAGE_TTL', 'master.correlation_function',
+                            'master.meta_function', 'replica.CQRS_MAX_RETRIES', 'replica.CQRS_RETRY_DELAY'}
+
+    assert {k for k in ALL_KEYS if '.' in k} == set(TYPES) | covered_by_test_conf
+
+
+@pytest.mark.parametrize(('key', 'value'), [(k, v) for k, (bad, _) in sorted(TYPES.items()) for v in bad])
+def test_a_value_of_the_wrong_type_is_reported_by_e005_and_refused_on_use(key, value):
+    with override_settings(CQRS=raw_setting(key, value)):
+        assert cqrs_check_ids() == {'cqrs_celery.E005'}
+        with pytest.raises(ConfigurationError) as refused:
+            get_settings()
+
+    name = key.split('.')[1]
+    assert f"CQRS['{key.split('.')[0]}']['{name}']" in str(refused.value)
+    assert 'cqrs_celery.E005' in str(refused.value)
+
+
+@pytest.mark.parametrize(('key', 'value'), [(k, v) for k, (_, good) in sorted(TYPES.items()) for v in good])
+def test_a_value_of_the_right_type_passes_and_is_read(key, value):
+    section, name = key.split('.')
+    with override_settings(CQRS=raw_setting(key, value)):
+        assert cqrs_check_ids() == set()
+        settings = get_settings()
+
+    assert getattr(getattr(settings, section), name) == value
+
+
+@pytest.mark.parametrize('name', ['', 'has space', 'new\nline', '-leading-dash'])
+def test_a_dead_letter_queue_name_that_is_no_queue_name_is_reported_as_e007(name):
+    problems = validate({'app': 'tests.celery_app.app', 'replica': {'dead_letter_queue': name}})
+    assert [p.id for p in problems] == ['cqrs_celery.E007']
