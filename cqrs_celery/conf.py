@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
@@ -157,7 +157,7 @@ def _resolve_app(path: str) -> Any:
 
 def _resolve_callable(section: str, key: str, value: Any) -> Callable[..., Any] | None:
     if value is None or callable(value):
-        return value
+        return cast('Callable[..., Any] | None', value)
     try:
         func = import_string(value)
     except ImportError as exc:
@@ -166,7 +166,7 @@ def _resolve_callable(section: str, key: str, value: Any) -> Callable[..., Any] 
         ) from exc
     if not callable(func):
         raise ConfigurationError(f"CQRS['{section}']['{key}'] = {value!r} is not callable.")
-    return func
+    return cast('Callable[..., Any]', func)
 
 
 def validate(raw: Any) -> list[Problem]:
@@ -228,7 +228,7 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
             problems.append(Problem('cqrs_celery.E005',
                                     f"CQRS['{section}'][{key!r}] = {value!r} must be {names}{bound}.",
                                     'Fix the value or remove the key to use the default.'))
-        elif key == 'dead_letter_queue' and value is not None and not QUEUE_NAME_RE.fullmatch(value):
+        elif key == 'dead_letter_queue' and isinstance(value, str) and not QUEUE_NAME_RE.fullmatch(value):
             problems.append(Problem('cqrs_celery.E007',
                                     f"CQRS['replica']['dead_letter_queue'] = {value!r} is not a valid queue name.",
                                     'Use letters, digits and . _ - : (at most 200 characters), or leave it '
@@ -262,11 +262,11 @@ def build(raw: Any) -> CQRSSettings:
     raw = raw or {}
     master_raw = raw.get('master') or {}
     replica_raw = raw.get('replica') or {}
-    master_kwargs = {
+    master_kwargs: dict[str, Any] = {
         _MASTER_KEYS[key][0]: (_resolve_callable('master', key, value) if key in _CALLABLE_KEYS else value)
         for key, value in master_raw.items()
     }
-    replica_kwargs = {_REPLICA_KEYS[key][0]: value for key, value in replica_raw.items()}
+    replica_kwargs: dict[str, Any] = {_REPLICA_KEYS[key][0]: value for key, value in replica_raw.items()}
     return CQRSSettings(
         app=raw.get('app'),
         queue=raw.get('queue'),

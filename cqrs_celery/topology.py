@@ -80,7 +80,18 @@ def replica_queue(queue: str, cqrs_ids: Iterable[str], family: str) -> Queue:
     return entity
 
 
+def binding_exchange(route: binding) -> Exchange:
+    """The exchange of a binding; every binding made here names one (kombu types it Optional)."""
+    exchange = route.exchange
+    if exchange is None:
+        raise ValueError(f'binding {route!r} has no exchange')
+    return exchange
+
+
 def describe(queue: Queue) -> list[dict[str, Any]]:
     """Every (exchange, type, routing key) a queue is bound to, for inspection commands."""
-    return [{'exchange': b.exchange.name, 'type': b.exchange.type, 'routing_key': b.routing_key}
-            for b in sorted(queue.bindings, key=lambda b: b.exchange.name)]
+    rows = []
+    for route in sorted(queue.bindings, key=lambda b: binding_exchange(b).name):
+        exchange = binding_exchange(route)
+        rows.append({'exchange': exchange.name, 'type': exchange.type, 'routing_key': route.routing_key})
+    return rows

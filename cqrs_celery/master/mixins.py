@@ -50,8 +50,8 @@ class MasterManager(models.Manager):  # type: ignore[type-arg]
         with transaction.atomic(using=using, savepoint=False):
             pks = list(queryset.select_for_update().values_list('pk', flat=True))
             rows = self.model._base_manager.using(using).filter(pk__in=pks)
-            count = rows.update(cqrs_revision=models.F(FIELD_REVISION) + 1, cqrs_updated=timezone.now(),
-                                **values)
+            count: int = rows.update(cqrs_revision=models.F(FIELD_REVISION) + 1, cqrs_updated=timezone.now(),
+                                     **values)
             updated = list(rows)
             post_update.send(sender=self.model, instances=updated, using=using)
             publish.schedule_many(updated, SignalType.SAVE, using)
@@ -76,7 +76,7 @@ class RawMasterMixin(models.Model):
     cqrs_revision = models.IntegerField(default=0, help_text='+1 for every committed change (cqrs_celery).')
     cqrs_updated = models.DateTimeField(auto_now=True, help_text='Time of the last change (cqrs_celery).')
 
-    objects = models.Manager()  # type: ignore[var-annotated]
+    objects = models.Manager()
     cqrs = MasterManager()
 
     _cqrs_auto_publish: ClassVar[bool] = False
@@ -110,8 +110,8 @@ class RawMasterMixin(models.Model):
     def _cqrs_next_revision(self, using: str) -> int:
         if self.pk is None:
             return 0
-        current = (type(self)._base_manager.using(using).select_for_update().filter(pk=self.pk)
-                   .values_list(FIELD_REVISION, flat=True).first())
+        current: int | None = (type(self)._base_manager.using(using).select_for_update().filter(pk=self.pk)
+                               .values_list(FIELD_REVISION, flat=True).first())
         if current is not None:
             return current + 1
         return self._cqrs_revision_for_insert(using)
@@ -130,13 +130,13 @@ class RawMasterMixin(models.Model):
         if cls.CQRS_FIELDS == '__all__':
             return names
         return [n for n in names if n in set(cls.CQRS_FIELDS) | {FIELD_REVISION, FIELD_UPDATED}
-                or n == cls._meta.pk.name]  # type: ignore[union-attr]
+                or n == cls._meta.pk.name]
 
     def to_cqrs_dict(self, using: str | None = None, sync: bool = False) -> dict[str, Any]:
         """The row as sent to replicas: JSON-safe, always with ``cqrs_revision`` and ``cqrs_updated``."""
         if self.CQRS_SERIALIZER:
             serializer = import_string(self.CQRS_SERIALIZER)
-            data = to_json(dict(serializer(self).data))
+            data: dict[str, Any] = to_json(dict(serializer(self).data))
             data[FIELD_REVISION] = self.cqrs_revision
             data[FIELD_UPDATED] = to_json(self.cqrs_updated)
             return data

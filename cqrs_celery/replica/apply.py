@@ -73,8 +73,8 @@ def _apply_custom(model: Any, envelope: Envelope) -> Result:
         done = model.cqrs_save(envelope.instance_data, previous_data=envelope.previous_data,
                                sync=envelope.signal_type == SignalType.SYNC, **kwargs)
     if not done:
-        raise ApplyError(f'{model.__qualname__}.cqrs_{"delete" if envelope.signal_type == SignalType.DELETE else "save"}'
-                         f' returned {done!r}')
+        method = 'cqrs_delete' if envelope.signal_type == SignalType.DELETE else 'cqrs_save'
+        raise ApplyError(f'{model.__qualname__}.{method} returned {done!r}')
     return Result(Outcome.HANDLED, done)
 
 

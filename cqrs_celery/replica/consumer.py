@@ -39,7 +39,7 @@ def _dead_letter(message: Any, error: BaseException | str, reason: str) -> bool:
     return True
 
 
-class DeadLetterInvalidMessages(bootsteps.Step):  # type: ignore[misc]
+class DeadLetterInvalidMessages(bootsteps.Step):
     """Wraps the consumer's handlers for invalid, undecodable and unknown messages."""
 
     name = 'cqrs_celery dead-letter invalid messages'

@@ -104,7 +104,7 @@ def _channel(app: Any) -> Iterator[Any]:
 def _drain(channel: Any, queue: Queue, limit: int | None) -> list[Any]:
     """Take messages (unacknowledged) until the queue is empty or ``limit`` is reached."""
     bound = queue(channel)
-    messages = []
+    messages: list[Any] = []
     while limit is None or len(messages) < limit:
         message = bound.get(no_ack=False, accept=['json'])
         if message is None:

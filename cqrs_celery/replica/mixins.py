@@ -80,7 +80,7 @@ class ReplicaMixin(_ReplicaOptions, models.Model):
     cqrs_revision = models.IntegerField(help_text='Master revision of this copy (cqrs_celery).')
     cqrs_updated = models.DateTimeField(help_text='Master time of the last change (cqrs_celery).')
 
-    objects = models.Manager()  # type: ignore[var-annotated]
+    objects = models.Manager()
 
     class Meta:
         abstract = True
@@ -93,7 +93,7 @@ class ReplicaMixin(_ReplicaOptions, models.Model):
         from cqrs_celery.envelope import Envelope
         from cqrs_celery.replica.apply import apply_row
 
-        pk_name = cls._meta.pk.name  # type: ignore[union-attr]
+        pk_name = cls._meta.pk.name
         pk = master_data.get(pk_name, master_data.get('id'))
         envelope = Envelope(signal_type=SignalType.SYNC if sync else SignalType.SAVE, cqrs_id=cls.CQRS_ID,
                             instance_pk=pk, instance_data=dict(master_data),

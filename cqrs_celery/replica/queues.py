@@ -43,7 +43,7 @@ def install(app: Any) -> Queue | None:
     if queue.name in queues.consume_from:
         queues.consume_from[queue.name] = queue
     logger.info('cqrs replica queue %s bound to %s', queue.name,
-                ', '.join(b.exchange.name for b in queue.bindings))
+                ', '.join(topology.binding_exchange(b).name for b in queue.bindings))
     return queue
 
 

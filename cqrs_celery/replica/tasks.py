@@ -32,7 +32,7 @@ from cqrs_celery.replica.queues import max_retry_delay
 logger = logging.getLogger(__name__)
 
 
-class JSONOnlyRequest(Request):  # type: ignore[misc]
+class JSONOnlyRequest(Request):
     """Refuses any body that is not JSON before the task runs: it goes to the dead-letter queue."""
 
     def execute_using_pool(self, pool: Any, **kwargs: Any) -> Any:
@@ -41,7 +41,7 @@ class JSONOnlyRequest(Request):  # type: ignore[misc]
                 dead_letters.send(dead_letters.record(
                     error=f'content type {self.content_type!r} refused; only {JSON_CONTENT_TYPE} is accepted',
                     reason='not json', attempts=0,
-                    raw=dead_letters.raw_form(self._message.body, self.content_type)))
+                    raw=dead_letters.raw_form(self.message.body, self.content_type)))
             except Exception:
                 logger.exception('cqrs could not dead-letter a %s message; rejecting it', self.content_type)
                 self.reject(requeue=False)
@@ -51,7 +51,9 @@ class JSONOnlyRequest(Request):  # type: ignore[misc]
         return super().execute_using_pool(pool, **kwargs)
 
 
-@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+# celery-types' shared_task overloads have no ``Request`` option (Celery takes any Task attribute as
+# an option); passing it here keeps the app's own Task class as the base, which ``base=`` would not.
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,  # type: ignore[call-overload, untyped-decorator]
              Request=JSONOnlyRequest)
 def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str:
     """Apply one envelope on this replica service; returns the outcome's name."""
@@ -63,8 +65,8 @@ def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str
         envelope = decode(raw)
     except EnvelopeError as exc:
         return _dead(None, exc, 'bad input', raw=raw)
-    if envelope.is_expired():
-        return _dead(envelope, EnvelopeError(f'expired at {envelope.expires.isoformat()}'), 'expired')  # type: ignore[union-attr]
+    if envelope.expires is not None and envelope.is_expired():
+        return _dead(envelope, EnvelopeError(f'expired at {envelope.expires.isoformat()}'), 'expired')
     try:
         result = apply(envelope, queue)
     except (UnknownCQRSIdError, DataError, db.DataError) as exc:
