@@ -77,7 +77,7 @@ def run(broker: str, saves: int) -> list[tuple[str, list[float]]]:
                     lambda i: Item.objects.create(sku=f'b{i}', name='bench', quantity=i), saves)))
                 items = list(Item.objects.order_by('sku'))
 
-                def update(i: int) -> None:
+                def update(i: int, items: list = items) -> None:
                     item = items[i % len(items)]
                     item.quantity += 1
                     item.save()

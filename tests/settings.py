@@ -48,7 +48,8 @@ def _database(name: str) -> dict:
             'ENGINE': 'django.db.backends.postgresql', 'NAME': name, 'USER': 'postgres',
             'HOST': '127.0.0.1', 'PORT': 5432, 'TEST': {'NAME': name}, 'CONN_MAX_AGE': CONN_MAX_AGE,
         }
-    return {'ENGINE': 'django.db.backends.sqlite3', 'NAME': f'/tmp/{name}.sqlite3', 'TEST': {'NAME': f'/tmp/{name}.sqlite3'}}
+    path = f'/tmp/{name}.sqlite3'
+    return {'ENGINE': 'django.db.backends.sqlite3', 'NAME': path, 'TEST': {'NAME': path}}
 
 
 # CQRS_TEST_DB_PREFIX lets two test runs share one PostgreSQL server without colliding.

@@ -83,9 +83,9 @@ def test_a_minimal_replica_configuration_passes():
 
 
 def test_the_check_command_fails_on_a_cqrs_error_and_shows_its_id():
-    with override_settings(CQRS={**GOOD, 'queue': 'not a queue'}):
-        with pytest.raises(SystemCheckError, match=r'cqrs_celery\.E007'):
-            call_command('check', stdout=StringIO(), stderr=StringIO())
+    with override_settings(CQRS={**GOOD, 'queue': 'not a queue'}), \
+            pytest.raises(SystemCheckError, match=r'cqrs_celery\.E007'):
+        call_command('check', stdout=StringIO(), stderr=StringIO())
 
 
 def test_every_reported_problem_is_an_error_with_a_hint():

@@ -52,7 +52,8 @@ def test_the_test_projects_own_setting_is_read():
 
     assert settings.app == APP
     assert settings.master.meta_function is meta_function
-    assert settings.replica == ReplicaSettings(max_retries=5, retry_delay=0.2, retry_backoff_max=2, visibility_timeout=600)
+    assert settings.replica == ReplicaSettings(max_retries=5, retry_delay=0.2, retry_backoff_max=2,
+                                               visibility_timeout=600)
     assert (settings.master.publish_timeout, settings.master.outbox_relay_delay) == (1.0, 1.0)
 
 
@@ -247,18 +248,17 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(('raw', 'named'), BAD_VALUES)
 def test_a_bad_value_raises_configuration_error_naming_the_key(raw, named):
-    with override_settings(CQRS=raw):
-        with pytest.raises(ConfigurationError) as excinfo:
-            get_settings()
+    with override_settings(CQRS=raw), pytest.raises(ConfigurationError) as excinfo:
+        get_settings()
 
     assert named in str(excinfo.value)
     assert 'cqrs_celery.E0' in str(excinfo.value)
 
 
 def test_a_configuration_error_is_an_improperly_configured():
-    with override_settings(CQRS={'app': APP, 'replica': {'CQRS_MAX_RETRIES': -1}}):
-        with pytest.raises(ImproperlyConfigured):
-            get_settings()
+    with override_settings(CQRS={'app': APP, 'replica': {'CQRS_MAX_RETRIES': -1}}), \
+            pytest.raises(ImproperlyConfigured):
+        get_settings()
 
 
 def test_a_bad_value_is_reported_on_every_use_not_only_the_first():
@@ -269,8 +269,7 @@ def test_a_bad_value_is_reported_on_every_use_not_only_the_first():
 
 
 def test_good_settings_are_back_after_a_bad_override():
-    with override_settings(CQRS={'app': APP, 'queue': 'bad queue'}):
-        with pytest.raises(ConfigurationError):
-            get_settings()
+    with override_settings(CQRS={'app': APP, 'queue': 'bad queue'}), pytest.raises(ConfigurationError):
+        get_settings()
 
     assert get_settings().app == APP

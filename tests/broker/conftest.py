@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from kombu import pools
 from django.conf import settings as django_settings
 from django.test import override_settings
+from kombu import pools
 
 from cqrs_celery import topology
 from cqrs_celery.master import outbox

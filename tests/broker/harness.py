@@ -6,6 +6,7 @@ them instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -162,10 +163,8 @@ class CeleryProcess:
         """SIGKILL the worker and its pool processes at once."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(30)
 
 

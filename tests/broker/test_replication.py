@@ -62,7 +62,7 @@ def test_a_replica_that_is_down_gets_every_change_when_its_worker_starts(service
     for i in range(400):
         items.append(Item.objects.create(sku=f'sku-{i:04d}', name=f'item {i}', quantity=i))
         changes += 1
-    for step in range(2):
+    for _ in range(2):
         for item in items[:250]:
             item.quantity += 1
             item.save()
