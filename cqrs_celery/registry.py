@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from cqrs_celery.exceptions import UnknownCQRSIdError
+from cqrs_celery.exceptions import ConfigurationError, UnknownCQRSIdError
 
 
 class Registry:
@@ -52,6 +52,17 @@ class Registry:
 
 def _path(model: Any) -> str:
     return f'{model.__module__}.{model.__qualname__}'
+
+
+def require_cqrs_id(sender: type[Any]) -> None:
+    """Raise ``ConfigurationError`` naming the class unless it has a non-empty string CQRS_ID."""
+    cqrs_id = getattr(sender, 'CQRS_ID', None)
+    if not isinstance(cqrs_id, str) or not cqrs_id.strip():
+        label = getattr(getattr(sender, '_meta', None), 'label', sender.__qualname__)
+        raise ConfigurationError(
+            f'{label}.CQRS_ID must be a non-empty string naming this model across services '
+            f'(e.g. CQRS_ID = "book"), not {cqrs_id!r}.'
+        )
 
 
 MasterRegistry = Registry('master')

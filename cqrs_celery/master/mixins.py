@@ -15,7 +15,7 @@ from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.exceptions import ConfigurationError
 from cqrs_celery.models import MasterTombstone, tombstone_revision
-from cqrs_celery.registry import MasterRegistry
+from cqrs_celery.registry import MasterRegistry, require_cqrs_id
 from cqrs_celery.serialization import instance_to_dict, to_json
 
 TRACKER_NAME = 'cqrs_tracker'
@@ -200,7 +200,7 @@ class MasterMixin(RawMasterMixin):
 def _prepare_master(sender: type[models.Model], **kwargs: Any) -> None:
     if not issubclass(sender, RawMasterMixin) or sender._meta.abstract or sender._meta.proxy:
         return
-    _require_cqrs_id(sender)
+    require_cqrs_id(sender)
     for attr in ('CQRS_FIELDS', 'CQRS_TRACKED_FIELDS'):
         value = getattr(sender, attr)
         if value is None and attr == 'CQRS_TRACKED_FIELDS':
@@ -216,16 +216,6 @@ def _prepare_master(sender: type[models.Model], **kwargs: Any) -> None:
         tracker.name, tracker.attname = TRACKER_NAME, f'_{TRACKER_NAME}'
         tracker.finalize_class(sender)
     MasterRegistry.register(sender)
-
-
-def _require_cqrs_id(sender: type[Any]) -> None:
-    cqrs_id = getattr(sender, 'CQRS_ID', None)
-    if not isinstance(cqrs_id, str) or not cqrs_id.strip():
-        label = getattr(getattr(sender, '_meta', None), 'label', sender.__qualname__)
-        raise ConfigurationError(
-            f'{label}.CQRS_ID must be a non-empty string naming this model across services '
-            f'(e.g. CQRS_ID = "book"), not {cqrs_id!r}.'
-        )
 
 
 def _has_field(model: type[models.Model], name: str) -> bool:

@@ -11,8 +11,7 @@ from django.db.models.signals import class_prepared
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.exceptions import ConfigurationError
-from cqrs_celery.master.mixins import _require_cqrs_id
-from cqrs_celery.registry import ReplicaRegistry
+from cqrs_celery.registry import ReplicaRegistry, require_cqrs_id
 
 
 class _ReplicaOptions:
@@ -50,7 +49,7 @@ class RawReplicaMixin(_ReplicaOptions):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if 'CQRS_ID' in cls.__dict__:
-            _require_cqrs_id(cls)
+            require_cqrs_id(cls)
             ReplicaRegistry.register(cls)
 
     @classmethod
@@ -126,7 +125,7 @@ class ReplicaMixin(_ReplicaOptions, models.Model):
 def _prepare_replica(sender: type[models.Model], **kwargs: Any) -> None:
     if not issubclass(sender, ReplicaMixin) or sender._meta.abstract or sender._meta.proxy:
         return
-    _require_cqrs_id(sender)
+    require_cqrs_id(sender)
     mapping = sender.CQRS_MAPPING
     if mapping is not None and not isinstance(mapping, Mapping):
         raise ConfigurationError(
