@@ -23,7 +23,10 @@ What it does, all of it on SQLite files in ``.demo/`` (cleared at the start):
 Only the standard library is used before the re-run inside ``.venv``.
 """
 
+from __future__ import annotations  # the version check below must run on older Pythons too
+
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -115,10 +118,8 @@ class Processes:
                     process.terminate()
             deadline = time.monotonic() + 20
             for _, process in self.running:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
                 _signal_group(process, signal.SIGKILL)  # whatever is left of it, children included
                 process.wait()
             self.running.clear()
@@ -127,10 +128,8 @@ class Processes:
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def service_env(broker: str, settings: str, **values: str) -> dict[str, str]:
@@ -189,9 +188,11 @@ class Snapshot:
         self.master_stock = rows(MASTER_DB, 'SELECT id, cqrs_revision FROM library_stock')
         self.outbox = rows(MASTER_DB, 'SELECT count(*) FROM cqrs_celery_outboxevent')[0][0]
         self.replica_authors = {r[0]: r for r in rows(
-            REPLICA_DB, 'SELECT id, name, country, cqrs_revision, cqrs_updated, changed_by, tenant FROM catalog_author')}
+            REPLICA_DB, 'SELECT id, name, country, cqrs_revision, cqrs_updated, changed_by, tenant '
+                        'FROM catalog_author')}
         self.replica_books = {r[0]: r[:3] + (money(r[3]),) + r[4:] for r in rows(
-            REPLICA_DB, 'SELECT id, name, author_id, price, published, cqrs_revision, cqrs_updated FROM catalog_bookcopy')}
+            REPLICA_DB, 'SELECT id, name, author_id, price, published, cqrs_revision, cqrs_updated '
+                        'FROM catalog_bookcopy')}
         self.stock_log = STOCK_LOG.read_text(encoding='utf-8').splitlines() if STOCK_LOG.exists() else []
 
     @staticmethod
@@ -249,9 +250,9 @@ class Screen:
         codes = {'green': '32', 'yellow': '33', 'red': '31', 'bold': '1', 'dim': '2'}
         return f'\x1b[{codes[color]}m{text}\x1b[0m' if self.color else text
 
-    def status(self, text: str, width: int = 9) -> str:
+    def status(self, text: str) -> str:
         color = {'in step': 'green', 'differs': 'red'}.get(text, 'yellow')
-        return self.paint(text.ljust(width), color)
+        return self.paint(text, color)
 
     def cut(self, value: object, width: int) -> str:
         text = '' if value is None else str(value)
@@ -267,7 +268,7 @@ class Screen:
             f'master: {master_line}',
             '',
             self.paint('AUTHORS', 'bold') + '  master library.Author'.ljust(name + 8)
-            + f'   replica catalog.Author (CQRS_META: who changed it)',
+            + '   replica catalog.Author (CQRS_META: who changed it)',
             f'  {"id":>3}  {"name":<{name}} {"rev":>3} {bar} {"name":<{name}} {"rev":>3}  {"changed_by":<12} status',
         ]
         for pk in sorted(snap.master_authors.keys() | snap.replica_authors.keys()):
@@ -279,13 +280,14 @@ class Screen:
             '',
             self.paint('BOOKS', 'bold') + '    master library.Book'.ljust(name + 15)
             + f'   replica catalog.BookCopy (CQRS_MAPPING title {self.arrow} name)',
-            f'  {"id":>3}  {"title":<{name}} {"price":>6} {"rev":>3} {bar} {"name":<{name}} {"price":>6} {"rev":>3}  status',
+            f'  {"id":>3}  {"title":<{name}} {"price":>6} {"rev":>3} {bar} '
+            f'{"name":<{name}} {"price":>6} {"rev":>3}  status',
         ]
         for pk in sorted(snap.master_books.keys() | snap.replica_books.keys()):
             m, r = snap.master_books.get(pk), snap.replica_books.get(pk)
-            lines.append(f'  {pk:>3}  {self.cut(m and m[1], name):<{name}} {m[3] if m else "":>6} {m[5] if m else "":>3} '
-                         f'{bar} {self.cut(r and r[1], name):<{name}} {r[3] if r else "":>6} {r[5] if r else "":>3}  '
-                         f'{self.status(snap.book_status(pk))}')
+            lines.append(f'  {pk:>3}  {self.cut(m and m[1], name):<{name}} {m[3] if m else "":>6} '
+                         f'{m[5] if m else "":>3} {bar} {self.cut(r and r[1], name):<{name}} '
+                         f'{r[3] if r else "":>6} {r[5] if r else "":>3}  {self.status(snap.book_status(pk))}')
         lines += ['', self.paint('STOCK', 'bold') + '    replica catalog.StockWatch (RawReplicaMixin, no table) writes '
                   f'{STOCK_LOG.relative_to(ROOT)}:']
         lines += [f'  {self.cut(line, columns - 3)}' for line in snap.stock_log[-8:]] or ['  (nothing yet)']
@@ -377,31 +379,30 @@ def run(broker: str, pause: float, live: bool, processes: Processes) -> bool:
     reader.start()
 
     shown_broker = shown(broker)
-    printed_steps = 0
+    printed_steps = 0  # plain output: one snapshot per step, taken when the master starts it
     caught_up_by: float | None = None
     snap = None
     while True:
-        steps = [line for line in master_output if line.startswith(('step ', 'outbox: '))]
+        steps = [line for line in master_output if line.startswith('step ')]
         finished = master.poll() is not None
         if finished and master.returncode != 0:
             reader.join(5)
             raise DemoFailed('the master changes failed:\n' + '\n'.join(master_output[-30:]))
         if worker.poll() is not None:
             raise DemoFailed(f'the replica worker stopped:\n{tail(WORKER_LOG)}')
-        line = steps[-1] if steps else 'starting'
-        if finished:
-            line = f'all steps done; {steps[-1] if steps else ""}'
         try:
             snap = Snapshot()
         except sqlite3.OperationalError:  # a writer holds a lock this instant: next time
             time.sleep(0.1)
             continue
         if live:
+            outbox = [line for line in master_output if line.startswith('outbox: ')]
+            line = f'all steps done; {outbox[-1] if outbox else ""}' if finished else (steps or ['starting'])[-1]
             screen.show(screen.frame(snap, shown_broker, line))
-        elif sum(s.startswith('step ') for s in steps) > printed_steps:  # plain output: one frame per step
+        elif printed_steps < len(steps):
+            screen.show(screen.frame(snap, shown_broker, steps[printed_steps]))
             printed_steps += 1
-            screen.show(screen.frame(snap, shown_broker, line))
-        if finished:
+        if finished and (live or printed_steps == len(steps)):
             reader.join(5)
             caught_up_by = caught_up_by or time.monotonic() + 60
             if snap.equal() or time.monotonic() > caught_up_by:
@@ -430,7 +431,7 @@ Run the services yourself (each in its own terminal, from the repository root):
   .venv/bin/python example_master/manage.py createsuperuser
   .venv/bin/python example_master/manage.py runserver       # edit at http://127.0.0.1:8000/admin/
   cd example_replica && ../.venv/bin/celery -A {' '.join(WORKER_COMMAND[2:])}
-All of it on RabbitMQ, Redis and PostgreSQL, with a second replica service: docker compose up""")
+All of it on RabbitMQ, Redis and PostgreSQL, with a second replica service: docker compose up --build""")
 
 
 def main() -> int:
@@ -442,7 +443,7 @@ def main() -> int:
     parser.add_argument('--pause', type=float, default=None,
                         help='seconds between the master\'s steps (default: 1.5 on a terminal, 0.3 otherwise)')
     args = parser.parse_args()
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036  (any python3 may run this file)
         sys.exit('demo: cqrs_celery needs Python 3.10 or newer')
     ensure_venv()
 

@@ -7,6 +7,7 @@ Tier i: publishes are captured (``capture_envelopes``) or refused by a failing s
 import contextlib
 import datetime
 import logging
+from io import StringIO
 
 import pytest
 import ujson
@@ -637,3 +638,31 @@ def test_the_beat_schedule_entries_are_read_by_celery_beat():
         beat.RELAY_TASK, datetime.timedelta(seconds=2), {'queue': 'master_tasks', 'expires': 10})
     assert (cleanup.task, cleanup.schedule.run_every, cleanup.options) == (
         beat.CLEANUP_TASK, datetime.timedelta(hours=1), {'queue': 'master_tasks', 'expires': 3600.0})
+
+
+def test_the_outbox_command_shows_waiting_events_and_relays_them(captured):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    with broker_down():
+        Author.objects.create(name='Ann')
+        Author.objects.create(name='Bob')
+    out = StringIO()
+    call_command('cqrs_outbox', 'status', stdout=out)
+    assert out.getvalue().startswith('2 events waiting in the outbox of default (oldest from ')
+
+    out = StringIO()
+    call_command('cqrs_outbox', 'relay', stdout=out)
+    assert '2 events published, 0 left' in out.getvalue()
+    assert [e.instance_data['name'] for e in captured] == ['Ann', 'Bob']
+    assert outbox.pending() == 0
+
+
+def test_the_outbox_command_fails_when_events_cannot_be_published(captured):
+    from django.core.management import CommandError, call_command
+
+    with broker_down():
+        Author.objects.create(name='Ann')
+        with pytest.raises(CommandError, match='1 events could not be published'):
+            call_command('cqrs_outbox', 'relay', stdout=StringIO())

@@ -72,10 +72,10 @@ if CELERY_BROKER_URL.startswith('filesystem:'):
         'data_folder_in': str(_broker_dir / 'messages'),
         'data_folder_out': str(_broker_dir / 'messages'),
         'control_folder': str(_broker_dir / 'control'),
-        'processed_folder': str(_broker_dir / 'processed'),
-        'polling_interval': 0.2,
+        'polling_interval': 0.2,  # seconds between looks into the folder when it is empty
     }
-    for _folder in ('messages', 'control', 'processed'):
+    # kombu fails on missing folders; any celery command (beat, purge, inspect) may come first.
+    for _folder in ('messages', 'control'):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_IGNORE_RESULT = True
 

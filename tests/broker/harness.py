@@ -150,8 +150,9 @@ class CeleryProcess:
         """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if it hangs."""
         if self.process is None or self.process.poll() is not None:
             return
+        # Warm shutdown is the main process's job; it stops its pool children itself.
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         try:
