@@ -71,7 +71,11 @@ def filesystem_broker_options(folder: str) -> dict:
             'control_folder': f'{folder}/control', 'polling_interval': 0.1}
 
 
+#: kombu's filesystem transport with atomic message files.
+FILESYSTEM_TRANSPORT = 'cqrs_celery.filesystem:Transport'
+
 if CELERY_BROKER_URL.startswith('filesystem'):
+    CELERY_BROKER_TRANSPORT = FILESYSTEM_TRANSPORT
     CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker_options(os.environ['CQRS_TEST_FS_DIR'])
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -94,6 +94,8 @@ STATIC_ROOT = DATA_DIR / 'static'
 # --- Celery: the broker every service of the example shares -----------------------------------
 CELERY_BROKER_URL = os.environ.get('CELERY_BROKER_URL', 'filesystem://')
 if CELERY_BROKER_URL.startswith('filesystem:'):
+    # kombu's filesystem transport with atomic message files (cqrs_celery/filesystem.py)
+    CELERY_BROKER_TRANSPORT = 'cqrs_celery.filesystem:Transport'
     # kombu's filesystem broker: one folder of message files that every service reads and writes
     # (so data_folder_in == data_folder_out) and one folder for the exchange bindings.
     _broker_dir = DATA_DIR / 'broker'

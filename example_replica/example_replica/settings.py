@@ -66,6 +66,8 @@ TIME_ZONE = 'UTC'
 # --- Celery: the same broker as the master ----------------------------------------------------
 CELERY_BROKER_URL = os.environ.get('CELERY_BROKER_URL', 'filesystem://')
 if CELERY_BROKER_URL.startswith('filesystem:'):
+    # kombu's filesystem transport with atomic message files (cqrs_celery/filesystem.py)
+    CELERY_BROKER_TRANSPORT = 'cqrs_celery.filesystem:Transport'
     # Must be the master's folders: one folder of message files (in == out) and the bindings.
     _broker_dir = DATA_DIR / 'broker'
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -16,7 +16,7 @@ from cqrs_celery.master import outbox
 from cqrs_celery.producer import set_sender
 from cqrs_celery.registry import MasterRegistry
 from tests.broker import harness
-from tests.settings import filesystem_broker_options
+from tests.settings import FILESYSTEM_TRANSPORT, filesystem_broker_options
 
 REPLICA_DATABASES = ['default', 'replica_a', 'replica_b']
 
@@ -101,6 +101,7 @@ def master_app(broker_url: str) -> Iterator[Celery]:
     app = Celery('cqrs_test_master', broker=broker_url, set_as_current=False)
     app.conf.update(task_ignore_result=True, broker_connection_timeout=5)
     if broker_url.startswith('filesystem'):
+        app.conf.broker_transport = FILESYSTEM_TRANSPORT
         app.conf.broker_transport_options = filesystem_broker_options(harness.filesystem_dir())
     cqrs = dict(django_settings.CQRS, app=app)
     with override_settings(CQRS=cqrs):

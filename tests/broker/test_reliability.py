@@ -30,7 +30,7 @@ def dead_letters(services, queue: str, database: str) -> list[dict]:
     return [json.loads(line) for line in output.splitlines() if line.strip()]
 
 
-def test_a_failing_replica_retries_on_its_own_queue_dead_letters_and_retry_applies_it(
+def test_a_failing_replica_retries_on_its_own_queue_then_dead_letters_retry_and_purge_work(
         services, replica_db, tmp_path):
     queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
     services.worker(queue_a, replica_db('replica_a'), CQRS_TEST_FAULT_DIR=str(tmp_path)).start()
@@ -69,6 +69,14 @@ def test_a_failing_replica_retries_on_its_own_queue_dead_letters_and_retry_appli
                message='dead letter applied after retry')
     assert dead_letters(services, queue_a, replica_db('replica_a')) == []
     assert applied('replica_b', cqrs_id='flaky') == 2
+
+    (tmp_path / 'always_fail_3').touch()
+    Flaky.objects.create(id=3, name='fails again', fail_times=-1)
+    wait_until(lambda: len(dead_letters(services, queue_a, replica_db('replica_a'))) == 1, timeout=90,
+               message='a new dead letter')
+    output = manage(services.replica_env(queue_a, replica_db('replica_a')), 'cqrs_dead_letters', 'purge')
+    assert '1 dead letters removed' in output
+    assert dead_letters(services, queue_a, replica_db('replica_a')) == []
 
 
 def _raw_task_message(master_app, queue: str, body: bytes, content_type: str) -> None:
