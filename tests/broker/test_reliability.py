@@ -204,12 +204,18 @@ def test_two_relays_running_at_once_publish_each_outbox_row_once(services, repli
     relays = [subprocess.Popen([sys.executable, '-m', 'django', 'shell', '-c', script], cwd=ROOT,
                                env=services.master_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(2)]
-    for relay in relays:  # both are up and waiting at the gate before either starts
-        while (line := relay.stdout.readline()) and line.strip() != 'ready':
-            pass
-        assert line.strip() == 'ready', relay.stderr.read()
-    gate.touch()
-    outputs = [relay.communicate(timeout=300) for relay in relays]
+    try:
+        for relay in relays:  # both are up and waiting at the gate before either starts
+            while (line := relay.stdout.readline()) and line.strip() != 'ready':
+                pass
+            assert line.strip() == 'ready', relay.stderr.read()
+        gate.touch()
+        outputs = [relay.communicate(timeout=300) for relay in relays]
+    finally:
+        for relay in relays:  # never leave a relay waiting at the gate
+            if relay.poll() is None:
+                relay.kill()
+                relay.wait()
     counts = [int(out.split('published')[-1]) for out, _ in outputs]
     assert sum(counts) == 1000, outputs
     assert all(count > 0 for count in counts), counts  # they really ran side by side
