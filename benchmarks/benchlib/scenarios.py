@@ -1,0 +1,322 @@
+"""The scenarios, run for one library in one section (broker × database) of the benchmark.
+
+Every wait polls with a deadline: a scenario that does not finish in time is recorded as timed out
+with how far it got, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable
+
+from benchlib.processes import CQRS_CELERY, DJCQRS, Library, Service, StepFailed, Worker, has_sync_command
+from benchlib.services import MASTER_TABLE, Broker, Database, wait_for
+
+CQRS_ID = 'bench_item'
+DJCQRS_EXCHANGE = 'bench_djcqrs'
+_queue_numbers = itertools.count(1)
+
+
+class Recorder:
+    """Collects one value (or a failure) per metric and run; the report aggregates them."""
+
+    def __init__(self, section: dict, log: Callable[[str], None]) -> None:
+        self.section = section
+        self.records: list[dict] = []
+        self.log = log
+
+    def add(self, scenario: str, metric: str, variant: str, value: float | None, unit: str,
+            concurrency: int | None = None, note: str = '') -> None:
+        self.records.append({**self.section, 'concurrency': concurrency, 'scenario': scenario, 'metric': metric,
+                             'variant': variant, 'value': value, 'unit': unit, 'note': note})
+
+
+def deadline_for(count: int) -> float:
+    """Seconds a step of ``count`` events may take: a rate under 20 events/s counts as timed out."""
+    return 30 + count / 20
+
+
+class Section:
+    """One library on one broker and one database kind: its two databases and its services."""
+
+    def __init__(self, library: Library, broker: Broker, db_kind: str) -> None:
+        self.library = library
+        self.broker = broker
+        self.master_db = Database(db_kind, f'{library.short}_master')
+        self.replica_db = Database(db_kind, f'{library.short}_replica')
+
+    def services(self, queue: str, outbox: bool = True, broker_url: str | None = None) -> tuple[Service, Service]:
+        url = broker_url or self.broker.url
+        return (Service(self.library, 'master', self.master_db, url, queue, outbox),
+                Service(self.library, 'replica', self.replica_db, url, queue))
+
+    def prepare(self) -> None:
+        """Fresh databases, migrated, with the visibility trigger on the replica table."""
+        master, replica = self.services('bench_setup')
+        for database, service in ((self.master_db, master), (self.replica_db, replica)):
+            database.recreate()
+            service.manage('migrate', '--run-syncdb', '-v0')
+        self.replica_db.install_stamp()
+
+    def drop(self) -> None:
+        self.master_db.drop()
+        self.replica_db.drop()
+
+    def new_queue(self) -> str:
+        return f'bench_{self.library.short}_{os.getpid()}_{next(_queue_numbers)}'
+
+    def declare(self, replica: Service) -> None:
+        """The replica's queue, before the master publishes anything."""
+        if self.library is CQRS_CELERY:
+            replica.manage('cqrs_topology', '--declare', timeout=60)
+        else:
+            keys = [CQRS_ID, f'cqrs.{replica.queue}.{CQRS_ID}']
+            self.broker.declare_topic_queue(DJCQRS_EXCHANGE, replica.queue, keys)
+
+    def clean(self, queue: str) -> None:
+        self.broker.clean([queue, f'dead_letter_{queue}'], [])
+
+    def clean_exchanges(self) -> None:
+        self.broker.clean([], [f'cqrs.{CQRS_ID}', DJCQRS_EXCHANGE])
+
+    def empty(self) -> None:
+        self.master_db.empty()
+        self.replica_db.empty()
+
+    def warm_up(self, master: Service, worker: Worker) -> None:
+        """A few replicated rows so the worker is connected and warm; then both databases emptied."""
+        count = 2 * worker.concurrency
+        master.driver('create', str(count), '--start', '90000000')
+        _, ok = wait_for(lambda: self.replica_db.progress()[0], lambda c: c >= count or not worker.alive(), 90)
+        if not ok or not worker.alive():
+            raise StepFailed(f'{self.library} worker did not start:\n{worker.log_tail()}')
+        self.empty()
+
+    def wait_rows(self, count: int, min_revision: int = 0, deadline: float | None = None):
+        """Wait until the replica has ``count`` rows at ``min_revision``; returns ((count, first, last), ok)."""
+        return wait_for(lambda: self.replica_db.progress(min_revision), lambda p: p[0] >= count,
+                        deadline or deadline_for(count))
+
+
+def run_replication(section: Section, rec: Recorder, concurrency: int, n: int, latency_rows: int,
+                    scenarios: set[str]) -> None:
+    """Scenarios A, B, C and D of one run, with a worker of ``concurrency`` processes."""
+    lib, c = section.library.name, concurrency
+    queue = section.new_queue()
+    master, replica = section.services(queue)
+    worker = Worker(replica, c)
+    try:
+        section.empty()
+        section.declare(replica)
+        if scenarios & {'A', 'B', 'C'}:
+            worker.start()
+            section.warm_up(master, worker)
+            _rows_scenarios(section, rec, master, worker, c, n, latency_rows, scenarios)
+            worker.stop()
+        if 'D' in scenarios:
+            _drain(section, rec, master, worker, c, n)
+    except StepFailed as exc:
+        rec.log(f'  {lib}: failed: {exc}')
+        rec.add('-', 'run failed', lib, None, '', c, note=str(exc).splitlines()[0])
+    finally:
+        worker.stop()
+        section.clean(queue)
+
+
+def _rows_scenarios(section: Section, rec: Recorder, master: Service, worker: Worker, c: int, n: int,
+                    latency_rows: int, scenarios: set[str]) -> None:
+    lib = section.library.name
+    # A: n creates flat out; the rate runs from the first save to the last row made visible.
+    created = master.driver('create', str(n))
+    (count, _, last), ok = section.wait_rows(n)
+    value = n / (last - created['start']) if ok else None
+    if 'A' in scenarios:
+        rec.add('A', 'creates end to end', lib, value, 'events/s', c, '' if ok else f'timed out at {count}/{n}')
+        rec.log(f'  {lib}: A {_fmt(value)} creates/s (master alone: {n / (created["end"] - created["start"]):.0f}/s)')
+    if not ok:
+        return
+    if 'B' in scenarios:
+        updated = master.driver('update', str(n))
+        (count, _, last), ok = section.wait_rows(n, min_revision=1)
+        value = n / (last - updated['start']) if ok else None
+        rec.add('B', 'updates end to end', lib, value, 'events/s', c, '' if ok else f'timed out at {count}/{n}')
+        rec.log(f'  {lib}: B {_fmt(value)} updates/s')
+    if 'A' in scenarios and latency_rows:
+        _latency(section, rec, master, c, n, latency_rows)
+    if 'C' in scenarios:
+        _sync(section, rec, master, c)
+
+
+def _latency(section: Section, rec: Recorder, master: Service, c: int, n: int, rows: int) -> None:
+    """A: commit → visible at a steady 100 saves/s, from the master's commit stamps and the trigger's."""
+    lib = section.library.name
+    made = master.driver('create', str(rows), '--start', str(n), '--rate', '100', '--commit-times',
+                         timeout=60 + rows)
+    (count, _, _), ok = section.wait_rows(n + rows, deadline=60 + rows / 10)
+    seen = section.replica_db.seen_by_pk()
+    delays = sorted((seen[int(pk)] - commit) * 1000 for pk, commit in made['commits'].items()
+                    if seen.get(int(pk)) is not None)
+    note = '' if ok else f'timed out at {count - n}/{rows}'
+    if not delays:
+        rec.add('A', 'latency p50 @100/s', lib, None, 'ms', c, note or 'no rows')
+        return
+    p50, p99 = delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+    achieved = rows / (made['end'] - made['start'])
+    if achieved < 90:
+        note = (note + '; ' if note else '') + f'master reached only {achieved:.0f} saves/s'
+    rec.add('A', 'latency p50 @100/s', lib, p50, 'ms', c, note)
+    rec.add('A', 'latency p99 @100/s', lib, p99, 'ms', c, note)
+    rec.log(f'  {lib}: A latency p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(delays)} rows)')
+
+
+def _sync(section: Section, rec: Recorder, master: Service, c: int) -> None:
+    """C: ``manage.py cqrs_sync`` of every master row into an emptied replica table."""
+    lib = section.library.name
+    if not has_sync_command(section.library):
+        rec.add('C', 'cqrs_sync into empty replica', lib, None, 'rows/s', c, 'n/a: no cqrs_sync command')
+        rec.log(f'  {lib}: C n/a (no cqrs_sync command)')
+        return
+    section.replica_db.empty()
+    total = section.master_db.count(MASTER_TABLE)
+    extra = ['--filter', '{}'] if section.library is DJCQRS else []
+    began = time.time()
+    try:
+        master.manage('cqrs_sync', '--cqrs-id', CQRS_ID, *extra, timeout=deadline_for(total))
+    except StepFailed as exc:
+        rec.add('C', 'cqrs_sync into empty replica', lib, None, 'rows/s', c, f'failed: {str(exc).splitlines()[0]}')
+        rec.log(f'  {lib}: C failed: {exc}')
+        return
+    command = time.time() - began
+    (count, _, last), ok = section.wait_rows(total)
+    value = total / (last - began) if ok else None
+    rec.add('C', 'cqrs_sync into empty replica', lib, value, 'rows/s', c, '' if ok else f'timed out at {count}/{total}')
+    rec.log(f'  {lib}: C {_fmt(value)} rows/s (command ran {command:.1f} s for {total} rows)')
+
+
+def _drain(section: Section, rec: Recorder, master: Service, worker: Worker, c: int, n: int) -> None:
+    """D: n changes while no worker runs, then a worker drains the backlog."""
+    lib = section.library.name
+    section.empty()
+    master.driver('create', str(n))
+    # A library may put several changes in one message: wait until the queue stops growing.
+    depths: list[int] = []
+
+    def settled() -> bool:
+        depths.append(section.broker.depth(master.queue))
+        return len(depths) >= 3 and depths[-1] > 0 and depths[-1] == depths[-3]
+
+    _, ok = wait_for(settled, bool, 30, interval=0.25)
+    if not ok:
+        rec.add('D', 'backlog drain', lib, None, 'rows/s', c, f'queue did not settle: {depths[-1]} messages')
+        rec.log(f'  {lib}: D failed: queue did not settle ({depths[-1]} messages)')
+        return
+    rec.add('D', 'messages queued', lib, depths[-1], 'messages', c)
+    size = section.broker.message_size(master.queue)
+    if size:
+        rec.add('D', 'message size', lib, size, 'bytes', c)
+    worker.start()
+    (count, first, last), ok = section.wait_rows(n)
+    worker.stop()
+    value = (n - 1) / (last - first) if ok and last > first else None
+    rec.add('D', 'backlog drain', lib, value, 'rows/s', c, '' if ok else f'timed out at {count}/{n}')
+    rec.log(f'  {lib}: D {_fmt(value)} rows/s drained ({size} bytes per message)')
+
+
+def run_cost(section: Section, rec: Recorder, n: int) -> None:
+    """F: milliseconds a save costs on top of a plain Django save of a same-shape model."""
+    variants = [('', True, None)]
+    if section.library is CQRS_CELERY:
+        variants += [(' (outbox off)', False, None)]
+    variants += [(' (no broker)', True, 'none')]
+    for suffix, outbox, broker_url in variants:
+        label = f'{section.library.name}{suffix}'
+        queue = section.new_queue()
+        master, replica = section.services(queue, outbox=outbox, broker_url=broker_url)
+        try:
+            section.empty()
+            if broker_url is None:
+                section.declare(replica)
+            result = master.driver('cost', str(n))
+        except StepFailed as exc:
+            rec.add('F', 'create cost', label, None, 'ms', note=f'failed: {str(exc).splitlines()[0]}')
+            rec.log(f'  {label}: F failed: {exc}')
+            continue
+        finally:
+            if broker_url is None:
+                section.clean(queue)
+        plain, cqrs = result['plain'], result['cqrs']
+        for kind in ('create', 'update'):
+            rec.add('F', f'{kind} cost', label, cqrs[kind]['mean_ms'] - plain[kind]['mean_ms'], 'ms')
+        if not suffix:
+            rec.add('ceiling', 'master save loop, replication off', label, 1000 / plain['create']['mean_ms'],
+                    'saves/s')
+        rec.log(f'  {label}: F create +{cqrs["create"]["mean_ms"] - plain["create"]["mean_ms"]:.2f} ms, '
+                f'update +{cqrs["update"]["mean_ms"] - plain["update"]["mean_ms"]:.2f} ms '
+                f'(plain create {plain["create"]["mean_ms"]:.2f} ms)')
+
+
+def run_memory(section: Section, rec: Recorder, concurrency: int, checkpoints: list[int]) -> None:
+    """G: RSS of the worker processes (summed) idle and after each checkpoint's messages applied."""
+    lib = section.library.name
+    rows = min(1000, checkpoints[0])
+    rounds = max(0, -(-(checkpoints[-1] - rows) // rows))
+    queue = section.new_queue()
+    master, replica = section.services(queue)
+    worker = Worker(replica, concurrency)
+    flood = None
+    try:
+        section.empty()
+        section.declare(replica)
+        worker.start()
+        section.warm_up(master, worker)
+        rec.add('G', 'worker RSS idle', lib, worker.rss_mib(), 'MiB', concurrency)
+        master.driver('bulk-seed', str(rows))
+        flood = master.driver_in_background('flood', str(rounds))
+        for target in checkpoints:
+            applied, ok = wait_for(section.replica_db.applied, lambda a, t=target: a >= t, deadline_for(target),
+                                   interval=0.25)
+            label = f'worker RSS after {_count(target)} msgs'
+            rec.add('G', label, lib, worker.rss_mib() if ok else None, 'MiB', concurrency,
+                    '' if ok else f'timed out at {applied}/{target}')
+            rec.log(f'  {lib}: G {label}: {worker.rss_mib():.0f} MiB' + ('' if ok else ' (timed out)'))
+            if not ok:
+                break
+    except StepFailed as exc:
+        rec.log(f'  {lib}: G failed: {exc}')
+        rec.add('G', 'worker RSS idle', lib, None, 'MiB', concurrency, note=f'failed: {str(exc).splitlines()[0]}')
+    finally:
+        if flood is not None and flood.poll() is None:
+            flood.kill()
+        if flood is not None:
+            flood.wait()
+        worker.stop()
+        section.clean(queue)
+
+
+def run_db_ceiling(section: Section, rec: Recorder, n: int) -> None:
+    """Ceilings of the replica database: one transaction per row, and bulk_create."""
+    _, replica = section.services('bench_ceiling')
+    section.replica_db.empty()
+    result = replica.driver('db-ceiling', str(n))
+    rec.add('ceiling', 'replica insert, one transaction per row', 'database', result['per_row'], 'rows/s')
+    rec.add('ceiling', 'replica bulk_create', 'database', result['bulk'], 'rows/s')
+    rec.log(f'  database: {result["per_row"]:.0f} rows/s one per transaction, {result["bulk"]:.0f} rows/s bulk')
+
+
+def run_broker_ceiling(broker: Broker, rec: Recorder, n: int, size: int) -> None:
+    result = broker.ceiling(n, size, f'bench_ceiling_{os.getpid()}')
+    note = '' if result['complete'] else 'consume timed out'
+    rec.add('ceiling', f'kombu publish, {result["size"]} B messages', 'broker', result['publish'], 'msgs/s')
+    rec.add('ceiling', 'kombu consume + ack', 'broker', result['consume'], 'msgs/s', note=note)
+    rec.log(f'  {broker.kind}: kombu {result["publish"]:.0f} publishes/s, {result["consume"]:.0f} consumes/s '
+            f'({result["size"]} B)')
+
+
+def _fmt(value: float | None) -> str:
+    return 'timed out' if value is None else f'{value:.0f}'
+
+
+def _count(value: int) -> str:
+    return f'{value // 1000}k' if value % 1000 == 0 else str(value)

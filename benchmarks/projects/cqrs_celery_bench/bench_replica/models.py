@@ -1,0 +1,15 @@
+"""The replica's copy of the bench row."""
+
+from common import CQRS_ID
+from django.db import models
+from shapes import item_fields
+
+from cqrs_celery.mixins import ReplicaMixin
+
+ItemFields = item_fields()
+
+
+class ItemCopy(ReplicaMixin, ItemFields):
+    CQRS_ID = CQRS_ID
+
+    id = models.BigIntegerField(primary_key=True)
