@@ -12,14 +12,15 @@ LIBS = ('cqrs_celery', 'django-cqrs')
 LOWER_IS_BETTER = {'ms', 'MiB'}
 #: Units that describe rather than score: no better/worse.
 NEUTRAL = {'bytes', 'messages'}
-SCENARIO_ORDER = ['A', 'B', 'C', 'D', 'F', 'G']
+SCENARIO_ORDER = ['-', 'A', 'B', 'C', 'D', 'F', 'G']  # '-': a run that failed before its scenarios
 #: The ceiling shown next to each scenario (the full list is in the section's ceiling table).
 _APPLY = ['replica insert, one transaction per row', 'kombu consume + ack']
+_MASTER = 'master save loop, replication off'
 SCENARIO_CEILINGS = {
-    'creates end to end': _APPLY, 'updates end to end': _APPLY, 'cqrs_sync into empty replica': _APPLY,
-    'backlog drain': _APPLY,
+    'creates end to end': [_MASTER, *_APPLY], 'updates end to end': [_MASTER, *_APPLY],
+    'cqrs_sync into empty replica': _APPLY, 'backlog drain': _APPLY,
 }
-SHORT = {'replica insert, one transaction per row': 'db', 'kombu consume + ack': 'broker'}
+SHORT = {'replica insert, one transaction per row': 'db', 'kombu consume + ack': 'broker', _MASTER: 'master'}
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -72,6 +73,14 @@ def ratio(ours: dict | None, theirs: dict | None) -> str:
     return f'{value:.2f}× ({"better" if value > 1 else "worse" if value < 1 else "same"})'
 
 
+def _suffix(variant: str) -> str:
+    """' (outbox off)' of 'cqrs_celery (outbox off)': the variant without the library's name."""
+    for lib in LIBS:
+        if variant.startswith(lib):
+            return variant[len(lib):]
+    return variant
+
+
 def _django_variant(variant: str, available: set[str]) -> str:
     """The django-cqrs figure an cqrs_celery variant is compared with (outbox off has no twin)."""
     suffix = variant[len('cqrs_celery'):]
@@ -85,18 +94,19 @@ def section_markdown(rows: list[dict]) -> list[str]:
     ceilings = {r['metric']: r for r in rows if r['scenario'] == 'ceiling'}
     lines = ['| scenario | c | cqrs_celery | django-cqrs | cqrs_celery ÷ django-cqrs | ceiling, same run |',
              '|---|---|---|---|---|---|']
-    keys = sorted({(r['scenario'], r['metric'], r['concurrency'], r['variant'], r['unit']) for r in rows
-                   if r['scenario'] in SCENARIO_ORDER and r['variant'].startswith('cqrs_celery')},
-                  key=lambda k: (SCENARIO_ORDER.index(k[0]), k[2] or 0, k[1], k[3]))
-    for scenario, metric, concurrency, variant, unit in keys:
-        ours = index.get((scenario, metric, concurrency, variant))
-        theirs = index.get((scenario, metric, concurrency, _django_variant(variant, variants)))
-        label = f'{scenario} {metric}' + variant[len('cqrs_celery'):] + f', {unit}'
+    first_seen = {metric: i for i, metric in reversed(list(enumerate(r['metric'] for r in rows)))}
+    keys = sorted({(r['scenario'], r['metric'], r['concurrency'], _suffix(r['variant']), r['unit']) for r in rows
+                   if r['scenario'] in SCENARIO_ORDER and r['variant'].startswith(LIBS)},
+                  key=lambda k: (SCENARIO_ORDER.index(k[0]), k[2] or 0, first_seen[k[1]], k[3]))
+    for scenario, metric, concurrency, suffix, unit in keys:
+        ours = index.get((scenario, metric, concurrency, f'cqrs_celery{suffix}'))
+        theirs = index.get((scenario, metric, concurrency, _django_variant(f'cqrs_celery{suffix}', variants)))
+        label = f'{scenario} {metric}{suffix}, {unit}' if scenario != '-' else metric
         ceiling = ', '.join(f'{SHORT[name]} {_number(ceilings[name]["median"], ceilings[name]["unit"])}'
                             for name in SCENARIO_CEILINGS.get(metric, [])
                             if name in ceilings and ceilings[name]['median'] is not None)
         if scenario == 'F' and 'create' in metric:
-            plain = ceilings.get('master save loop, replication off')
+            plain = ceilings.get(_MASTER)
             if plain and plain['median']:
                 ceiling = f'plain save {1000 / plain["median"]:.2f} ms'
         lines.append(f'| {label} | {concurrency or "–"} | {cell(ours)} | {cell(theirs)} | {ratio(ours, theirs)} '
