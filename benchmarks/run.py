@@ -1,6 +1,6 @@
 """cqrs_celery side by side with django-cqrs 3.1.0, plus ceilings measured in the same run.
 
-    .venv/bin/python benchmarks/run.py            # everything: about 40 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py            # everything: about 35 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --quick    # smoke test: a few minutes
 
 django-cqrs runs from its own virtual environment, .bench/venv-djcqrs, which this command creates
@@ -68,7 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--n', type=int, help='rows per step of A, B, C, D (default 1000)')
     parser.add_argument('--latency-rows', type=int, help='saves at 100/s for the latency of A (default 500)')
     parser.add_argument('--cost-saves', type=int, help='saves per variant in F (default 500)')
-    parser.add_argument('--memory', help='G checkpoints in messages, e.g. 10000,100000 (default)')
+    parser.add_argument('--memory', help='G checkpoints in events applied, e.g. 10000,100000 (default)')
     parser.add_argument('--memory-on', default='amqp/postgres/2',
                         help='broker/db/c of the section G runs in (default amqp/postgres/2; "all": every one)')
     parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'latest',

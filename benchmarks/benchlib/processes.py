@@ -66,7 +66,7 @@ class Service:
     """One library's master or replica service: its environment and the commands it runs."""
 
     def __init__(self, library: Library, role: str, database: Database, broker_url: str, queue: str,
-                 outbox: bool = True) -> None:
+                 outbox: bool = True, publisher: str = '') -> None:
         self.library = library
         self.role = role
         self.database = database
@@ -81,6 +81,7 @@ class Service:
             'BENCH_BROKER': broker_url,
             'BENCH_QUEUE': queue,
             'BENCH_OUTBOX': '1' if outbox else '0',
+            'BENCH_PUBLISHER': publisher,
         }
 
     def run(self, args: list[str], timeout: float) -> str:

@@ -47,9 +47,10 @@ class Section:
         self.master_db = Database(db_kind, f'{library.short}_master')
         self.replica_db = Database(db_kind, f'{library.short}_replica')
 
-    def services(self, queue: str, outbox: bool = True, broker_url: str | None = None) -> tuple[Service, Service]:
+    def services(self, queue: str, outbox: bool = True, broker_url: str | None = None,
+                 publisher: str = '') -> tuple[Service, Service]:
         url = broker_url or self.broker.url
-        return (Service(self.library, 'master', self.master_db, url, queue, outbox),
+        return (Service(self.library, 'master', self.master_db, url, queue, outbox, publisher),
                 Service(self.library, 'replica', self.replica_db, url, queue))
 
     def prepare(self) -> None:
@@ -226,14 +227,16 @@ def _drain(section: Section, rec: Recorder, master: Service, worker: Worker, c: 
 
 def run_cost(section: Section, rec: Recorder, n: int) -> None:
     """F: milliseconds a save costs on top of a plain Django save of a same-shape model."""
-    variants = [('', True, None)]
+    # (label suffix, outbox, broker, cqrs_celery publisher): cqrs_celery publishes from a background
+    # thread by default; 'inline' publishes in the saving thread after commit, as django-cqrs does.
+    variants = [('', True, None, '')]
     if section.library is CQRS_CELERY:
-        variants += [(' (outbox off)', False, None)]
-    variants += [(' (no broker)', True, 'none')]
-    for suffix, outbox, broker_url in variants:
+        variants += [(' (inline publish)', True, None, 'inline'), (' (outbox off)', False, None, '')]
+    variants += [(' (no broker)', True, 'none', '')]
+    for suffix, outbox, broker_url, publisher in variants:
         label = f'{section.library.name}{suffix}'
         queue = section.new_queue()
-        master, replica = section.services(queue, outbox=outbox, broker_url=broker_url)
+        master, replica = section.services(queue, outbox=outbox, broker_url=broker_url, publisher=publisher)
         try:
             section.empty()
             if broker_url is None:
@@ -277,7 +280,7 @@ def run_memory(section: Section, rec: Recorder, concurrency: int, checkpoints: l
         for target in checkpoints:
             applied, ok = wait_for(section.replica_db.applied, lambda a, t=target: a >= t, deadline_for(target),
                                    interval=0.25)
-            label = f'worker RSS after {_count(target)} msgs'
+            label = f'worker RSS after {_count(target)} events'
             rec.add('G', label, lib, worker.rss_mib() if ok else None, 'MiB', concurrency,
                     '' if ok else f'timed out at {applied}/{target}')
             rec.log(f'  {lib}: G {label}: {worker.rss_mib():.0f} MiB' + ('' if ok else ' (timed out)'))

@@ -6,6 +6,7 @@ Environment:
     BENCH_BROKER    amqp://…, redis://…, or none (no broker: the library's own stand-in)
     BENCH_QUEUE     the replica service's queue name
     BENCH_OUTBOX    1 | 0 (cqrs_celery master only)
+    BENCH_PUBLISHER cqrs_celery's CQRS['master']['publisher'] when set (thread | inline | relay)
 """
 
 import os
@@ -15,6 +16,7 @@ ROLE = os.environ.get('BENCH_ROLE', 'master')
 BROKER = os.environ.get('BENCH_BROKER', 'none')
 QUEUE = os.environ.get('BENCH_QUEUE', 'bench_replica')
 OUTBOX = os.environ.get('BENCH_OUTBOX', '1') == '1'
+PUBLISHER = os.environ.get('BENCH_PUBLISHER', '')
 
 #: The bench models' CQRS_ID and django-cqrs's exchange: names no other user of the broker has.
 CQRS_ID = 'bench_item'
