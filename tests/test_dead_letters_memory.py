@@ -126,7 +126,7 @@ def test_a_dead_letter_is_logged_with_the_envelopes_fields_and_the_error(service
     [record] = [r for r in caplog.records if r.name == 'cqrs_celery.replica.dead_letters']
     text = record.getMessage()
     assert 'cqrs_id=item pk=B revision=4 correlation_id=None' in text
-    assert f'queue={service.queue} reason=failed after 2 retries error=RuntimeError: boom B@4 attempts=2' in text
+    assert f'queue={service.queue} reason=failed after 2 retries error=RuntimeError: boom B@4 retries=2' in text
 
 
 def test_a_configured_dead_letter_queue_name_is_used(service):
@@ -213,7 +213,7 @@ def test_retry_sends_each_dead_envelope_back_to_this_services_queue_with_attempt
     for letter in (envelope_letter(1, 'A', retries=5), envelope_letter(2, 'B', retries=3)):
         dead_letters.send(letter)
 
-    assert dead_letters.retry(service.app) == (2, 0)
+    assert dead_letters.retry(service.app) == (2, 0, 0)
 
     messages = service.replica_messages()
     assert [headers['task'] for headers, _, _ in messages] == [TASK_NAME, TASK_NAME]
@@ -232,7 +232,7 @@ def test_retry_keeps_letters_without_an_envelope(service):
     dead_letters.send(envelope_letter(1))
     dead_letters.send(kept[1])
 
-    assert dead_letters.retry(service.app) == (1, 2)
+    assert dead_letters.retry(service.app) == dead_letters.Retried(sent=1, without_envelope=2, other_service=0)
 
     assert len(service.replica_messages()) == 1
     assert dead_letters.letters(service.app) == kept
@@ -244,7 +244,7 @@ def test_retry_with_a_limit_handles_the_oldest_letters_only(service):
     for letter in letters:
         dead_letters.send(letter)
 
-    assert dead_letters.retry(service.app, limit=2) == (2, 0)
+    assert dead_letters.retry(service.app, limit=2) == (2, 0, 0)
 
     assert [decode(args[0]).instance_pk for _, _, (args, _, _) in service.replica_messages()] == ['A', 'B']
     assert dead_letters.letters(service.app) == letters[2:]
@@ -335,7 +335,8 @@ def test_a_dry_run_only_counts_and_changes_nothing(service, action):
 
     lines = command(action, '--dry-run')
 
-    assert lines == [f'dry run: 2 dead letters in {service.dead_letter_queue} would be handled by {action}']
+    assert lines == [{'retry': f'dry run: 2 envelopes would be sent back to {service.queue}',
+                      'purge': f'dry run: 2 dead letters would be removed from {service.dead_letter_queue}'}[action]]
     assert dead_letters.letters(service.app) == sent
     assert service.replica_messages() == []
 
@@ -391,3 +392,131 @@ def test_the_queues_of_these_tests_are_deleted_afterwards():
 
     assert leftovers == set()
     assert tables == []
+
+
+# --- hardening (issue 8 points 14-16, issue 9.6) ---------------------------------------------
+
+
+def foreign_service_letter(revision, sku='F'):
+    """A letter another replica service recorded into a dead-letter queue shared with this one."""
+    letter = envelope_letter(revision, sku)
+    letter['error']['queue'] = 'another_service'
+    return letter
+
+
+def publish_raw_letter(service, body: bytes):
+    with service.app.producer_or_acquire() as producer:
+        producer.publish(body, exchange='cqrs.direct', routing_key=service.dead_letter_queue,
+                         content_type='application/json', content_encoding='utf-8')
+
+
+def test_retry_keeps_letters_recorded_by_another_services_queue(service):
+    service.declare_replica_queue()
+    other = foreign_service_letter(7)
+    dead_letters.send(other)
+    dead_letters.send(envelope_letter(1, 'A'))
+
+    lines = command('retry')
+
+    assert lines == [f'1 envelopes sent back to {service.queue}',
+                     "1 letters recorded by another service's queue were kept"]
+    assert [decode(args[0]).instance_pk for _, _, (args, _, _) in service.replica_messages()] == ['A']
+    assert dead_letters.letters(service.app) == [other]
+
+
+def test_a_retry_dry_run_counts_exactly_what_the_retry_then_does(service):
+    service.declare_replica_queue()
+    for letter in (envelope_letter(1, 'A'), raw_letter(), foreign_service_letter(2), envelope_letter(3, 'B')):
+        dead_letters.send(letter)
+
+    dry = command('retry', '--dry-run')
+    real = command('retry')
+
+    assert dry == [f'dry run: 2 envelopes would be sent back to {service.queue}',
+                   '1 letters without an envelope would be kept',
+                   "1 letters recorded by another service's queue would be kept"]
+    assert real == [f'2 envelopes sent back to {service.queue}', '1 letters without an envelope were kept',
+                    "1 letters recorded by another service's queue were kept"]
+    assert len(service.replica_messages()) == 2
+
+
+def test_a_purge_dry_run_of_expired_letters_counts_only_the_expired_ones(service):
+    for letter in (envelope_letter(1, died=ago(days=30)), envelope_letter(2, died=ago(minutes=1))):
+        dead_letters.send(letter)
+
+    assert command('purge', '--expired', '--dry-run') == [
+        f'dry run: 1 dead letters would be removed from {service.dead_letter_queue}']
+    assert len(dead_letters.letters(service.app)) == 2
+
+
+@pytest.mark.django_db
+def test_retry_clears_the_expiry_of_an_expired_envelope_so_it_applies(service, monkeypatch):
+    from cqrs_celery.replica.tasks import apply_envelope
+    from tests.replica_app.models import ReplicaItem
+
+    service.declare_replica_queue()
+    expired = item_envelope(1, 'X').replace(expires=ago(hours=1))
+    dead_letters.send(dead_letters.record(error=RuntimeError('expired'), reason='expired', attempts=0,
+                                          envelope=expired))
+    assert expired.is_expired()
+
+    command('retry')
+
+    [(_, _, (args, _, _))] = service.replica_messages()
+    assert decode(args[0]).expires is None
+    refused = []
+    monkeypatch.setattr(dead_letters, 'send', refused.append)
+    assert apply_envelope.run(args[0]) == 'created'
+    assert refused == [] and ReplicaItem.objects.filter(pk='X').exists()
+
+
+def test_retry_with_expires_in_gives_the_envelope_that_long(service):
+    service.declare_replica_queue()
+    dead_letters.send(envelope_letter(1, 'A'))
+
+    command('retry', '--expires-in', '3600')
+
+    [(_, _, (args, _, _))] = service.replica_messages()
+    expires = decode(args[0]).expires
+    assert ago(seconds=-3590) < expires <= ago(seconds=-3600)
+
+
+def test_dump_prints_every_letter_as_strict_json_even_a_lone_surrogate_or_nan(service):
+    dead_letters.send(envelope_letter(1, 'A'))
+    publish_raw_letter(service, b'{"envelope": null, "raw": "\\ud800 lone", "error": {"reason": "bad input"}}')
+    publish_raw_letter(service, b'{"envelope": null, "raw": [NaN, Infinity, -Infinity], "error": {}}')
+    dead_letters.send(envelope_letter(2, 'B'))
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f'{name} is not JSON'))
+
+    lines = command('dump')
+
+    assert len(lines) == 4
+    letters = [strict(line) for line in lines]
+    assert all(line.encode('utf-8') for line in lines)
+    assert letters[1]['raw'] == '\ud800 lone'
+    assert letters[2]['raw'] == ['NaN', 'Infinity', '-Infinity']
+    assert [letters[0]['envelope']['instance_pk'], letters[3]['envelope']['instance_pk']] == ['A', 'B']
+
+
+def test_dump_of_an_empty_queue_says_so_on_stderr(service):
+    out, err = io.StringIO(), io.StringIO()
+
+    call_command('cqrs_dead_letters', 'dump', stdout=out, stderr=err)
+
+    assert out.getvalue() == ''
+    assert f'no dead letters in {service.dead_letter_queue}' in err.getvalue()
+
+
+@pytest.mark.parametrize('raw', [
+    '{"v": 1, "cqrs_id": "item", "instance_pk": "Z", "instance_data": {"cqrs_revision": 9}}',
+    {'cqrs_id': 'item', 'instance_pk': 'Z', 'instance_data': {'cqrs_revision': 9}},
+    '[[{"cqrs_id": "item", "instance_pk": "Z", "instance_data": {"cqrs_revision": 9}}], {"x": 1}, {}]',
+], ids=['json-text', 'decoded', 'task-body'])
+def test_a_raw_letter_is_logged_with_the_cqrs_id_its_body_names(service, caplog, raw):
+    with caplog.at_level(logging.ERROR, logger='cqrs_celery.replica.dead_letters'):
+        dead_letters.send(dead_letters.record(error='refused', reason='invalid message', attempts=0, raw=raw))
+
+    [record] = [r for r in caplog.records if r.name == 'cqrs_celery.replica.dead_letters']
+    assert 'cqrs_id=item pk=Z revision=9 ' in record.getMessage()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import logging
+import math
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from kombu import Queue, binding
 
@@ -27,6 +29,9 @@ from cqrs_celery.producer import publish_to_broker, transport_family
 logger = logging.getLogger(__name__)
 
 _PUBLISH_RETRY = {'max_retries': 5, 'interval_start': 0, 'interval_step': 1, 'interval_max': 5}
+
+#: Raw bodies up to this many characters are parsed to name their cqrs_id in the log.
+RAW_PARSED_FOR_LOG = 64 * 1024
 
 
 def dead_letter_queue(app: Any) -> Queue:
@@ -43,10 +48,19 @@ def dead_letter_queue(app: Any) -> Queue:
     return queue
 
 
-def raw_form(body: Any, content_type: str | None = None) -> Any:
-    """A received body as something JSON can carry."""
+def raw_form(body: Any, content_type: str | None = None, limit: int | None = None) -> Any:
+    """A received body as something JSON can carry, never decoded by its content type.
+
+    Text stays text; other bytes are kept in base64. A body longer than ``limit`` bytes keeps its
+    first ``limit`` bytes (base64) with its full size.
+    """
+    if isinstance(body, str):
+        body = body.encode('utf-8', 'surrogatepass')
     if isinstance(body, bytes | bytearray | memoryview):
         data = bytes(body)
+        if limit is not None and len(data) > limit:
+            return {'content_type': content_type, 'size': len(data), 'truncated': True,
+                    'base64': base64.b64encode(data[:limit]).decode('ascii')}
         try:
             text = data.decode('utf-8')
         except UnicodeDecodeError:
@@ -82,11 +96,29 @@ def send(letter: dict[str, Any]) -> None:
                          delivery_mode=topology.PERSISTENT, declare=[queue], retry=True,
                          retry_policy=_PUBLISH_RETRY)
     error = letter['error']
-    envelope = letter.get('envelope') or {}
+    named = letter.get('envelope') or _named_in(letter.get('raw')) or {}
+    data = named.get('instance_data')
     logger.error('cqrs dead letter: cqrs_id=%s pk=%s revision=%s correlation_id=%s queue=%s reason=%s '
-                 'error=%s: %s attempts=%s', envelope.get('cqrs_id'), envelope.get('instance_pk'),
-                 (envelope.get('instance_data') or {}).get('cqrs_revision'), envelope.get('correlation_id'),
+                 'error=%s: %s retries=%s', named.get('cqrs_id'), named.get('instance_pk'),
+                 data.get('cqrs_revision') if isinstance(data, Mapping) else None, named.get('correlation_id'),
                  error['queue'], error['reason'], error['type'], error['message'], error['attempts'])
+
+
+def _named_in(raw: Any, depth: int = 0) -> Mapping[str, Any] | None:
+    """The envelope-like object a raw body names (it has a ``cqrs_id``), for the log line."""
+    if isinstance(raw, str) and len(raw) <= RAW_PARSED_FOR_LOG and depth == 0:
+        try:
+            raw = json.loads(raw)
+        except Exception:  # not JSON, or nested too deep to parse: nothing to name
+            return None
+    if isinstance(raw, Mapping):
+        return raw if isinstance(raw.get('cqrs_id'), str) else None
+    if isinstance(raw, list) and depth < 3:  # a task body [args, kwargs, embed], its args, or a batch
+        for item in raw[:3]:
+            found = _named_in(item, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 @contextmanager
@@ -147,32 +179,73 @@ def _republish(channel: Any, queue: Queue, messages: list[Any]) -> None:
                          retry_policy=_PUBLISH_RETRY)
 
 
-def retry(app: Any, limit: int | None = None) -> tuple[int, int]:
+class Retried(NamedTuple):
+    """What ``retry`` did (or, in a dry run, would do) with the letters it looked at."""
+
+    sent: int
+    #: letters without a decodable envelope, kept in the dead-letter queue
+    without_envelope: int
+    #: letters recorded by another service's queue (a shared dead-letter queue), kept
+    other_service: int
+
+
+def retry(app: Any, limit: int | None = None, *, expires_in: float | None = None,
+          dry_run: bool = False) -> Retried:
     """Send dead envelopes back to this service's queue with attempts reset.
 
-    Returns:
-        (re-sent, kept): letters without a decodable envelope stay in the dead-letter queue.
+    Retrying is the operator's decision, so an envelope's expiry is cleared (``expires_in``: set to
+    that many seconds from now instead); otherwise an expired envelope would only die again. Letters
+    recorded by another service's queue stay, as do letters without an envelope. With ``dry_run``
+    the letters are only counted, exactly as the real run would handle them.
     """
     queue = dead_letter_queue(app)
     own = get_settings().queue
-    assert own is not None  # dead_letter_queue() raised otherwise
-    sent = kept = 0
+    expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expires_in)
+               if expires_in is not None else None)
+    counts = {'sent': 0, 'without_envelope': 0, 'other_service': 0}
     with _channel(app) as channel:
-        messages = _drain(channel, queue, limit)
-        keep = []
-        for message in messages:
-            try:
-                envelope = decode(_decoded(message).get('envelope'))
-            except EnvelopeError:
-                keep.append(message)
+        # A dry run reads every letter and puts them all back in order, like letters().
+        messages = _drain(channel, queue, None if dry_run else limit)
+        keep = list(messages) if dry_run else []
+        for message in messages[:limit] if dry_run else messages:
+            verdict, envelope = _retryable(_decoded(message), own)
+            counts[verdict] += 1
+            if dry_run:
                 continue
-            publish_to_broker(envelope.replace(retries=0), route_to=own)
-            sent += 1
+            if envelope is None:
+                keep.append(message)
+            else:
+                publish_to_broker(envelope.replace(retries=0, expires=expires), route_to=own)
         _republish(channel, queue, keep)
-        kept = len(keep)
         for message in messages:
             message.ack()
-    return sent, kept
+    return Retried(**counts)
+
+
+def _retryable(letter: dict[str, Any], own: str | None) -> tuple[str, Envelope | None]:
+    """('sent', envelope) for a letter this service can retry, else why it is kept."""
+    error = letter.get('error')
+    origin = error.get('queue') if isinstance(error, Mapping) else None
+    if isinstance(origin, str) and origin != own:
+        return 'other_service', None
+    try:
+        return 'sent', decode(letter.get('envelope'))
+    except EnvelopeError:
+        return 'without_envelope', None
+
+
+def would_purge(app: Any, expired_only: bool = False) -> int:
+    """How many letters ``purge`` would drop now (the queue is left as it was)."""
+    found = letters(app)
+    if not expired_only:
+        return len(found)
+    cutoff = _purge_cutoff()
+    return 0 if cutoff is None else sum(_older_than(letter, cutoff) for letter in found)
+
+
+def _purge_cutoff() -> datetime.datetime | None:
+    ttl = get_settings().replica.dead_message_ttl
+    return None if ttl is None else datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=ttl)
 
 
 def purge(app: Any, expired_only: bool = False) -> int:
@@ -181,13 +254,9 @@ def purge(app: Any, expired_only: bool = False) -> int:
     with _channel(app) as channel:
         if not expired_only:
             return int(channel.queue_purge(queue.name) or 0)
-        ttl = get_settings().replica.dead_message_ttl
+        cutoff = _purge_cutoff()
         messages = _drain(channel, queue, None)
-        if ttl is None:
-            keep = messages
-        else:
-            cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=ttl)
-            keep = [m for m in messages if not _older_than(_decoded(m), cutoff)]
+        keep = messages if cutoff is None else [m for m in messages if not _older_than(_decoded(m), cutoff)]
         _republish(channel, queue, keep)
         for message in messages:
             message.ack()
@@ -197,6 +266,43 @@ def purge(app: Any, expired_only: bool = False) -> int:
 def _older_than(letter: dict[str, Any], cutoff: datetime.datetime) -> bool:
     try:
         died = datetime.datetime.fromisoformat(letter['error']['time'])
+        return died < cutoff
     except (KeyError, TypeError, ValueError):
         return False
-    return died < cutoff
+
+
+def as_json_line(letter: Any) -> str:
+    """One letter as strict JSON on one line, whatever it holds.
+
+    Numbers that are not finite become strings, text that cannot be encoded (a lone surrogate) is
+    written with ``\\u`` escapes, values JSON has no type for become their text; a letter that still
+    cannot be written is shown as an error line of its own, so one letter never stops a dump.
+    """
+    try:
+        safe = _json_safe(letter)
+        text = json.dumps(safe, ensure_ascii=False, allow_nan=False, sort_keys=True)
+        try:
+            text.encode('utf-8')
+        except UnicodeEncodeError:
+            text = json.dumps(safe, ensure_ascii=True, allow_nan=False, sort_keys=True)
+        return text
+    except (RecursionError, ValueError, TypeError) as exc:
+        return json.dumps({'envelope': None, 'raw': None, 'error': {
+            'type': type(exc).__name__, 'message': f'this dead letter cannot be shown as JSON: {exc}',
+            'reason': 'unprintable dead letter'}}, sort_keys=True)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return 'NaN' if math.isnan(value) else ('Infinity' if value > 0 else '-Infinity')
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return {'base64': base64.b64encode(bytes(value)).decode('ascii')}
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value)
