@@ -26,7 +26,13 @@ CHECK_IDS = {
     'cqrs_celery.E010': 'CQRS_MAPPING names a field the replica model does not have.',
     'cqrs_celery.E011': 'CQRS_FIELDS or CQRS_TRACKED_FIELDS names a field the master model does not have.',
     'cqrs_celery.E012': 'CQRS_SERIALIZER cannot be imported.',
+    'cqrs_celery.E013': "CQRS['replica']['dead_letter_queue'] is the replica queue itself.",
+    'cqrs_celery.E014': 'The Celery app sends task protocol 1 messages, which replicas refuse.',
+    'cqrs_celery.W001': 'The Celery app accepts pickle.',
 }
+
+#: Content types that let a message run code when it is decoded.
+UNSAFE_CONTENT = frozenset({'pickle', 'application/x-python-serialize'})
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -41,7 +47,33 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             hint="Set CQRS['queue'] to a name unique to this replica service, e.g. 'billing_replica'.",
             id='cqrs_celery.E006',
         ))
+    if not errors:
+        errors.extend(_check_celery_app(conf.get_settings()))
     return errors
+
+
+def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
+    """What the project's Celery app is configured to do with the messages cqrs_celery exchanges."""
+    messages: list[checks.CheckMessage] = []
+    app = settings.celery_app()
+    if getattr(app, 'conf', None) is None:
+        return messages
+    accepted = {str(name).lower() for name in (app.conf.accept_content or ())}
+    if accepted & UNSAFE_CONTENT:
+        messages.append(checks.Warning(
+            'The Celery app accepts pickle (accept_content): any message on one of its queues can run code '
+            'in the worker. Replica queues refuse every body that is not JSON, but other queues do not.',
+            hint="Set CELERY_ACCEPT_CONTENT = ['json'] unless a task of yours truly needs pickle.",
+            id='cqrs_celery.W001',
+        ))
+    if int(app.conf.task_protocol or 2) < 2:
+        messages.append(checks.Error(
+            f'The Celery app sends task protocol {app.conf.task_protocol} messages; replica queues accept '
+            'protocol 2 only and would dead-letter every envelope.',
+            hint='Remove task_protocol from the Celery configuration (2 is the default).',
+            id='cqrs_celery.E014',
+        ))
+    return messages
 
 
 def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -6,6 +6,7 @@ No other module reads ``django.conf.settings`` for CQRS values: they call :func:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -59,8 +60,9 @@ class MasterSettings:
 class ReplicaSettings:
     """``CQRS['replica']``: how a replica service applies."""
 
-    #: Attempts after the first one before an envelope goes to the dead-letter queue.
-    max_retries: int = 30
+    #: Attempts after the first one before an envelope goes to the dead-letter queue
+    #: (``CQRS_MAX_RETRIES = None``: retry for ever, kept here as ``math.inf``).
+    max_retries: float = 30
     #: Seconds before the first retry.
     retry_delay: float = 2
     #: Each retry waits this many times longer than the one before (1: constant delay).
@@ -79,6 +81,13 @@ class ReplicaSettings:
     visibility_timeout: int = 600
     #: Seconds a replica remembers a deleted row's revision (late SAVEs older than that can resurrect).
     tombstone_retention: int = 30 * 24 * 3600
+    #: Largest task message body (bytes) a replica queue accepts; a larger one is a dead letter,
+    #: refused before it is decoded.
+    max_message_size: int = 16 * 1024 * 1024
+    #: Deepest nesting of JSON arrays and objects in a task message body, counted from the body's
+    #: outer array (the envelope itself takes four levels); a deeper one is a dead letter, refused
+    #: before it is decoded.
+    max_nesting_depth: int = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +130,7 @@ _MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'tombstone_retention': ('tombstone_retention', (int,)),
 }
 _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
-    'CQRS_MAX_RETRIES': ('max_retries', (int,)),
+    'CQRS_MAX_RETRIES': ('max_retries', (int, type(None))),
     'CQRS_RETRY_DELAY': ('retry_delay', (int, float)),
     'retry_backoff': ('retry_backoff', (int, float)),
     'retry_backoff_max': ('retry_backoff_max', (int, float)),
@@ -130,6 +139,8 @@ _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'dead_message_ttl': ('dead_message_ttl', (int, type(None))),
     'visibility_timeout': ('visibility_timeout', (int,)),
     'tombstone_retention': ('tombstone_retention', (int,)),
+    'max_message_size': ('max_message_size', (int,)),
+    'max_nesting_depth': ('max_nesting_depth', (int,)),
 }
 _TOP_KEYS = frozenset({'app', 'queue', 'master', 'replica'})
 _CALLABLE_KEYS = frozenset({'correlation_function', 'meta_function'})
@@ -200,6 +211,13 @@ def validate(raw: Any) -> list[Problem]:
                                 'unique to this replica service.'))
     for section, schema in (('master', _MASTER_KEYS), ('replica', _REPLICA_KEYS)):
         problems.extend(_validate_section(section, raw.get(section), schema))
+    replica = raw.get('replica')
+    dead = replica.get('dead_letter_queue') if isinstance(replica, Mapping) else None
+    if isinstance(queue, str) and queue and dead == queue:
+        problems.append(Problem('cqrs_celery.E013',
+                                f"CQRS['replica']['dead_letter_queue'] is the replica queue itself ({queue!r}): "
+                                'the worker would consume its own dead letters for ever.',
+                                'Leave dead_letter_queue out (dead_letter_<queue>) or give a name of its own.'))
     return problems
 
 
@@ -220,11 +238,10 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
         if key in _CALLABLE_KEYS and callable(value):
             continue
         bad_bool = isinstance(value, bool) and bool not in types
-        minimum = _MINIMUM.get(key, 0)
-        if not isinstance(value, types) or bad_bool or _below(value, minimum):
+        minimum, maximum = _MINIMUM.get(key, 0), _MAXIMUM.get(key, _MAX_SECONDS if key in _SECONDS else None)
+        if not isinstance(value, types) or bad_bool or _out_of_range(value, minimum, maximum):
             names = ' or '.join('None' if t is type(None) else t.__name__ for t in types)
-            bound = '' if bool in types or str in types else (
-                ' (not negative)' if minimum == 0 else f' (at least {minimum})' if minimum >= 1 else ' (above 0)')
+            bound = '' if bool in types or str in types else _range_text(minimum, maximum)
             problems.append(Problem('cqrs_celery.E005',
                                     f"CQRS['{section}'][{key!r}] = {value!r} must be {names}{bound}.",
                                     'Fix the value or remove the key to use the default.'))
@@ -246,11 +263,33 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
 #: "above 0").
 _MINIMUM: dict[str, float] = {
     'outbox_relay_batch': 1, 'retry_backoff': 1, 'visibility_timeout': 1, 'publish_timeout': 1e-9,
+    'max_nesting_depth': 8, 'max_message_size': 1024,
 }
 
 
-def _below(value: Any, minimum: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum
+#: Largest accepted value of numeric keys with an upper bound. Deeper nesting than 400 cannot be
+#: handed to a worker's pool process (Python's recursion limit).
+_MAXIMUM: dict[str, float] = {'max_nesting_depth': 400}
+
+#: Keys counted in seconds: at most ten years, so that every date computed from them exists.
+_SECONDS = frozenset({'CQRS_MESSAGE_TTL', 'publish_timeout', 'outbox_relay_delay', 'tombstone_retention',
+                      'CQRS_RETRY_DELAY', 'retry_backoff_max', 'dead_message_ttl', 'visibility_timeout'})
+_MAX_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _out_of_range(value: Any, minimum: float, maximum: float | None) -> bool:
+    """True for a number that is not finite, or below ``minimum``, or above ``maximum``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):  # NaN compares False with everything
+        return True
+    return value < minimum or (maximum is not None and value > maximum)
+
+
+def _range_text(minimum: float, maximum: float | None) -> str:
+    low = 'not negative' if minimum == 0 else f'at least {minimum:g}' if minimum >= 1 else 'above 0'
+    high = f', at most {maximum:g}' if maximum is not None else ''
+    return f' (finite, {low}{high})'
 
 
 def build(raw: Any) -> CQRSSettings:
@@ -267,6 +306,8 @@ def build(raw: Any) -> CQRSSettings:
         for key, value in master_raw.items()
     }
     replica_kwargs: dict[str, Any] = {_REPLICA_KEYS[key][0]: value for key, value in replica_raw.items()}
+    if 'CQRS_MAX_RETRIES' in replica_raw and replica_raw['CQRS_MAX_RETRIES'] is None:
+        replica_kwargs['max_retries'] = math.inf  # django-cqrs' "no limit"
     return CQRSSettings(
         app=raw.get('app'),
         queue=raw.get('queue'),

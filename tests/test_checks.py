@@ -259,6 +259,86 @@ def test_e012_the_master_serializer_cannot_be_imported():
     assert 'NoSuchSerializer' in errors[0].msg
 
 
+#: Every numeric key that takes a float, as (section, key).
+FLOAT_KEYS = [(section, key) for section, table in (('master', conf._MASTER_KEYS), ('replica', conf._REPLICA_KEYS))
+              for key, (_, types) in table.items() if float in types]
+
+
+@provokes('cqrs_celery.E005')
+@pytest.mark.parametrize('value', [float('nan'), float('inf'), float('-inf')], ids=['nan', 'inf', '-inf'])
+@pytest.mark.parametrize(('section', 'key'), FLOAT_KEYS, ids=[f'{s}.{k}' for s, k in FLOAT_KEYS])
+def test_e005_every_numeric_setting_refuses_values_that_are_not_finite(section, key, value):
+    with override_settings(CQRS={**GOOD, section: {key: value}}):
+        errors = cqrs_errors()
+
+    assert {m.id for m in errors} == {'cqrs_celery.E005'}
+    assert 'finite' in errors[0].msg and key in errors[0].msg
+
+
+@provokes('cqrs_celery.E005')
+@pytest.mark.parametrize('raw', [
+    {**GOOD, 'replica': {'retry_backoff_max': 1e300}},
+    {**GOOD, 'replica': {'CQRS_RETRY_DELAY': 10 ** 12}},
+    {**GOOD, 'master': {'CQRS_MESSAGE_TTL': 10 ** 15}},
+    {**GOOD, 'replica': {'max_nesting_depth': 1000}},
+    {**GOOD, 'replica': {'max_nesting_depth': 2}},
+    {**GOOD, 'replica': {'max_message_size': 10}},
+], ids=['backoff-max-1e300', 'delay-beyond-ten-years', 'ttl-beyond-ten-years', 'nesting-too-deep-for-a-worker',
+        'nesting-too-shallow-for-an-envelope', 'message-size-too-small'])
+def test_e005_numbers_out_of_their_working_range(raw):
+    with override_settings(CQRS=raw):
+        assert reported_ids() == {'cqrs_celery.E005'}
+
+
+@pytest.mark.parametrize('value', [None, 10 ** 6, 0])
+def test_max_retries_may_be_none_for_no_limit_or_any_count(value):
+    with override_settings(CQRS={**GOOD, 'replica': {'CQRS_MAX_RETRIES': value}}):
+        assert cqrs_errors() == []
+        retries = conf.get_settings().replica.max_retries
+    assert retries == (float('inf') if value is None else value)
+
+
+@provokes('cqrs_celery.E013')
+def test_e013_the_dead_letter_queue_is_the_replica_queue_itself():
+    with override_settings(CQRS={**GOOD, 'replica': {'dead_letter_queue': GOOD['queue']}}):
+        errors = cqrs_errors()
+        with pytest.raises(SystemCheckError, match=r'cqrs_celery\.E013'):
+            call_command('check', stdout=StringIO(), stderr=StringIO())
+
+    assert {m.id for m in errors} == {'cqrs_celery.E013'}
+
+
+def celery_app(**conf_values):
+    from celery import Celery
+
+    app = Celery('checks_tests', broker='memory://', set_as_current=False)
+    app.conf.update(conf_values)
+    return app
+
+
+@provokes('cqrs_celery.W001')
+@pytest.mark.parametrize('accept', [['json', 'pickle', 'yaml'], ['application/x-python-serialize']])
+def test_w001_the_celery_app_accepts_pickle(accept):
+    with override_settings(CQRS={**GOOD, 'app': celery_app(accept_content=accept)}):
+        messages = cqrs_errors()
+        out = StringIO()
+        call_command('check', stdout=out, stderr=out)
+
+    assert [(m.id, m.level) for m in messages] == [('cqrs_celery.W001', checks.WARNING)]
+    assert 'cqrs_celery.W001' in out.getvalue()
+
+
+def test_a_celery_app_that_accepts_json_and_yaml_gets_no_warning():
+    with override_settings(CQRS={**GOOD, 'app': celery_app(accept_content=['json', 'yaml'])}):
+        assert cqrs_errors() == []
+
+
+@provokes('cqrs_celery.E014')
+def test_e014_the_celery_app_sends_task_protocol_1():
+    with override_settings(CQRS={**GOOD, 'app': celery_app(task_protocol=1)}):
+        assert reported_ids() == {'cqrs_celery.E014'}
+
+
 @pytest.mark.parametrize('check_id', sorted(CHECK_IDS))
 def test_every_check_id_is_provoked_by_a_test_in_this_file(check_id):
     assert check_id in PROVOKED, f'write a test here that provokes {check_id}'

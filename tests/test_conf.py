@@ -103,6 +103,10 @@ KEY_TABLE = {
                                   lambda s: s.replica.visibility_timeout, 120),
     'replica.tombstone_retention': ({'app': APP, 'replica': {'tombstone_retention': 60}},
                                    lambda s: s.replica.tombstone_retention, 60),
+    'replica.max_message_size': ({'app': APP, 'replica': {'max_message_size': 65536}},
+                                lambda s: s.replica.max_message_size, 65536),
+    'replica.max_nesting_depth': ({'app': APP, 'replica': {'max_nesting_depth': 32}},
+                                 lambda s: s.replica.max_nesting_depth, 32),
 }
 
 

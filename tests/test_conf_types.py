@@ -27,6 +27,8 @@ TYPES = {
     'replica.dead_message_ttl': ([86400.5, '86400', True, -1], [0, 86400, None]),
     'replica.visibility_timeout': ([600.5, '600', True, -1, None, 0], [60, 600]),
     'replica.tombstone_retention': ([3600.5, '3600', False, -1, None], [0, 3600]),
+    'replica.max_message_size': ([65536.5, '65536', True, None, 1023], [1024, 65536]),
+    'replica.max_nesting_depth': ([32.5, '32', True, None, 7, 401], [8, 100, 400]),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -34,10 +35,22 @@ class _ReplicaOptions:
         """Seconds to wait before retry number ``current_retry + 1``.
 
         ``CQRS_RETRY_DELAY × retry_backoff ** current_retry``, at most ``retry_backoff_max``, and
-        with ``retry_jitter`` a random value between half of that and all of it.
+        with ``retry_jitter`` a random value between half of that and all of it. The exponent is
+        capped where the delay reaches the maximum, so any retry count (a million, or no limit at
+        all with ``CQRS_MAX_RETRIES = None``) gives a finite delay without overflowing.
         """
         replica = get_settings().replica
-        delay = min(replica.retry_delay * replica.retry_backoff ** current_retry, replica.retry_backoff_max)
+        base, backoff, longest = replica.retry_delay, replica.retry_backoff, replica.retry_backoff_max
+        if base <= 0 or longest <= base or backoff <= 1:
+            delay = min(base, longest)
+        else:
+            # the first exponent at which the delay reaches the maximum; higher ones change nothing
+            cap = math.ceil((math.log(longest) - math.log(base)) / math.log(backoff))
+            exponent = min(max(current_retry, 0), cap)
+            try:
+                delay = min(base * backoff ** exponent, longest)
+            except OverflowError:  # only with a vanishing base delay: count in logarithms
+                delay = min(math.exp(min(math.log(base) + exponent * math.log(backoff), math.log(longest))), longest)
         return random.uniform(delay / 2, delay) if replica.retry_jitter else delay
 
 
