@@ -1,21 +1,29 @@
-"""A worker consumer step: messages Celery cannot even decode go to the dead-letter queue.
+"""A worker consumer step: no message on a replica queue can stop the worker or be lost unread.
 
-Celery rejects a message it cannot turn into a task (a pickle body when only JSON is accepted,
-broken JSON, an unknown task name); on Redis a rejected message is simply gone. For messages that
-came through a cqrs exchange, this step dead-letters them with the reason instead, then acks.
+Every message routed through a cqrs exchange or to this service's replica queue passes the gate
+(:mod:`cqrs_celery.replica.guard`) before Celery decodes it or builds a request from it; a refused
+message goes to the dead-letter queue with the reason, then is acknowledged. Messages Celery itself
+rejects (broken JSON, an unknown task name, anything it cannot build a request from) are
+dead-lettered the same way instead of being dropped, or stopping the worker. When a dead letter
+cannot be published, the message goes back to its queue.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
 
 from cqrs_celery import topology
 from cqrs_celery.conf import get_settings
+from cqrs_celery.replica import guard
 
 logger = logging.getLogger(__name__)
+
+#: Raw bodies longer than this are kept truncated in a dead letter (its size is recorded).
+RAW_KEPT = 64 * 1024
 
 
 def is_cqrs_message(message: Any) -> bool:
@@ -26,46 +34,80 @@ def is_cqrs_message(message: Any) -> bool:
     return exchange.startswith(topology.EXCHANGE_PREFIX) or (queue is not None and info.get('routing_key') == queue)
 
 
-def _dead_letter(message: Any, error: BaseException | str, reason: str) -> bool:
+def _dead_letter(message: Any, error: BaseException | str, reason: str) -> None:
+    """Dead-letter ``message`` with its raw body, then ack it; on failure put it back in its queue."""
     from cqrs_celery.replica import dead_letters
 
     try:
-        dead_letters.send(dead_letters.record(error=error, reason=reason, attempts=0,
-                                              raw=dead_letters.raw_form(message.body, message.content_type)))
+        dead_letters.send(dead_letters.record(
+            error=error, reason=reason, attempts=0,
+            raw=dead_letters.raw_form(message.body, message.content_type, limit=RAW_KEPT)))
         message.ack()
     except Exception:
-        logger.exception('cqrs could not dead-letter an invalid message (%s); Celery rejects it', reason)
-        return False
-    return True
+        logger.exception('cqrs could not dead-letter a refused message (%s); it goes back to its queue', reason)
+        try:
+            message.reject(requeue=True)
+        except Exception:
+            logger.exception('cqrs could not requeue a refused message (%s)', reason)
+
+
+def guard_task_handler(create_task_handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap the consumer's ``create_task_handler`` so every cqrs message passes the gate first."""
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        on_task_received = create_task_handler(*args, **kwargs)
+
+        def on_message(message: Any) -> Any:
+            if not is_cqrs_message(message):
+                return on_task_received(message)
+            refusal = guard.check(message)
+            if refusal is not None:
+                _dead_letter(message, refusal.message, refusal.reason)
+                return None
+            try:
+                return on_task_received(message)
+            except Exception as exc:  # Celery would stop the worker, and the message would kill the next one
+                logger.exception('cqrs: Celery could not take a message from a replica queue')
+                _dead_letter(message, exc, 'invalid message')
+                return None
+
+        return on_message
+
+    return create
 
 
 class DeadLetterInvalidMessages(bootsteps.Step):
-    """Wraps the consumer's handlers for invalid, undecodable and unknown messages."""
+    """Puts the gate in front of the task handler and wraps the handlers of refused messages."""
 
     name = 'cqrs_celery dead-letter invalid messages'
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
+        c.create_task_handler = guard_task_handler(c.create_task_handler)
         on_invalid_task, on_unknown_task = c.on_invalid_task, c.on_unknown_task
         on_unknown_message, on_decode_error = c.on_unknown_message, c.on_decode_error
 
         def invalid_task(body: Any, message: Any, exc: BaseException) -> Any:
-            if is_cqrs_message(message) and _dead_letter(message, exc, 'invalid message'):
+            if is_cqrs_message(message):
+                _dead_letter(message, exc, 'invalid message')
                 return None
             return on_invalid_task(body, message, exc)
 
         def unknown_task(body: Any, message: Any, exc: BaseException) -> Any:
-            if is_cqrs_message(message) and _dead_letter(message, exc, 'unknown task'):
+            if is_cqrs_message(message):
+                _dead_letter(message, exc, 'unknown task')
                 return None
             return on_unknown_task(body, message, exc)
 
         def unknown_message(body: Any, message: Any) -> Any:
-            if is_cqrs_message(message) and _dead_letter(message, 'not a Celery task message', 'unknown message'):
+            if is_cqrs_message(message):
+                _dead_letter(message, 'not a Celery task message', 'unknown message')
                 return None
             return on_unknown_message(body, message)
 
         def decode_error(message: Any, exc: BaseException) -> Any:
-            if is_cqrs_message(message) and _dead_letter(message, exc, 'undecodable'):
+            if is_cqrs_message(message):
+                _dead_letter(message, exc, 'undecodable')
                 return None
             return on_decode_error(message, exc)
 

@@ -16,45 +16,26 @@ from typing import Any
 
 from celery import shared_task
 from celery.exceptions import Reject
-from celery.worker.request import Request
 from django import db
 
 from cqrs_celery.conf import get_settings
-from cqrs_celery.constants import JSON_CONTENT_TYPE, TASK_NAME
+from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope, decode
 from cqrs_celery.exceptions import DataError, EnvelopeError, UnknownCQRSIdError
 from cqrs_celery.producer import send
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica import dead_letters
 from cqrs_celery.replica.apply import apply
+from cqrs_celery.replica.guard import GuardedRequest
 from cqrs_celery.replica.queues import max_retry_delay
 
 logger = logging.getLogger(__name__)
 
 
-class JSONOnlyRequest(Request):
-    """Refuses any body that is not JSON before the task runs: it goes to the dead-letter queue."""
-
-    def execute_using_pool(self, pool: Any, **kwargs: Any) -> Any:
-        if self.content_type != JSON_CONTENT_TYPE:
-            try:
-                dead_letters.send(dead_letters.record(
-                    error=f'content type {self.content_type!r} refused; only {JSON_CONTENT_TYPE} is accepted',
-                    reason='not json', attempts=0,
-                    raw=dead_letters.raw_form(self.message.body, self.content_type)))
-            except Exception:
-                logger.exception('cqrs could not dead-letter a %s message; rejecting it', self.content_type)
-                self.reject(requeue=False)
-                return None
-            self.acknowledge()
-            return None
-        return super().execute_using_pool(pool, **kwargs)
-
-
 # celery-types' shared_task overloads have no ``Request`` option (Celery takes any Task attribute as
 # an option); passing it here keeps the app's own Task class as the base, which ``base=`` would not.
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,  # type: ignore[call-overload, untyped-decorator]
-             Request=JSONOnlyRequest)
+             Request=GuardedRequest)
 def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str:
     """Apply one envelope on this replica service; returns the outcome's name."""
     queue = get_settings().queue

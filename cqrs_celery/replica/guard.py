@@ -1,0 +1,242 @@
+"""The replica queue's gate: a task message is checked on its raw bytes before Celery touches it.
+
+Celery decodes a body with any serializer the project's app accepts (pickle runs code while it
+decodes), builds its request from headers it trusts, and stops the worker on errors it does not
+expect. So a message that comes to a replica queue is checked first: JSON content, size, nesting
+depth, strict JSON, the cqrs task's call shape (one positional envelope, nothing embedded) and the
+Celery headers the worker acts on. A message that fails is refused with the reason; the consumer
+step (:mod:`cqrs_celery.replica.consumer`) dead-letters it and acknowledges it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery.exceptions import InvalidTaskError
+from celery.utils.time import maybe_iso8601
+from celery.worker.request import Request
+from kombu.serialization import registry  # type: ignore[attr-defined]  # (not in kombu-stubs)
+
+from cqrs_celery.conf import get_settings
+from cqrs_celery.constants import JSON_CONTENT_TYPE, TASK_NAME
+
+#: Content encodings of a JSON body (Celery writes ``utf-8``).
+_ENCODINGS = frozenset({'utf-8', 'utf8'})
+
+#: What Celery may embed in a protocol 2 body; none of it may be set for the cqrs task.
+_EMBED_KEYS = frozenset({'callbacks', 'errbacks', 'chain', 'chord'})
+
+#: Headers that would make the worker run more than the envelope (Celery reads some of them into
+#: the task's request context).
+_FORBIDDEN_HEADERS = _EMBED_KEYS | {'link', 'link_error'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a message may not reach the task: ``reason`` is the dead letter's short category."""
+
+    reason: str
+    message: str
+
+
+def check(message: Any) -> Refusal | None:
+    """Why ``message`` (a kombu message from a replica queue) must not reach the cqrs task, or None.
+
+    Nothing here decodes with kombu: the body is parsed as strict JSON by the standard library only
+    after its content type, size and encoding passed.
+    """
+    try:
+        return _check(message)
+    except Exception as exc:  # the gate itself must never be what stops a worker
+        return Refusal('invalid message', f'the message could not be checked: {exc!r}')
+
+
+def _check(message: Any) -> Refusal | None:
+    headers = message.headers
+    content_type = message.content_type
+    encoding = str(message.content_encoding or '').lower()
+    compression = headers.get('compression') if isinstance(headers, Mapping) else None
+    if content_type != JSON_CONTENT_TYPE or encoding not in _ENCODINGS or compression:
+        details = [registry.type_to_name.get(content_type), encoding or 'no encoding',
+                   'compressed' if compression else None]
+        shown = f'{content_type!r} ({", ".join(d for d in details if d)})'
+        return Refusal('not json', f'content type {shown} refused: a replica queue accepts only uncompressed '
+                                   f'{JSON_CONTENT_TYPE} in utf-8, whatever the Celery app accepts')
+    if not isinstance(headers, Mapping):
+        return Refusal('invalid message', f'message headers must be a mapping, not {type(headers).__name__}')
+    task = headers.get('task')
+    if task is None:
+        return Refusal('invalid message', 'no task header: not a Celery task message of protocol 2')
+    if task != TASK_NAME:
+        return Refusal('invalid message', f'task {_short(task)} does not belong on a replica queue '
+                                          f'(only {TASK_NAME} does)')
+    limits = get_settings().replica
+    body = message.body
+    data = body.encode('utf-8', 'surrogatepass') if isinstance(body, str) else bytes(body or b'')
+    if len(data) > limits.max_message_size:
+        return Refusal('too large', f'the body has {len(data)} bytes, more than max_message_size '
+                                    f'({limits.max_message_size})')
+    parsed, refusal = _parse(data, limits.max_nesting_depth)
+    if refusal is not None:
+        return refusal
+    return _check_call(parsed) or _check_headers(headers)
+
+
+def _parse(data: bytes, max_depth: int) -> tuple[Any, Refusal | None]:
+    try:
+        parsed = json.loads(data.decode('utf-8'))
+    except RecursionError:
+        return None, _too_deep(max_depth)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, Refusal('undecodable', f'the body is not JSON: {exc}')
+    return parsed, _walk(parsed, max_depth)
+
+
+def _too_deep(max_depth: int) -> Refusal:
+    return Refusal('too deeply nested', f'JSON arrays and objects nest deeper than max_nesting_depth ({max_depth})')
+
+
+def _walk(parsed: Any, max_depth: int) -> Refusal | None:
+    """Nesting depth and strict JSON (finite numbers, text without lone surrogates), without recursion."""
+    stack: list[tuple[Any, int]] = [(parsed, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > max_depth:
+                return _too_deep(max_depth)
+            if value.keys() == {'__type__', '__value__'}:
+                return Refusal('undecodable', f'{_short(value)} is a kombu type marker, not plain JSON')
+            for key, item in value.items():
+                if not _is_text(key):
+                    return Refusal('undecodable', f'key {_short(key)} is not valid Unicode (a lone surrogate)')
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            if depth > max_depth:
+                return _too_deep(max_depth)
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            if not _is_text(value):
+                return Refusal('undecodable', f'string {_short(value)} is not valid Unicode (a lone surrogate)')
+        elif isinstance(value, float) and not math.isfinite(value):
+            return Refusal('undecodable', f'{value!r} is not a JSON number')
+    return None
+
+
+def _is_text(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_call(body: Any) -> Refusal | None:
+    """The body of a protocol 2 task message calling the cqrs task with one envelope, nothing else."""
+    if not isinstance(body, list) or len(body) != 3:
+        return Refusal('invalid message', f'a task body is [args, kwargs, embed], not {_short(body)}')
+    args, kwargs, embed = body
+    if not isinstance(args, list) or len(args) != 1:
+        count = len(args) if isinstance(args, list) else type(args).__name__
+        return Refusal('invalid message', f'{TASK_NAME} takes exactly one positional argument, the envelope '
+                                          f'(got {count})')
+    if kwargs != {}:
+        keys = sorted(map(str, kwargs)) if isinstance(kwargs, dict) else type(kwargs).__name__
+        return Refusal('invalid message', f'{TASK_NAME} takes no keyword arguments (got {_short(keys)})')
+    if embed is not None and not isinstance(embed, dict):
+        return Refusal('invalid message', f'the embed part must be an object, not {type(embed).__name__}')
+    unexpected = sorted(key for key, value in (embed or {}).items() if key not in _EMBED_KEYS or value)
+    if unexpected:
+        return Refusal('invalid message', f'callbacks, errbacks, chains and chords are not allowed on {TASK_NAME} '
+                                          f'(embed sets {", ".join(unexpected)})')
+    return None
+
+
+def _optional(kind: type | tuple[type, ...]) -> Callable[[Any], bool]:
+    return lambda value: value is None or (isinstance(value, kind) and not isinstance(value, bool))
+
+
+def _count(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def _no_time_limits(value: Any) -> bool:
+    return value is None or (isinstance(value, list | tuple) and len(value) == 2 and all(v is None for v in value))
+
+
+def _eta(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = maybe_iso8601(value)
+        return parsed is not None and parsed.timestamp() > 0
+    except (ValueError, TypeError, OverflowError, OSError):
+        return False
+
+
+#: Headers Celery acts on, each with the shape it needs (unknown headers pass: Celery ignores them).
+_HEADER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    'id': (lambda value: isinstance(value, str) and bool(value), 'a non-empty string'),
+    'lang': (_optional(str), 'a string or null'),
+    'root_id': (_optional(str), 'a string or null'),
+    'parent_id': (_optional(str), 'a string or null'),
+    'group': (_optional(str), 'a string or null'),
+    'shadow': (_optional(str), 'a string or null'),
+    'origin': (_optional(str), 'a string or null'),
+    'argsrepr': (_optional(str), 'a string or null'),
+    'kwargsrepr': (_optional(str), 'a string or null'),
+    'retries': (_count, 'a non-negative integer'),
+    'group_index': (_count, 'a non-negative integer or null'),
+    'replaced_task_nesting': (_count, 'a non-negative integer or null'),
+    'ignore_result': (lambda value: value is None or isinstance(value, bool), 'true, false or null'),
+    'timelimit': (_no_time_limits, "null or [null, null] (the replica's own time limits apply)"),
+    'eta': (_eta, 'null or an ISO-8601 date and time'),
+    'expires': (lambda value: value is None, "null (an envelope's expiry travels in the envelope)"),
+    'stamped_headers': (lambda value: value is None or (isinstance(value, list) and all(
+        isinstance(v, str) for v in value)), 'a list of strings or null'),
+    'stamps': (_optional(dict), 'an object or null'),
+}
+
+
+def _check_headers(headers: Mapping[Any, Any]) -> Refusal | None:
+    if 'id' not in headers:
+        return Refusal('invalid message', 'the id header is missing')
+    for key, (valid, shape) in _HEADER_RULES.items():
+        if key in headers and not valid(headers[key]):
+            return Refusal('invalid message', f'header {key} = {_short(headers[key])} must be {shape}')
+    smuggled = sorted(str(key) for key in _FORBIDDEN_HEADERS if headers.get(key))
+    if smuggled:
+        return Refusal('invalid message', f'headers {", ".join(smuggled)} are not allowed on {TASK_NAME}')
+    return None
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f'{text[:limit]}…'
+
+
+class GuardedRequest(Request):
+    """The cqrs task's Celery request: a message Celery cannot build a request from is an invalid task.
+
+    Celery stops the worker on errors other than ``InvalidTaskError`` raised while it builds a
+    request; here they become ``InvalidTaskError``, which the consumer step dead-letters. A body that
+    is not JSON is refused before Celery's request decodes it.
+    """
+
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        if message.content_type != JSON_CONTENT_TYPE:
+            raise InvalidTaskError(f'content type {message.content_type!r} refused; only {JSON_CONTENT_TYPE} '
+                                   'is accepted')
+        try:
+            super().__init__(message, *args, **kwargs)
+        except InvalidTaskError:
+            raise
+        except Exception as exc:
+            raise InvalidTaskError(f'Celery cannot build a request from this message: {exc!r}') from exc
