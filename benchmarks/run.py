@@ -58,7 +58,7 @@ def comma_list(choices: list[str]):
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true',
-                        help='smoke test: N=200, 1 run, PostgreSQL, c=2, G to 3k messages (flags below still apply)')
+                        help='smoke test: N=200, 1 run, PostgreSQL, c=2, G to 3k events (flags below still apply)')
     parser.add_argument('--only', type=comma_list(SCENARIOS), help='scenarios, e.g. A,B (default: all)')
     parser.add_argument('--broker', type=comma_list(['amqp', 'redis']), help='amqp,redis (default: both)')
     parser.add_argument('--db', type=comma_list(['postgres', 'sqlite']), help='postgres,sqlite (default: both)')
