@@ -3,10 +3,12 @@
 from cqrs_celery.constants import SignalType
 from cqrs_celery.exceptions import (
     ApplyError,
+    BrokerUnavailableError,
     ConfigurationError,
     CQRSError,
     DataError,
     EnvelopeError,
+    MetaError,
     PublishError,
     UnknownCQRSIdError,
     UnsupportedVersionError,
@@ -16,10 +18,12 @@ __version__ = '0.1.0'
 
 __all__ = [
     'ApplyError',
+    'BrokerUnavailableError',
     'CQRSError',
     'ConfigurationError',
     'DataError',
     'EnvelopeError',
+    'MetaError',
     'PublishError',
     'SignalType',
     'UnknownCQRSIdError',

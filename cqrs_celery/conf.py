@@ -17,6 +17,9 @@ from django.utils.module_loading import import_string
 from cqrs_celery import topology
 from cqrs_celery.exceptions import ConfigurationError
 
+#: Values of ``CQRS['master']['publisher']``.
+PUBLISHER_MODES = ('thread', 'inline', 'relay')
+
 #: Replica queue names: letters, digits and ``._-:``; they become broker names.
 QUEUE_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:-]{0,199}')
 
@@ -52,6 +55,14 @@ class MasterSettings:
     outbox_relay_batch: int = 500
     #: Seconds an outbox row must wait before the relay takes it (the committing process goes first).
     outbox_relay_delay: float = 2.0
+    #: Who publishes committed events: ``'thread'`` (a background thread of the committing process,
+    #: woken at commit), ``'inline'`` (the committing thread, right after commit) or ``'relay'``
+    #: (only the beat relay / ``cqrs_outbox relay``).
+    publisher: str = 'thread'
+    #: Rows of one CQRS_ID per published message (a batch envelope).
+    publish_batch_size: int = 100
+    #: Failed publish attempts after which an outbox event is set aside (a broker outage does not count).
+    outbox_max_attempts: int = 50
     #: Seconds the master remembers the revision of a deleted pk (outlive the replicas' tombstones).
     tombstone_retention: int = 90 * 24 * 3600
 
@@ -127,6 +138,9 @@ _MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'publish_timeout': ('publish_timeout', (int, float)),
     'outbox_relay_batch': ('outbox_relay_batch', (int,)),
     'outbox_relay_delay': ('outbox_relay_delay', (int, float)),
+    'publisher': ('publisher', (str,)),
+    'publish_batch_size': ('publish_batch_size', (int,)),
+    'outbox_max_attempts': ('outbox_max_attempts', (int,)),
     'tombstone_retention': ('tombstone_retention', (int,)),
 }
 _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
@@ -245,6 +259,11 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
             problems.append(Problem('cqrs_celery.E005',
                                     f"CQRS['{section}'][{key!r}] = {value!r} must be {names}{bound}.",
                                     'Fix the value or remove the key to use the default.'))
+        elif key == 'publisher' and value not in PUBLISHER_MODES:
+            problems.append(Problem('cqrs_celery.E005',
+                                    f"CQRS['master']['publisher'] = {value!r} must be one of "
+                                    f"{', '.join(map(repr, PUBLISHER_MODES))}.",
+                                    "Use 'thread' (the default) unless you know you need another."))
         elif key == 'dead_letter_queue' and isinstance(value, str) and not QUEUE_NAME_RE.fullmatch(value):
             problems.append(Problem('cqrs_celery.E007',
                                     f"CQRS['replica']['dead_letter_queue'] = {value!r} is not a valid queue name.",
@@ -262,7 +281,8 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
 #: Smallest accepted value of numeric keys whose lower bound is not 0 (a tiny positive number means
 #: "above 0").
 _MINIMUM: dict[str, float] = {
-    'outbox_relay_batch': 1, 'retry_backoff': 1, 'visibility_timeout': 1, 'publish_timeout': 1e-9,
+    'outbox_relay_batch': 1, 'publish_batch_size': 1, 'outbox_max_attempts': 1, 'retry_backoff': 1,
+    'visibility_timeout': 1, 'publish_timeout': 1e-9,
     'max_nesting_depth': 8, 'max_message_size': 1024,
 }
 

@@ -7,11 +7,14 @@ import enum
 #: Name of the Celery task that carries every envelope.
 TASK_NAME = 'cqrs_celery.apply'
 
-#: Envelope schema version produced by this release.
+#: Schema version of a single-row envelope (retries, directed syncs, dead letters).
 ENVELOPE_VERSION = 1
 
+#: Schema version of a batch: many rows of one CQRS_ID in one message (what the master publishes).
+BATCH_VERSION = 2
+
 #: Envelope schema versions this release can apply.
-SUPPORTED_ENVELOPE_VERSIONS = frozenset({1})
+SUPPORTED_ENVELOPE_VERSIONS = frozenset({ENVELOPE_VERSION, BATCH_VERSION})
 
 #: Field added to every master and replica model: +1 per committed change.
 FIELD_REVISION = 'cqrs_revision'

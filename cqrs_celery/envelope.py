@@ -1,21 +1,33 @@
 """The wire format: a frozen, versioned envelope, the only thing the Celery task carries.
 
-``Envelope.to_wire()`` gives the JSON-safe dict sent as the task's single argument;
-``decode()`` turns whatever a replica received back into an ``Envelope`` or raises
-``EnvelopeError`` (keeping the raw body) saying exactly what is wrong.
+Two schema versions travel as the task's single argument:
+
+* v1, one row: ``Envelope.to_wire()`` (retries, directed syncs, dead letters);
+* v2, a batch: ``encode_batch()`` puts many rows of one CQRS_ID in one message, with the fields
+  they share (``cqrs_id``, ``queue``, ``expires``, ``retries``) once and a ``rows`` list.
+
+``decode()`` turns a v1 body back into an ``Envelope``; ``decode_message()`` accepts both and
+gives one ``Envelope`` per row, or the ``EnvelopeError`` of a bad row, so one bad row never
+spoils the others. Errors keep the raw body and say exactly what is wrong.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ujson
 from dateutil import parser as date_parser
 
-from cqrs_celery.constants import ENVELOPE_VERSION, FIELD_REVISION, SUPPORTED_ENVELOPE_VERSIONS, SignalType
+from cqrs_celery.constants import (
+    BATCH_VERSION,
+    ENVELOPE_VERSION,
+    FIELD_REVISION,
+    SUPPORTED_ENVELOPE_VERSIONS,
+    SignalType,
+)
 from cqrs_celery.exceptions import EnvelopeError, UnsupportedVersionError
 
 
@@ -33,6 +45,9 @@ class Envelope:
     queue: str | None = None
     expires: datetime.datetime | None = None
     retries: int = 0
+    #: A directed SYNC that applies even when the replica holds a higher revision (repairs a replica
+    #: that is ahead of its master, e.g. after the master was restored from a backup).
+    forced: bool = False
     v: int = ENVELOPE_VERSION
 
     @property
@@ -56,20 +71,30 @@ class Envelope:
         return dataclasses.replace(self, **changes)
 
     def to_wire(self) -> dict[str, Any]:
-        """The JSON-safe dict that travels as the task argument."""
-        return {
-            'v': self.v,
-            'signal_type': self.signal_type.value,
+        """The JSON-safe v1 dict that travels as the task argument."""
+        wire = {
+            'v': ENVELOPE_VERSION,
             'cqrs_id': self.cqrs_id,
+            **self.row_wire(),
+            'queue': self.queue,
+            'expires': self.expires.isoformat() if self.expires else None,
+            'retries': self.retries,
+        }
+        return wire
+
+    def row_wire(self) -> dict[str, Any]:
+        """The fields of this row alone, as a v2 batch carries them."""
+        row = {
+            'signal_type': self.signal_type.value,
             'instance_pk': self.instance_pk,
             'instance_data': self.instance_data,
             'previous_data': self.previous_data,
             'meta': self.meta,
             'correlation_id': self.correlation_id,
-            'queue': self.queue,
-            'expires': self.expires.isoformat() if self.expires else None,
-            'retries': self.retries,
         }
+        if self.forced:
+            row['forced'] = True
+        return row
 
     def log_fields(self) -> dict[str, Any]:
         """The fields every log line about this envelope carries."""
@@ -87,18 +112,13 @@ def decode(raw: Any) -> Envelope:
         UnsupportedVersionError: ``v`` is not a version this release applies.
         EnvelopeError: anything else is wrong; ``raw`` is kept on the exception.
     """
-    body = raw
-    if isinstance(body, bytes | str):
-        try:
-            body = ujson.loads(body)
-        except (ValueError, TypeError) as exc:
-            raise EnvelopeError(f'envelope is not JSON: {exc}', raw) from exc
-    if not isinstance(body, Mapping):
-        raise EnvelopeError(f'envelope must be a JSON object, not {type(body).__name__}', raw)
+    body = _parsed(raw)
     missing = [key for key in _REQUIRED if key not in body]
     if missing:
         raise EnvelopeError(f'envelope lacks required keys: {", ".join(missing)}', raw)
     version = body['v']
+    if version == BATCH_VERSION and not isinstance(version, bool):
+        raise EnvelopeError('a v2 batch holds several rows: decode it with decode_message()', raw)
     if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_ENVELOPE_VERSIONS:
         raise UnsupportedVersionError(
             f'envelope version {version!r} is not supported (this replica applies '
@@ -125,8 +145,13 @@ def decode(raw: Any) -> Envelope:
     if queue is not None and not isinstance(queue, str):
         raise EnvelopeError(f'queue must be a string or null, not {queue!r}', raw)
     retries = body.get('retries', 0)
+    if retries is None:
+        retries = 0
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise EnvelopeError(f'retries must be a non-negative integer, not {retries!r}', raw)
+    forced = body.get('forced', False)
+    if not isinstance(forced, bool) or (forced and (signal_type != SignalType.SYNC or queue is None)):
+        raise EnvelopeError('forced must be a boolean, and only a SYNC directed to one queue can be forced', raw)
     return Envelope(
         v=version,
         signal_type=signal_type,
@@ -139,7 +164,60 @@ def decode(raw: Any) -> Envelope:
         queue=queue,
         expires=_parse_expires(body.get('expires'), raw),
         retries=retries,
+        forced=forced,
     )
+
+
+def encode_batch(envelopes: Sequence[Envelope]) -> dict[str, Any]:
+    """One v2 message for ``envelopes``, rows of one CQRS_ID with the same queue, expiry and retries."""
+    first = envelopes[0]
+    return {
+        'v': BATCH_VERSION,
+        'cqrs_id': first.cqrs_id,
+        'queue': first.queue,
+        'expires': first.expires.isoformat() if first.expires else None,
+        'retries': first.retries,
+        'rows': [envelope.row_wire() for envelope in envelopes],
+    }
+
+
+def decode_message(raw: Any) -> list[Envelope | EnvelopeError]:
+    """Every row of a received v1 or v2 message: an ``Envelope``, or the error of a bad row.
+
+    Raises:
+        EnvelopeError: the message as a whole is unusable (not JSON, not an object, unknown
+            version, a v2 header that is wrong); ``raw`` is kept on the exception.
+    """
+    body = _parsed(raw)
+    if body.get('v') != BATCH_VERSION or isinstance(body.get('v'), bool):
+        return [decode(body)]
+    rows = body.get('rows')
+    if not isinstance(rows, list) or not rows:
+        raise EnvelopeError('a batch needs a non-empty list of rows', raw)
+    shared = {key: body.get(key) for key in ('cqrs_id', 'queue', 'expires', 'retries')}
+    shared['v'] = ENVELOPE_VERSION
+    decoded: list[Envelope | EnvelopeError] = []
+    for row in rows:
+        if not isinstance(row, Mapping):
+            decoded.append(EnvelopeError(f'a batch row must be an object, not {type(row).__name__}', row))
+            continue
+        try:
+            decoded.append(decode({**row, **shared}))
+        except EnvelopeError as exc:
+            decoded.append(exc)
+    return decoded
+
+
+def _parsed(raw: Any) -> Mapping[str, Any]:
+    body = raw
+    if isinstance(body, bytes | str):
+        try:
+            body = ujson.loads(body)
+        except (ValueError, TypeError) as exc:
+            raise EnvelopeError(f'envelope is not JSON: {exc}', raw) from exc
+    if not isinstance(body, Mapping):
+        raise EnvelopeError(f'envelope must be a JSON object, not {type(body).__name__}', raw)
+    return body
 
 
 def _optional_str(value: Any) -> str | None:

@@ -45,3 +45,11 @@ class ApplyError(CQRSError):
 
 class PublishError(CQRSError):
     """The master could not hand an envelope to the broker."""
+
+
+class BrokerUnavailableError(PublishError):
+    """The broker could not be reached (or did not confirm in time): nothing about the message is wrong."""
+
+
+class MetaError(CQRSError, TypeError):
+    """``get_cqrs_meta``, ``meta_function`` or ``correlation_function`` gave something that cannot travel."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import ujson
@@ -14,9 +15,17 @@ def pk_key(pk: Any) -> str:
     return pk if isinstance(pk, str) else ujson.dumps(pk)
 
 
+def pk_hash(key: str) -> str:
+    """The fixed-size key a tombstone is found by, whatever the length of its pk's text."""
+    return hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()
+
+
 class _Tombstone(models.Model):
     cqrs_id = models.CharField(max_length=200)
-    pk_value = models.CharField(max_length=255)
+    #: The pk's text (``pk_key``), any length.
+    pk_value = models.TextField()
+    #: SHA-256 of ``pk_value``: the unique key, so a pk of any length can have a tombstone.
+    pk_hash = models.CharField(max_length=64)
     #: Revision of the DELETE: a SAVE at or below it is older than the deletion.
     revision = models.BigIntegerField()
     deleted_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -27,48 +36,81 @@ class _Tombstone(models.Model):
     def __str__(self) -> str:
         return f'{self.cqrs_id}:{self.pk_value}@{self.revision}'
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.pk_hash = pk_hash(self.pk_value)
+        super().save(*args, **kwargs)
+
 
 class MasterTombstone(_Tombstone):
     """Last revision of a deleted master row, so a row re-inserted with that pk continues from it."""
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=['cqrs_id', 'pk_value'], name='cqrs_master_tomb_uniq')]
+        constraints = [models.UniqueConstraint(fields=['cqrs_id', 'pk_hash'], name='cqrs_master_tomb_key')]
 
 
 class ReplicaTombstone(_Tombstone):
     """Revision at which a replica row was deleted, so a late SAVE cannot bring it back."""
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=['cqrs_id', 'pk_value'], name='cqrs_replica_tomb_uniq')]
+        constraints = [models.UniqueConstraint(fields=['cqrs_id', 'pk_hash'], name='cqrs_replica_tomb_key')]
 
 
 class OutboxEvent(models.Model):
-    """An event written in the same transaction as the change it describes, deleted once published."""
+    """A change written in the same transaction as the change itself, deleted once published.
+
+    A SAVE event names the row (``cqrs_id``, ``pk_value``) and carries only what the save alone
+    knows (``previous_data``, ``meta``, ``correlation_id``) in ``envelope``; the publisher reads
+    the row's committed state when it publishes. A DELETE event carries its whole envelope, since
+    the row is gone by then.
+    """
 
     cqrs_id = models.CharField(max_length=200)
-    pk_value = models.CharField(max_length=255)
+    #: The JSON form of the primary key (any length).
+    pk_value = models.TextField()
+    signal_type = models.CharField(max_length=8, default='SAVE')
+    #: Revision of a DELETE; a SAVE's revision is read with the row at publish time.
     revision = models.BigIntegerField(null=True)
-    #: The envelope as JSON text, exactly as it will be published.
-    envelope = models.TextField()
+    #: JSON text: a DELETE's v1 envelope, or a SAVE's ``{previous_data, meta, correlation_id}`` ('' when none).
+    envelope = models.TextField(blank=True, default='')
     created = models.DateTimeField(default=timezone.now, db_index=True)
+    #: Failed publish attempts of this event (a broker outage does not count).
+    attempts = models.IntegerField(default=0)
+    #: The last publish error of this event.
+    error = models.TextField(blank=True, default='')
+    #: Not taken by the publisher before this time (back-off after a failure).
+    available_at = models.DateTimeField(default=timezone.now)
+    #: Set aside after too many failed attempts: kept, shown by ``cqrs_outbox status``, and
+    #: published again by ``cqrs_outbox retry``.
+    set_aside = models.BooleanField(default=False)
 
     class Meta:
-        indexes = [models.Index(fields=['cqrs_id', 'pk_value'], name='cqrs_outbox_row')]
+        indexes = [models.Index(fields=['set_aside', 'available_at'], name='cqrs_outbox_ready')]
 
     def __str__(self) -> str:
-        return f'{self.cqrs_id}:{self.pk_value}@{self.revision}'
+        return f'{self.signal_type} {self.cqrs_id}:{self.pk_value}'
 
 
 def record_tombstone(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any, revision: int) -> None:
     """Store ``revision`` for the pk unless a higher one is already there (caller holds the lock)."""
     key = pk_key(pk)
-    updated = (model._default_manager.using(using)
-               .filter(cqrs_id=cqrs_id, pk_value=key, revision__lt=revision)
-               .update(revision=revision, deleted_at=timezone.now()))
-    if not updated and not model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_value=key).exists():
+    rows = model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_hash=pk_hash(key))
+    updated = rows.filter(revision__lt=revision).update(revision=revision, deleted_at=timezone.now())
+    if not updated and not rows.exists():
         model._default_manager.using(using).create(cqrs_id=cqrs_id, pk_value=key, revision=revision)
 
 
 def tombstone_revision(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any) -> int | None:
-    return (model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_value=pk_key(pk))
+    return (model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_hash=pk_hash(pk_key(pk)))
             .values_list('revision', flat=True).first())
+
+
+def tombstone_revisions(model: type[_Tombstone], using: str, cqrs_id: str, pks: list[Any]) -> dict[str, int]:
+    """``{pk_key(pk): revision}`` for those of ``pks`` that have a tombstone (one query)."""
+    hashes = [pk_hash(pk_key(pk)) for pk in pks]
+    rows = model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_hash__in=hashes)
+    return dict(rows.values_list('pk_value', 'revision'))
+
+
+def forget_tombstones(model: type[_Tombstone], using: str, cqrs_id: str, keys: list[str]) -> None:
+    """Delete the tombstones of these pk texts (``pk_key``)."""
+    model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_hash__in=[pk_hash(k) for k in keys]).delete()

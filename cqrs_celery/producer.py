@@ -9,8 +9,9 @@ publish that reached no queue fails and the outbox keeps the event.
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kombu import pools
@@ -18,18 +19,35 @@ from kombu import pools
 from cqrs_celery import topology
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
-from cqrs_celery.envelope import Envelope
-from cqrs_celery.exceptions import PublishError
+from cqrs_celery.envelope import Envelope, encode_batch
+from cqrs_celery.exceptions import BrokerUnavailableError, PublishError
 
 #: Replaced by ``cqrs_celery.testing`` to apply in-process or capture instead of using the broker.
-_sender: Callable[[Envelope], None] | None = None
+_sender: Callable[..., None] | None = None
+_installed: Callable[..., None] | None = None
 
 
-def set_sender(sender: Callable[[Envelope], None] | None) -> Callable[[Envelope], None] | None:
-    """Install ``sender`` instead of the broker (``None`` restores it); returns the previous one."""
-    global _sender
-    previous, _sender = _sender, sender
+def set_sender(sender: Callable[..., None] | None) -> Callable[..., None] | None:
+    """Install ``sender`` instead of the broker (``None`` restores it); returns the previous one.
+
+    The sender is called as ``sender(envelope, route_to=None, countdown=None)`` for every row sent
+    (the arguments ``send`` takes); one that takes only the envelope is called with it alone.
+    """
+    global _sender, _installed
+    previous = _installed
+    _installed = sender
+    _sender = None if sender is None else _full_signature(sender)
     return previous
+
+
+def _full_signature(sender: Callable[..., None]) -> Callable[..., None]:
+    try:
+        parameters = inspect.signature(sender).parameters
+    except (TypeError, ValueError):
+        return sender
+    if 'route_to' in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return sender
+    return lambda envelope, route_to=None, countdown=None: sender(envelope)
 
 
 _families: dict[tuple[int, str], str] = {}
@@ -56,23 +74,52 @@ def ensure_filesystem_folders(app: Any) -> None:
             os.makedirs(options.get(key, default), exist_ok=True)
 
 
+_pools: dict[tuple[int, str, float], Any] = {}
+
+
 def producer_pool(app: Any) -> Any:
-    """kombu's shared producer pool for publishing envelopes (one per broker URL and options)."""
+    """kombu's shared producer pool for publishing envelopes (looked up once per app, broker and timeout)."""
     timeout = get_settings().master.publish_timeout
-    options = dict(app.conf.broker_transport_options or {})
-    options.setdefault('max_retries', 1)
-    if transport_family(app) == topology.AMQP:
-        options['confirm_publish'] = True
-    connection = app.connection_for_write(connect_timeout=timeout, transport_options=options)
-    return pools.producers[connection]
+    key = (id(app), str(app.conf.broker_url), timeout)
+    pool = _pools.get(key)
+    # kombu's pools.reset() (tests, forks) closes every pool: a cached one must still be registered.
+    if pool is None or not any(p is pool for p in pools.producers.values()):
+        options = dict(app.conf.broker_transport_options or {})
+        options.setdefault('max_retries', 1)
+        if transport_family(app) == topology.AMQP:
+            options['confirm_publish'] = True
+        connection = app.connection_for_write(connect_timeout=timeout, transport_options=options)
+        pool = _pools[key] = pools.producers[connection]
+    return pool
 
 
 def send(envelope: Envelope, *, route_to: str | None = None, countdown: float | None = None) -> None:
     """Publish one envelope: to every replica, or to one queue (a directed sync, or ``route_to``)."""
     if _sender is not None:
-        _sender(envelope)
+        _sender(envelope, route_to=route_to, countdown=countdown)
         return
     publish_to_broker(envelope, route_to=route_to, countdown=countdown)
+
+
+def send_batch(envelopes: Sequence[Envelope]) -> None:
+    """Publish rows of one CQRS_ID sharing queue, expiry and retries as one v2 message."""
+    if _sender is not None:
+        for envelope in envelopes:
+            _sender(envelope, route_to=None, countdown=None)
+        return
+    first = envelopes[0]
+    _publish(encode_batch(envelopes), first.cqrs_id, first.queue, None,
+             f'{len(envelopes)} rows of {first.cqrs_id} (revisions {_revisions(envelopes)})')
+
+
+def testing_sender_installed() -> bool:
+    """True while ``cqrs_celery.testing`` (or a test) replaces the broker."""
+    return _sender is not None
+
+
+def _revisions(envelopes: Sequence[Envelope]) -> str:
+    shown = ', '.join(f'{e.instance_pk!r}@{e.revision}' for e in envelopes[:5])
+    return shown + (', …' if len(envelopes) > 5 else '')
 
 
 def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countdown: float | None = None) -> None:
@@ -82,22 +129,26 @@ def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countd
         PublishError: the broker could not be reached in time, or (Redis, filesystem) no replica
             queue is bound to the model's exchange.
     """
+    _publish(envelope.to_wire(), envelope.cqrs_id, route_to or envelope.queue, countdown,
+             f'{envelope.cqrs_id} pk={envelope.instance_pk!r} revision={envelope.revision}')
+
+
+def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: float | None, what: str) -> None:
     app = get_settings().celery_app()
     family = transport_family(app)
     timeout = get_settings().master.publish_timeout
-    target = route_to or envelope.queue
     if target:
         exchange = topology.direct_exchange()
         routing_key = topology.direct_routing_key(target)
     else:
-        exchange = topology.broadcast_exchange(envelope.cqrs_id, family)
-        routing_key = topology.broadcast_routing_key(envelope.cqrs_id)
+        exchange = topology.broadcast_exchange(cqrs_id, family)
+        routing_key = topology.broadcast_routing_key(cqrs_id)
     try:
         with producer_pool(app).acquire(block=True, timeout=timeout) as producer:
             if family == topology.VIRTUAL:
                 _require_bound_queue(producer.channel, exchange.name, routing_key)
             app.send_task(
-                TASK_NAME, args=[envelope.to_wire()], exchange=exchange.name, routing_key=routing_key,
+                TASK_NAME, args=[body], exchange=exchange.name, routing_key=routing_key,
                 exchange_type=exchange.type, declare=[exchange], serializer='json', producer=producer,
                 delivery_mode=topology.PERSISTENT, countdown=countdown, ignore_result=True,
                 confirm_timeout=timeout, retry=True,
@@ -107,11 +158,35 @@ def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countd
     except PublishError:
         raise
     except Exception as exc:
-        raise PublishError(f'publishing {envelope.cqrs_id} pk={envelope.instance_pk!r} '
-                           f'revision={envelope.revision} failed: {exc!r}') from exc
+        error = BrokerUnavailableError if is_broker_error(exc) else PublishError
+        raise error(f'publishing {what} failed: {exc!r}') from exc
+
+
+def is_broker_error(exc: BaseException) -> bool:
+    """True for errors of the connection to the broker (refused, lost, timed out), not of a message."""
+    from kombu.exceptions import OperationalError
+
+    if isinstance(exc, OperationalError | OSError | TimeoutError):
+        return True
+    try:
+        from amqp.exceptions import ConnectionError as AMQPConnectionError
+        from amqp.exceptions import RecoverableConnectionError
+    except ImportError:  # pragma: no cover - py-amqp comes with kombu
+        return False
+    if isinstance(exc, AMQPConnectionError | RecoverableConnectionError):
+        return True
+    try:
+        from redis import exceptions as redis_errors
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    return isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError)
 
 
 def _require_bound_queue(channel: Any, exchange: str, routing_key: str) -> None:
-    if not any(key == routing_key for key, _, _ in channel.get_table(exchange)):
+    try:
+        table = channel.get_table(exchange)
+    except KeyError:  # the memory transport does not know an exchange nobody declared
+        table = []
+    if not any(key == routing_key for key, _, _ in table):
         raise PublishError(f'no replica queue is bound to {exchange} with routing key {routing_key!r}: '
                            'the message would be dropped (start a replica worker or run cqrs_topology --declare)')

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.core import validators
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import models
 from django.utils.duration import duration_iso_string
@@ -44,12 +45,46 @@ def to_json(value: Any) -> Any:
     return str(value)
 
 
+#: Value types every field's value is sent as directly (containers of them too).
+_PLAIN = (str, bool, int, float, decimal.Decimal, datetime.date, datetime.time, datetime.timedelta, uuid.UUID,
+          bytes, bytearray, memoryview)
+
+
+def is_plain(value: Any) -> bool:
+    """True for a value ``to_json`` sends without falling back to ``str()``."""
+    if value is None or isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, Mapping):
+        return all(is_plain(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return all(is_plain(v) for v in value)
+    return False
+
+
+def has_own_value_to_string(field: Any) -> bool:
+    """True when the field's class defines how its value becomes text (a custom field's own hook)."""
+    return type(field).value_to_string is not models.Field.value_to_string
+
+
 def field_value(field: models.Field[Any, Any], instance: models.Model) -> Any:
-    """The JSON-safe value of one concrete field (a foreign key gives its target's key)."""
+    """The JSON-safe value of one concrete field (a foreign key gives its target's key).
+
+    A value of a type JSON cannot carry (a custom field's own object) goes through the field's
+    ``value_to_string``; without one it is refused rather than sent as ``str(value)``.
+
+    Raises:
+        DataError: the value cannot be sent.
+    """
     value = field.value_from_object(instance)
     if isinstance(field, models.JSONField):
         return value
-    return to_json(value)
+    if is_plain(value):
+        return to_json(value)
+    if has_own_value_to_string(field):
+        return field.value_to_string(instance)
+    raise DataError(f'{instance._meta.label}.{field.name}: a {type(value).__name__} value cannot be sent to '
+                    'replicas; give the field a value_to_string() (and to_python() on the replica), or leave '
+                    'it out of CQRS_FIELDS')
 
 
 def concrete_fields(model: type[models.Model], names: Iterable[str] | None = None) -> list[Any]:
@@ -106,22 +141,57 @@ def from_json(model: type[models.Model], data: Mapping[str, Any]) -> dict[str, A
 
 
 def python_value(model: type[models.Model], field: Any, value: Any) -> Any:
-    """One JSON value converted by ``field.to_python``; ``DataError`` if it does not fit."""
-    if value is None:
-        return None
+    """One JSON value converted by ``field.to_python`` and checked against what the column holds.
+
+    Raises:
+        DataError: the value does not fit the field: wrong type, out of the column's range, too
+            long, too many digits, a datetime outside what UTC can express, text that is not
+            valid Unicode, NULL for a NOT NULL column. Retrying cannot help.
+    """
     try:
+        if value is None:
+            if not field.null and not field.primary_key:
+                raise ValueError('NULL for a column that does not allow it')
+            return None
         if isinstance(field, models.JSONField):
             return value
         _refuse_coercion(field, value)
         converted = field.to_python(value)
-    except (ValidationError, TypeError, ValueError, decimal.InvalidOperation) as exc:
+        _check_fits(field, converted)
+    except (ValidationError, TypeError, ValueError, ArithmeticError, decimal.InvalidOperation) as exc:
         raise DataError(
-            f'{model._meta.label}.{field.name}: value {value!r} does not fit a {field.get_internal_type()}'
+            f'{model._meta.label}.{field.name}: value {_short(value)} does not fit a {field.get_internal_type()}'
             f' ({_reason(exc)})'
         ) from exc
     if isinstance(field, models.BinaryField) and isinstance(converted, memoryview):
         return bytes(converted)
     return converted
+
+
+#: Validators about what a column can hold (range, length, digits); format validators (email,
+#: URL…) are the master's business and are not run again here.
+_SIZE_VALIDATORS = (validators.MinValueValidator, validators.MaxValueValidator, validators.MaxLengthValidator,
+                    validators.DecimalValidator)
+
+
+def _check_fits(field: Any, value: Any) -> None:
+    target = field.target_field if field.is_relation else field
+    for validator in target.validators:
+        if isinstance(validator, _SIZE_VALIDATORS):
+            validator(value)
+    if isinstance(value, str):
+        value.encode('utf-8')  # a lone surrogate raises UnicodeEncodeError (a ValueError)
+    elif isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        value.astimezone(datetime.timezone.utc)  # OverflowError outside years 1…9999 in UTC
+    elif isinstance(target, models.BinaryField) and not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f'a {type(value).__name__} is not binary data')
+    if isinstance(value, datetime.timedelta):
+        abs(value)  # OverflowError for the smallest timedelta
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else f'{text[:200]}…'
 
 
 def _refuse_coercion(field: Any, value: Any) -> None:

@@ -19,6 +19,7 @@ import ujson
 from cqrs_celery.conf import get_settings
 from cqrs_celery.envelope import Envelope, decode
 from cqrs_celery.producer import set_sender
+from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica.apply import Result, apply
 
 try:
@@ -28,27 +29,41 @@ except ImportError:  # pragma: no cover - pytest is optional for users
 
 
 @contextmanager
-def apply_in_process(queue: str | None = None) -> Iterator[list[Result]]:
+def apply_in_process(queue: str | None = None, *, only_local: bool = False) -> Iterator[list[Result]]:
     """Apply every envelope published inside the block at once, in this process.
+
+    An exception raised while applying (a replica model's error, an unknown CQRS_ID) does not stop
+    the save that published it, as on a real replica; the first one is raised again when the block
+    exits, so the test fails where it should.
 
     Args:
         queue: the replica queue this process plays (``CQRS['queue']`` by default); directed
             syncs for other queues are ignored, as a real replica would.
+        only_local: apply only CQRS_IDs that have a replica model in this process; the others
+            are skipped instead of failing with ``UnknownCQRSIdError``.
 
     Yields:
         The list of apply results, appended to as envelopes are published.
     """
     results: list[Result] = []
+    errors: list[Exception] = []
 
-    def deliver(envelope: Envelope) -> None:
+    def deliver(envelope: Envelope, route_to: str | None = None, countdown: float | None = None) -> None:
+        if only_local and envelope.cqrs_id not in ReplicaRegistry:
+            return
         wire = ujson.loads(ujson.dumps(envelope.to_wire()))
-        results.append(apply(decode(wire), queue or get_settings().queue))
+        try:
+            results.append(apply(decode(wire), route_to or queue or get_settings().queue))
+        except Exception as exc:
+            errors.append(exc)
 
     previous = set_sender(deliver)
     try:
         yield results
     finally:
         set_sender(previous)
+    if errors:
+        raise errors[0]
 
 
 @contextmanager

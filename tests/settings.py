@@ -87,6 +87,7 @@ CQRS = {
         'meta_function': 'tests.master_app.meta.meta_function',
         'publish_timeout': 1.0,
         'outbox_relay_delay': 1.0,
+        'publisher': os.environ.get('CQRS_TEST_PUBLISHER', 'thread'),
     },
     'replica': {
         'CQRS_RETRY_DELAY': 0.2,

@@ -9,7 +9,7 @@ import ujson
 
 from cqrs_celery import EnvelopeError, SignalType, UnsupportedVersionError
 from cqrs_celery.constants import ENVELOPE_VERSION
-from cqrs_celery.envelope import Envelope, decode, dumps
+from cqrs_celery.envelope import Envelope, decode, decode_message, dumps, encode_batch
 
 UTC = datetime.timezone.utc
 
@@ -155,7 +155,7 @@ def test_bad_input_raises_envelope_error_keeping_the_raw_body(raw):
     assert str(excinfo.value)
 
 
-@pytest.mark.parametrize('version', [0, 2, ENVELOPE_VERSION + 1, '1', 1.0, True, None, [1], {'major': 1}],
+@pytest.mark.parametrize('version', [0, 3, 99, '1', 1.0, True, None, [1], {'major': 1}],
                          ids=repr)
 def test_an_unknown_version_raises_unsupported_version_error_keeping_the_raw_body(version):
     raw = wire(v=version)
@@ -215,3 +215,56 @@ def test_an_expiry_decoded_from_the_wire_is_honoured():
 
     assert past.is_expired()
     assert not future.is_expired()
+
+
+# --- v2 batches ------------------------------------------------------------------------------
+
+ROWS = [MINIMAL, dataclasses.replace(MINIMAL, instance_pk=2, instance_data={'id': 2, 'cqrs_revision': 5},
+                                     previous_data={'name': 'old'}, meta={'who': 'ann'}),
+        dataclasses.replace(MINIMAL, signal_type=SignalType.DELETE, instance_pk=3,
+                            instance_data={'id': 3, 'cqrs_revision': 2})]
+
+
+def test_a_batch_round_trips_row_by_row_through_json():
+    body = ujson.loads(ujson.dumps(encode_batch(ROWS)))
+
+    assert body['v'] == 2 and body['cqrs_id'] == 'author' and len(body['rows']) == 3
+    assert decode_message(body) == ROWS
+    assert decode_message(ujson.dumps(body)) == ROWS
+
+
+def test_a_v1_envelope_decodes_as_a_message_of_one_row():
+    assert decode_message(FULL.to_wire()) == [FULL]
+
+
+def test_a_bad_row_of_a_batch_is_reported_alone_and_the_others_decode():
+    body = encode_batch(ROWS)
+    body['rows'].insert(1, {'signal_type': 'SAVE', 'instance_pk': 9, 'instance_data': {'id': 9}})
+    body['rows'].append(['not', 'a', 'row'])
+
+    decoded = decode_message(body)
+
+    assert decoded[0] == ROWS[0] and decoded[2:4] == ROWS[1:]
+    assert isinstance(decoded[1], EnvelopeError) and 'cqrs_revision' in str(decoded[1])
+    assert isinstance(decoded[4], EnvelopeError) and decoded[4].raw == ['not', 'a', 'row']
+
+
+@pytest.mark.parametrize('change', [{'rows': []}, {'rows': None}, {'rows': {'a': 1}}, {'cqrs_id': ''},
+                                    {'retries': -1}, {'queue': 5}], ids=repr)
+def test_a_batch_whose_shared_fields_are_wrong_fails_every_row_or_the_whole_message(change):
+    body = {**encode_batch(ROWS), **change}
+
+    try:
+        decoded = decode_message(body)
+    except EnvelopeError:
+        return
+    assert decoded and all(isinstance(row, EnvelopeError) for row in decoded)
+
+
+def test_only_a_directed_sync_can_be_forced():
+    forced = dataclasses.replace(FULL, forced=True)
+    assert decode(forced.to_wire()) == forced
+
+    for envelope in (dataclasses.replace(FULL, queue=None), dataclasses.replace(FULL, signal_type=SignalType.SAVE)):
+        with pytest.raises(EnvelopeError, match='forced'):
+            decode({**envelope.to_wire(), 'forced': True})

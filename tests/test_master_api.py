@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.test import override_settings
 
-from cqrs_celery import SignalType
+from cqrs_celery import DataError, SignalType
 from cqrs_celery.envelope import decode
 from cqrs_celery.models import MasterTombstone
 from cqrs_celery.replica.apply import Outcome, apply
@@ -753,3 +753,109 @@ def test_saving_a_fresh_instance_over_an_existing_pk_continues_its_revision(loop
 
     assert stored_revision(Item, 'A') == 2
     assert_item_replicated('A')
+
+
+# --- metadata and correlation hooks (django-cqrs call shapes) ---------------------------------
+
+def _meta_settings(**master):
+    from django.conf import settings
+    from django.test import override_settings
+
+    return override_settings(CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], **master}})
+
+
+def djcqrs_meta(obj, instance_data, previous_data, signal_type):
+    return {'pk': obj.pk, 'name': instance_data['name'], 'signal': str(signal_type), 'previous': previous_data}
+
+
+def none_meta(instance, **kwargs):
+    return None
+
+
+def list_meta(**kwargs):
+    return ['x']
+
+
+def djcqrs_correlation(signal_type, cqrs_id, instance_pk, queue):
+    return f'{cqrs_id}-{instance_pk}-{signal_type}'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_django_cqrs_style_meta_function_is_called_with_its_own_keywords():
+    from cqrs_celery.testing import capture_envelopes
+
+    with _meta_settings(meta_function='tests.test_master_api.djcqrs_meta'), capture_envelopes() as sent:
+        publisher = Publisher.objects.create(name='P')
+    assert sent[0].meta == {'pk': publisher.pk, 'name': 'P', 'signal': 'SAVE', 'previous': None}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_meta_function_returning_none_means_no_metadata():
+    from cqrs_celery.testing import capture_envelopes
+
+    with _meta_settings(meta_function='tests.test_master_api.none_meta'), capture_envelopes() as sent:
+        Publisher.objects.create(name='P')
+    assert sent[0].meta is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_meta_function_returning_something_else_fails_the_save_naming_the_function():
+    from cqrs_celery import MetaError
+
+    with _meta_settings(meta_function='tests.test_master_api.list_meta'), \
+            pytest.raises(MetaError, match=r'tests\.test_master_api\.list_meta.*must return a dict or None, not list'):
+        Publisher.objects.create(name='P')
+    assert not Publisher.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_django_cqrs_style_correlation_function_gets_its_arguments():
+    from cqrs_celery.testing import capture_envelopes
+
+    with _meta_settings(correlation_function='tests.test_master_api.djcqrs_correlation'), \
+            capture_envelopes() as sent:
+        publisher = Publisher.objects.create(name='P')
+    assert sent[0].correlation_id == f'publisher-{publisher.pk}-SAVE'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_primary_key_of_any_length_is_saved_deleted_and_re_created_on_both_sides(loopback):
+    from cqrs_celery.models import MasterTombstone, ReplicaTombstone
+    from tests.master_app.models import LongKey
+    from tests.replica_app.models import ReplicaLongKey
+
+    key = 'k' * 5000
+    row = LongKey.objects.create(key=key, value=1)
+    row.value = 2
+    row.save()
+    row.delete()
+    assert MasterTombstone.objects.get(cqrs_id='long_key').revision == 2
+    assert ReplicaTombstone.objects.get(cqrs_id='long_key').revision == 2
+    again = LongKey.objects.create(key=key, value=3)
+
+    assert again.cqrs_revision == 3
+    copy = ReplicaLongKey.objects.get(pk=key)
+    assert (copy.value, copy.cqrs_revision) == (3, 3)
+    assert not ReplicaTombstone.objects.filter(cqrs_id='long_key').exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_custom_field_travels_by_its_own_value_to_string(loopback):
+    from tests.master_app.fields import Blob
+    from tests.master_app.models import Gadget
+    from tests.replica_app.models import ReplicaGadget
+
+    gadget = Gadget.objects.create(blob=Blob('abc'))
+
+    assert ReplicaGadget.objects.get(pk=gadget.pk).blob == 'blob:abc'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_custom_field_value_that_cannot_be_sent_is_refused_at_save(loopback):
+    from tests.master_app.fields import Blob
+    from tests.master_app.models import Gadget
+
+    with pytest.raises(DataError, match=r'Gadget\.opaque: a Blob value cannot be sent'):
+        Gadget.objects.create(opaque=Blob('x'))
+    assert not Gadget.objects.exists()
+    Gadget.objects.create(opaque=None)  # a value JSON carries is fine

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
+from django.db.models.expressions import Combinable, RawSQL
 from django.db.models.signals import class_prepared
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -13,10 +16,10 @@ from model_utils import FieldTracker
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
-from cqrs_celery.exceptions import ConfigurationError
-from cqrs_celery.models import MasterTombstone, tombstone_revision
+from cqrs_celery.exceptions import ConfigurationError, MetaError
+from cqrs_celery.models import MasterTombstone, pk_hash, pk_key, tombstone_revision, tombstone_revisions
 from cqrs_celery.registry import MasterRegistry, require_cqrs_id
-from cqrs_celery.serialization import instance_to_dict, to_json
+from cqrs_celery.serialization import field_value, instance_to_dict, to_json
 
 TRACKER_NAME = 'cqrs_tracker'
 
@@ -33,8 +36,12 @@ class MasterManager(models.Manager):  # type: ignore[type-arg]
         objs = list(objs)
         with transaction.atomic(using=using, savepoint=False):
             now = timezone.now()
+            explicit = [obj for obj in objs if obj.pk is not None]
+            last = tombstone_revisions(MasterTombstone, using, self.model.CQRS_ID,
+                                       [to_json(obj.pk) for obj in explicit]) if explicit else {}
             for obj in objs:
-                obj.cqrs_revision = obj._cqrs_revision_for_insert(using)  # type: ignore[attr-defined]
+                deleted = None if obj.pk is None else last.get(pk_key(to_json(obj.pk)))
+                obj.cqrs_revision = 0 if deleted is None else deleted + 1  # type: ignore[attr-defined]
                 obj.cqrs_updated = now  # type: ignore[attr-defined]
             created = super().bulk_create(objs, **kwargs)
             post_bulk_create.send(sender=self.model, instances=created, using=using)
@@ -103,18 +110,48 @@ class RawMasterMixin(models.Model):
                 self._cqrs_skip = True
                 super().save(*args, **kwargs)
                 return
+        for field in _custom_fields(type(self)):
+            field_value(field, self)  # refuse now what could not be sent later (DataError)
         with transaction.atomic(using=using, savepoint=False):
-            self.cqrs_revision = self._cqrs_next_revision(using)
-            super().save(*args, **kwargs)
+            self._cqrs_loaded_revision = self.cqrs_revision
+            # The database adds 1 in the UPDATE itself, which orders concurrent saves without reading
+            # the row first; if the save turns out to be an INSERT, _do_insert picks the revision.
+            self.cqrs_revision = 0 if self.pk is None else models.F(FIELD_REVISION) + 1
+            try:
+                super().save(*args, **kwargs)
+            finally:
+                self._cqrs_settle_revision()
 
-    def _cqrs_next_revision(self, using: str) -> int:
-        if self.pk is None:
-            return 0
-        current: int | None = (type(self)._base_manager.using(using).select_for_update().filter(pk=self.pk)
-                               .values_list(FIELD_REVISION, flat=True).first())
-        if current is not None:
-            return current + 1
-        return self._cqrs_revision_for_insert(using)
+    def _save_table(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._save_table(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._cqrs_settle_revision()  # before post_save: receivers see a number, not F()
+
+    def _cqrs_settle_revision(self) -> None:
+        if isinstance(self.cqrs_revision, Combinable):
+            # An UPDATE: what this instance knew plus one (refresh_from_db() reads the exact value).
+            loaded = getattr(self, '_cqrs_loaded_revision', None)
+            self.cqrs_revision = loaded + 1 if isinstance(loaded, int) else 0
+
+    def _do_insert(self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool) -> Any:
+        """Insert with the revision a new row starts at: 0, or one past its pk's tombstone.
+
+        Where the database returns inserted columns, the tombstone is read inside the INSERT
+        (a subquery) and the revision comes back with it: one statement for a new row.
+        """
+        if not isinstance(self.cqrs_revision, Combinable):
+            return super()._do_insert(manager, using, fields, returning_fields, raw)  # type: ignore[misc]
+        if not connections[using].features.can_return_columns_from_insert:
+            self.cqrs_revision = self._cqrs_revision_for_insert(using)
+            return super()._do_insert(manager, using, fields, returning_fields, raw)
+        key = pk_hash(pk_key(to_json(self.pk)))
+        self.cqrs_revision = RawSQL(_insert_revision_sql(connections[using]), (self.CQRS_ID, key),
+                                    output_field=models.IntegerField())
+        returning = [*(returning_fields or []), self._meta.get_field(FIELD_REVISION)]
+        rows = super()._do_insert(manager, using, fields, returning, raw)
+        self.cqrs_revision = rows[0][-1]
+        return [row[:-1] for row in rows]
 
     def _cqrs_revision_for_insert(self, using: str) -> int:
         """0 for a new pk; one past the last revision when the pk belonged to a deleted row."""
@@ -151,9 +188,25 @@ class RawMasterMixin(models.Model):
         return {name: to_json(value) for name, value in tracker.changed().items()}
 
     def get_cqrs_meta(self, **kwargs: Any) -> dict[str, Any]:
-        """Metadata sent with every event of this instance; ``meta_function`` output by default."""
+        """Metadata sent with every event of this instance; ``meta_function`` output by default.
+
+        ``kwargs`` are ``signal_type`` and ``previous_data`` (as django-cqrs passes them). The
+        function is called with the instance as ``instance=`` and ``obj=`` (django-cqrs's name) and
+        those keywords, each only if its signature takes it; ``None`` means no metadata.
+        """
         meta_function = get_settings().master.meta_function
-        return dict(meta_function(instance=self, **kwargs)) if meta_function else {}
+        if meta_function is None:
+            return {}
+        accepted = _accepted(meta_function)
+        if accepted is not None and 'instance_data' in accepted and 'instance_data' not in kwargs:
+            kwargs['instance_data'] = self.to_cqrs_dict()  # serialized only for a function that asks for it
+        meta = call_accepting(meta_function, instance=self, obj=self, **kwargs)
+        if meta is None:
+            return {}
+        if not isinstance(meta, Mapping):
+            raise MetaError(f"CQRS['master']['meta_function'] ({_name(meta_function)}) must return a dict or None, "
+                            f'not {type(meta).__name__}')
+        return dict(meta)
 
     def get_custom_cqrs_delete_data(self) -> dict[str, Any] | None:
         """Extra data sent with a DELETE (merged into ``instance_data``)."""
@@ -188,6 +241,41 @@ class RawMasterMixin(models.Model):
         return True
 
 
+def call_accepting(function: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call ``function`` with those of ``kwargs`` its signature takes (all of them if it takes ``**kwargs``)."""
+    accepted = _accepted(function)
+    return function(**(kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}))
+
+
+@functools.lru_cache(maxsize=256)
+def _accepted(function: Callable[..., Any]) -> frozenset[str] | None:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: give it everything
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _name(function: Any) -> str:
+    return f'{getattr(function, "__module__", "?")}.{getattr(function, "__qualname__", function)}'
+
+
+_REVISION_SQL: dict[str, str] = {}
+
+
+def _insert_revision_sql(connection: Any) -> str:
+    """SQL giving a new row's revision: one past its pk's master tombstone, else 0."""
+    sql = _REVISION_SQL.get(connection.vendor)
+    if sql is None:
+        quote = connection.ops.quote_name
+        sql = _REVISION_SQL[connection.vendor] = (
+            f'COALESCE((SELECT {quote("revision")} + 1 FROM {quote(MasterTombstone._meta.db_table)} '
+            f'WHERE {quote("cqrs_id")} = %s AND {quote("pk_hash")} = %s), 0)')
+    return sql
+
+
 class MasterMixin(RawMasterMixin):
     """A replicated model whose saves and deletes publish automatically after commit."""
 
@@ -216,6 +304,16 @@ def _prepare_master(sender: type[models.Model], **kwargs: Any) -> None:
         tracker.name, tracker.attname = TRACKER_NAME, f'_{TRACKER_NAME}'
         tracker.finalize_class(sender)
     MasterRegistry.register(sender)
+
+
+@functools.cache
+def _custom_fields(model: Any) -> tuple[Any, ...]:
+    """Replicated fields of classes outside Django: their values are checked at save time."""
+    if model.CQRS_SERIALIZER:
+        return ()
+    names = set(model.cqrs_field_names())
+    return tuple(f for f in model._meta.concrete_fields
+                 if f.name in names and not type(f).__module__.startswith('django.'))
 
 
 def _has_field(model: type[models.Model], name: str) -> bool:

@@ -1,102 +1,251 @@
-"""The transactional outbox: events written with the change, published after commit or by the relay.
+"""The transactional outbox: a small event row written with each change, published and deleted later.
 
-An event row is written in the same transaction as the change, so it exists exactly when the
-change was committed. After commit the committing process publishes its own rows at once and
-deletes them; whatever is left (broker down, process killed between commit and publish) is
-published by :func:`relay`, which Celery beat runs. Rows are taken with ``SELECT … FOR UPDATE SKIP
-LOCKED``, so the committing process and any number of relays never publish a row twice.
+An event exists exactly when its change was committed. :func:`drain` takes ready events with
+``SELECT … FOR UPDATE SKIP LOCKED`` (so any number of processes may drain at once and no event is
+published twice), reads the rows they name in bulk, publishes them as batched messages (one
+publisher confirm per message, not per row) and deletes what was published, all in one
+transaction. Failures are isolated per model: a model whose message fails is tried again later
+with back-off, while the others go out; an event that fails ``outbox_max_attempts`` times is set
+aside (kept, counted by ``cqrs_outbox status``, published again by ``cqrs_outbox retry``). A broker
+that cannot be reached stops the run without counting against the events.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import ujson
 from django.db import connections, transaction
+from django.db.models import Count, Min
 from django.utils import timezone
 
 from cqrs_celery.conf import get_settings
+from cqrs_celery.constants import SignalType
 from cqrs_celery.envelope import Envelope, decode
-from cqrs_celery.models import OutboxEvent, pk_key
-from cqrs_celery.producer import send
+from cqrs_celery.exceptions import BrokerUnavailableError
+from cqrs_celery.master.publish import Change, envelopes_for
+from cqrs_celery.models import OutboxEvent
+from cqrs_celery.producer import send_batch
 
 logger = logging.getLogger(__name__)
 
-#: Test hook: called after commit, before the committing process publishes its rows.
-before_publish_hook: Callable[[list[int]], None] | None = None
-
-#: After a failed publish, the committing process leaves its rows to the relay until this time,
-#: so requests do not each wait for an unreachable broker.
-_broker_down_until = 0.0
-_BROKER_DOWN_PAUSE = 5.0
+#: Longest back-off, in seconds, before a failed event is tried again.
+MAX_BACKOFF = 300.0
 
 
-def write(using: str, envelope: Envelope, event_id: int | None = None) -> int:
-    """Store ``envelope`` (replacing event ``event_id`` if it is still there); returns the event id."""
-    text = ujson.dumps(envelope.to_wire(), ensure_ascii=False)
-    events = OutboxEvent._default_manager.using(using)
-    key = pk_key(envelope.instance_pk)
-    # The row must still be this instance's: after a rolled-back savepoint removed it, SQLite may
-    # give its id to another instance's event, which must not be overwritten.
-    if event_id is not None and events.filter(id=event_id, cqrs_id=envelope.cqrs_id, pk_value=key).update(
-            envelope=text, revision=envelope.revision):
+def _events(using: str) -> Any:
+    return OutboxEvent._default_manager.using(using)
+
+
+def outbox_pk(pk: Any) -> str:
+    """The text an outbox event names its row's (JSON-safe) primary key by."""
+    return ujson.dumps(pk, ensure_ascii=False)
+
+
+def _event(change: Change) -> OutboxEvent:
+    return OutboxEvent(cqrs_id=change.cqrs_id, pk_value=outbox_pk(change.pk), signal_type=change.signal_type.value,
+                       revision=change.delete_envelope.revision if change.delete_envelope else None,
+                       envelope=change.payload())
+
+
+def write(using: str, change: Change, event_id: int | None = None) -> int:
+    """Store ``change`` (replacing event ``event_id`` if it is still there); returns the event id."""
+    event = _event(change)
+    # The row must still be this change's: after a rolled-back savepoint removed it, SQLite may
+    # give its id to another row's event, which must not be overwritten.
+    if event_id is not None and _events(using).filter(id=event_id, cqrs_id=event.cqrs_id,
+                                                      pk_value=event.pk_value).update(
+            signal_type=event.signal_type, revision=event.revision, envelope=event.envelope):
         return event_id
-    event = events.create(cqrs_id=envelope.cqrs_id, pk_value=key, revision=envelope.revision, envelope=text)
-    return int(event.pk)
+    return _insert(using, event)
 
 
-def write_many(using: str, envelopes: list[Envelope]) -> list[int]:
+#: Columns of a new event, in the order ``_insert`` gives their values.
+_COLUMNS = ('cqrs_id', 'pk_value', 'signal_type', 'revision', 'envelope', 'created', 'attempts', 'error',
+            'available_at', 'set_aside')
+_insert_sql: dict[tuple[str, bool], str] = {}
+
+
+def _insert(using: str, event: OutboxEvent) -> int:
+    """INSERT one event with a prepared statement: the save path's one extra write, kept cheap."""
+    connection = connections[using]
+    returning = connection.features.can_return_columns_from_insert
+    if connection.vendor not in {'postgresql', 'sqlite', 'mysql'}:
+        event.save(using=using, force_insert=True)
+        return int(event.pk)
+    key = (connection.vendor, returning)
+    sql = _insert_sql.get(key)
+    if sql is None:
+        quote = connection.ops.quote_name
+        sql = (f'INSERT INTO {quote(OutboxEvent._meta.db_table)} ({", ".join(map(quote, _COLUMNS))}) '
+               f'VALUES ({", ".join(["%s"] * len(_COLUMNS))})')
+        if returning:
+            sql += f' RETURNING {quote("id")}'
+        _insert_sql[key] = sql
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [event.cqrs_id, event.pk_value, event.signal_type, event.revision, event.envelope,
+                             now, 0, '', now, False])
+        return int(cursor.fetchone()[0] if returning else cursor.lastrowid)
+
+
+def write_many(using: str, changes: Sequence[Change]) -> list[int]:
     """Store new events in one INSERT where the database returns their ids; returns the ids."""
     if not connections[using].features.can_return_rows_from_bulk_insert:
-        return [write(using, envelope) for envelope in envelopes]
-    events = OutboxEvent._default_manager.using(using).bulk_create([
-        OutboxEvent(cqrs_id=e.cqrs_id, pk_value=pk_key(e.instance_pk), revision=e.revision,
-                    envelope=ujson.dumps(e.to_wire(), ensure_ascii=False)) for e in envelopes])
-    return [int(event.pk) for event in events]
+        return [write(using, change) for change in changes]
+    return [int(e.pk) for e in _events(using).bulk_create([_event(change) for change in changes])]
+
+
+def _change(event: OutboxEvent) -> Change:
+    payload = ujson.loads(event.envelope) if event.envelope else {}
+    if 'v' in payload:  # a DELETE, or an event written by an older release: the whole envelope
+        envelope = decode(payload)
+        return Change(envelope.cqrs_id, envelope.instance_pk, envelope.signal_type, delete_envelope=envelope,
+                      created=event.created)
+    return Change(event.cqrs_id, ujson.loads(event.pk_value), SignalType(event.signal_type),
+                  previous_data=payload.get('previous_data'), meta=payload.get('meta'),
+                  correlation_id=payload.get('correlation_id'), created=event.created)
+
+
+@dataclasses.dataclass
+class Drained:
+    """What one :func:`drain` did."""
+
+    published: int = 0
+    failed: int = 0
+    taken: int = 0
+    broker_down: BrokerUnavailableError | None = None
 
 
 def _locked(using: str) -> Any:
-    events = OutboxEvent._default_manager.using(using).order_by('id')
+    events = _events(using).order_by('id')
     features = connections[using].features
     if features.has_select_for_update_skip_locked:
         return events.select_for_update(skip_locked=True)
     return events.select_for_update() if features.has_select_for_update else events
 
 
-def _publish(using: str, events: Iterable[OutboxEvent]) -> tuple[int, BaseException | None]:
-    """Publish and delete ``events`` (caller holds their locks); stop at the first failure."""
+def drain(using: str = 'default', *, limit: int | None = None, ids: Sequence[int] | None = None,
+          min_age: float = 0.0) -> Drained:
+    """Publish up to ``limit`` ready events (only ``ids`` when given), oldest first, in one transaction."""
+    master = get_settings().master
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        queryset = _locked(using).filter(set_aside=False, available_at__lte=now)
+        if ids is not None:
+            queryset = queryset.filter(id__in=list(ids))
+        if min_age:
+            queryset = queryset.filter(created__lte=now - datetime.timedelta(seconds=min_age))
+        events = list(queryset[:limit or master.outbox_relay_batch])
+        result = Drained(taken=len(events))
+        if events:
+            _publish(using, events, result, master.publish_batch_size)
+    return result
+
+
+def _publish(using: str, events: list[OutboxEvent], result: Drained, batch_size: int) -> None:
     done: list[int] = []
-    error = None
+    failed: list[tuple[OutboxEvent, BaseException]] = []
+    changes = _collapsed(events, failed)
+    try:
+        envelopes = envelopes_for(using, [change for _, change in changes])
+    except Exception as exc:  # e.g. a CQRS_ID no master model has any more
+        envelopes = [exc] * len(changes)
+    groups: dict[tuple[str, str | None], list[tuple[list[OutboxEvent], Envelope]]] = {}
+    for (taken, _), envelope in zip(changes, envelopes, strict=True):
+        if envelope is None:
+            done.extend(event.pk for event in taken)  # the row is gone; its DELETE is published instead
+        elif isinstance(envelope, Exception):
+            failed.extend((event, envelope) for event in taken)
+        else:
+            groups.setdefault((envelope.cqrs_id, envelope.queue), []).append((taken, envelope))
+    for group in groups.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            if result.broker_down is not None:
+                break
+            taken_ids = [event for taken, _ in chunk for event in taken]
+            try:
+                send_batch(_shared_expiry([envelope for _, envelope in chunk]))
+            except BrokerUnavailableError as exc:
+                result.broker_down = exc
+            except Exception as exc:
+                failed.extend((event, exc) for event in taken_ids)
+            else:
+                done.extend(event.pk for event in taken_ids)
+    if done:
+        _events(using).filter(id__in=done).delete()
+    result.published += len(done)
+    result.failed += len(failed)
+    _record_failures(using, failed)
+
+
+def _collapsed(events: list[OutboxEvent], failed: list[tuple[OutboxEvent, BaseException]]
+               ) -> list[tuple[list[OutboxEvent], Change]]:
+    """One change per row: saves of the same row taken together publish its state once.
+
+    Their ``previous_data`` keeps, for each field, the value before the earliest of them; their
+    metadata and correlation id are the latest. DELETEs stay as they are (revisions order them).
+    """
+    collapsed: list[tuple[list[OutboxEvent], Change]] = []
+    saves: dict[tuple[str, str], tuple[list[OutboxEvent], Change]] = {}
     for event in events:
         try:
-            send(decode(event.envelope))
-        except Exception as exc:
-            error = exc
-            logger.warning('cqrs outbox publish failed, left for the relay: cqrs_id=%s pk=%s revision=%s error=%r',
-                           event.cqrs_id, event.pk_value, event.revision, exc)
-            break
-        done.append(int(event.pk))
-    if done:
-        OutboxEvent._default_manager.using(using).filter(id__in=done).delete()
-    return len(done), error
+            change = _change(event)
+        except Exception as exc:  # a row an older or broken writer left: it alone fails
+            failed.append((event, exc))
+            continue
+        key = (event.cqrs_id, event.pk_value)
+        if change.delete_envelope is not None or key not in saves:
+            entry = ([event], change)
+            collapsed.append(entry)
+            if change.delete_envelope is None:
+                saves[key] = entry
+            continue
+        taken, earlier = saves[key]
+        taken.append(event)
+        if change.previous_data:
+            earlier.previous_data = {**change.previous_data, **(earlier.previous_data or {})}
+        earlier.meta, earlier.correlation_id = change.meta, change.correlation_id
+    return collapsed
 
 
-def publish_committed(using: str, event_ids: list[int]) -> int:
-    """After commit: publish this transaction's events that no relay has taken."""
-    global _broker_down_until
-    if before_publish_hook is not None:
-        before_publish_hook(event_ids)
-    if not event_ids or time.monotonic() < _broker_down_until:
-        return 0
-    with transaction.atomic(using=using):
-        published, error = _publish(using, _locked(using).filter(id__in=event_ids))
-    if error is not None:
-        _broker_down_until = time.monotonic() + _BROKER_DOWN_PAUSE
-    return published
+def _shared_expiry(envelopes: list[Envelope]) -> list[Envelope]:
+    """A batch carries one expiry: the earliest of its rows."""
+    expiries = {e.expires for e in envelopes}
+    if len(expiries) == 1:
+        return envelopes
+    earliest = min(e for e in expiries if e is not None) if None not in expiries else None
+    return [e.replace(expires=earliest) for e in envelopes]
+
+
+def _record_failures(using: str, failed: list[tuple[OutboxEvent, BaseException]]) -> None:
+    """Count one more attempt for each failed event, back it off, set it aside at the limit; one log line per error."""
+    if not failed:
+        return
+    limit = get_settings().master.outbox_max_attempts
+    now = timezone.now()
+    by_error: dict[tuple[int, int], list[OutboxEvent]] = {}
+    errors: dict[int, BaseException] = {}
+    for event, exc in failed:
+        errors[id(exc)] = exc
+        by_error.setdefault((id(exc), event.attempts + 1), []).append(event)
+    for (error_id, attempts), events in by_error.items():
+        exc = errors[error_id]
+        aside = attempts >= limit
+        backoff = min(2.0 ** min(attempts, 16), MAX_BACKOFF)
+        _events(using).filter(id__in=[e.pk for e in events]).update(
+            attempts=attempts, error=f'{type(exc).__name__}: {exc}'[:2000], set_aside=aside,
+            available_at=now + datetime.timedelta(seconds=backoff))
+        first = events[0]
+        log = logger.error if aside else logger.warning
+        log('cqrs outbox: %s events failed (attempt %s/%s%s): cqrs_id=%s pk=%s%s error=%r', len(events), attempts,
+            limit, ', set aside: see cqrs_outbox status' if aside else f', next in {backoff:.0f}s', first.cqrs_id,
+            first.pk_value, ' …' if len(events) > 1 else '', exc)
 
 
 def relay(using: str = 'default', batch: int | None = None, min_age: float | None = None) -> int:
@@ -105,22 +254,19 @@ def relay(using: str = 'default', batch: int | None = None, min_age: float | Non
     Args:
         batch: events per transaction (``master.outbox_relay_batch``).
         min_age: seconds an event must have waited (``master.outbox_relay_delay``), so the
-            process that committed it normally publishes it first.
+            publisher of the process that committed it normally publishes it first.
     """
     master = get_settings().master
-    batch = batch or master.outbox_relay_batch
     min_age = master.outbox_relay_delay if min_age is None else min_age
     total = 0
     while True:
-        cutoff = timezone.now() - datetime.timedelta(seconds=min_age)
-        with transaction.atomic(using=using):
-            events = list(_locked(using).filter(created__lte=cutoff)[:batch])
-            published, error = _publish(using, events)
-        total += published
-        if error is not None:
-            logger.error('cqrs outbox relay stopped after %s events: %r', total, error)
+        result = drain(using, limit=batch, min_age=min_age)
+        total += result.published
+        if result.broker_down is not None:
+            logger.error('cqrs outbox relay stopped after %s events, the broker is unavailable: %s', total,
+                         result.broker_down)
             break
-        if not events or len(events) < batch:  # a batch of 0 takes nothing: stop rather than spin
+        if result.taken < (batch or master.outbox_relay_batch) or result.published == 0:
             break
     if total:
         logger.info('cqrs outbox relay published %s events from %s', total, using)
@@ -128,5 +274,18 @@ def relay(using: str = 'default', batch: int | None = None, min_age: float | Non
 
 
 def pending(using: str = 'default') -> int:
-    """Events not yet published."""
-    return int(OutboxEvent._default_manager.using(using).count())
+    """Events not yet published (set-aside ones included)."""
+    return int(_events(using).count())
+
+
+def status(using: str = 'default') -> dict[str, Any]:
+    """Waiting and set-aside events, per CQRS_ID, with the oldest creation time; the last errors, newest first."""
+    rows = _events(using).values('cqrs_id', 'set_aside').annotate(count=Count('id'), oldest=Min('created'))
+    errors = _events(using).filter(set_aside=True).order_by('-available_at', '-id')
+    return {'rows': sorted(rows, key=lambda r: (r['cqrs_id'], r['set_aside'])),
+            'errors': list(errors.values_list('cqrs_id', 'pk_value', 'error')[:20])}
+
+
+def retry_set_aside(using: str = 'default') -> int:
+    """Put set-aside events back in line (attempts reset); returns how many."""
+    return int(_events(using).filter(set_aside=True).update(set_aside=False, attempts=0, available_at=timezone.now()))

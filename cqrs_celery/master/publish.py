@@ -1,43 +1,83 @@
-"""Turn committed master changes into envelopes and hand them to Celery.
+"""Turn committed master changes into envelopes: what a transaction changed, and what it looks like now.
 
-Changes are collected per transaction and published from ``transaction.on_commit``: a rollback
-publishes nothing, and a row changed several times in one transaction is published once.
+A save records only *which* row changed (with what the save alone knows: ``previous_data``,
+metadata, correlation id); the row's state is read when it is published, in bulk, from what is
+committed. So the published state is always the committed one (a serializer sees related rows
+written later in the same transaction), a row changed several times is read once, and a
+rolled-back change publishes nothing.
 
-With the outbox (``CQRS['master']['outbox']``, the default) each change also writes its envelope
-to the outbox table inside the transaction, one row per changed instance, rewritten by later
-changes; a rolled-back savepoint rolls the row back with the change. Without it, the state is read
-back after commit (so a change undone by a rolled-back savepoint is never sent).
+With the outbox (``CQRS['master']['outbox']``, the default) each changed row also gets an outbox
+event in the same transaction; after commit the publisher (``publisher.py``) sends the events.
+Without it, the rows are read and published right after commit and a failure is only logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import ujson
 from django.db import connections, models, transaction
 from django.utils import timezone
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.envelope import Envelope
-from cqrs_celery.master import outbox
+from cqrs_celery.exceptions import MetaError
+from cqrs_celery.master.mixins import call_accepting
 from cqrs_celery.models import MasterTombstone, tombstone_revision
-from cqrs_celery.producer import send
+from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import to_json
 
 logger = logging.getLogger(__name__)
 
+_UNSET: Any = object()
+
+
+def change_meta(instance: Any, signal_type: SignalType,
+                previous_data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The metadata of one change, JSON-safe (``None`` when there is none).
+
+    Raises:
+        MetaError: the model's ``get_cqrs_meta`` returned something other than a dict or None.
+    """
+    meta = instance.get_cqrs_meta(signal_type=signal_type, previous_data=previous_data)
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() must return a dict or None, '
+                        f'not {type(meta).__name__}')
+    return to_json(meta) or None
+
+
+def correlation_id(instance: Any, signal_type: SignalType, queue: str | None = None) -> str | None:
+    """The correlation id of the current change, from ``correlation_function``.
+
+    The function is called with those of ``signal_type``, ``cqrs_id``, ``instance_pk`` and ``queue``
+    (django-cqrs's arguments) that its signature names; one taking none is called with none.
+    """
+    function = get_settings().master.correlation_function
+    if function is None:
+        return None
+    value = call_accepting(function, signal_type=signal_type, cqrs_id=instance.CQRS_ID,
+                           instance_pk=to_json(instance.pk), queue=queue)
+    return None if value is None else str(value)
+
 
 def build_envelope(instance: Any, signal_type: SignalType, using: str | None = None, *,
                    queue: str | None = None, previous_data: dict[str, Any] | None = None,
-                   instance_data: dict[str, Any] | None = None) -> Envelope:
-    """The envelope describing ``instance`` (its current in-memory state unless data is given)."""
-    master = get_settings().master
-    ttl = master.message_ttl
-    correlation = master.correlation_function
+                   instance_data: dict[str, Any] | None = None, meta: Any = _UNSET,
+                   correlation: Any = _UNSET, created: datetime.datetime | None = None,
+                   forced: bool = False) -> Envelope:
+    """The envelope describing ``instance`` (its in-memory state unless ``instance_data`` is given).
+
+    ``meta`` and ``correlation`` are computed now unless given (they were taken at save time).
+    """
+    ttl = get_settings().master.message_ttl
     data = instance.to_cqrs_dict(using=using, sync=signal_type == SignalType.SYNC) \
         if instance_data is None else instance_data
     return Envelope(
@@ -46,119 +86,171 @@ def build_envelope(instance: Any, signal_type: SignalType, using: str | None = N
         instance_pk=to_json(instance.pk),
         instance_data=data,
         previous_data=previous_data,
-        meta=to_json(instance.get_cqrs_meta(signal_type=signal_type)) or None,
-        correlation_id=None if correlation is None else _str_or_none(correlation()),
+        meta=change_meta(instance, signal_type) if meta is _UNSET else meta,
+        correlation_id=correlation_id(instance, signal_type, queue) if correlation is _UNSET else correlation,
         queue=queue,
-        expires=timezone.now() + datetime.timedelta(seconds=ttl) if ttl else None,
+        expires=(created or timezone.now()) + datetime.timedelta(seconds=ttl) if ttl else None,
+        forced=forced,
     )
 
 
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 @dataclasses.dataclass
-class _Pending:
+class Change:
+    """One changed row of one transaction: what the publisher needs besides the row itself."""
+
+    cqrs_id: str
+    #: The primary key in its JSON form.
+    pk: Any
+    signal_type: SignalType = SignalType.SAVE
     previous_data: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None
+    correlation_id: str | None = None
+    #: A DELETE's whole envelope (the row is gone when it is published).
     delete_envelope: Envelope | None = None
-    #: Lowest revision this transaction saved; a committed row below it kept none of our saves.
-    first_revision: int | None = None
-    #: This row's event in the outbox table (outbox mode).
+    created: datetime.datetime | None = None
+    #: This change's event in the outbox table (outbox mode).
     outbox_id: int | None = None
+    #: The savepoints open when that event was last written: once one has ended, it may have been
+    #: rolled back with the event, which must then be written again.
+    outbox_savepoints: tuple[str, ...] = ()
+
+    def payload(self) -> str:
+        """What the outbox stores for this change besides the row's name."""
+        if self.delete_envelope is not None:
+            return ujson.dumps(self.delete_envelope.to_wire(), ensure_ascii=False)
+        if self.previous_data is None and self.meta is None and self.correlation_id is None:
+            return ''
+        return ujson.dumps({'previous_data': self.previous_data, 'meta': self.meta,
+                            'correlation_id': self.correlation_id}, ensure_ascii=False)
+
+
+def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exception | None]:
+    """The envelope of each change, in order, with rows read in one query per model.
+
+    A SAVE whose row is gone gives ``None`` (its DELETE is published instead); a row that cannot be
+    serialized gives its exception, so it alone fails.
+    """
+    rows: dict[str, dict[Any, Any] | Exception] = {}
+    cqrs_ids = {c.cqrs_id for c in changes if c.delete_envelope is None}
+    for cqrs_id in cqrs_ids:
+        try:
+            model = MasterRegistry.get(cqrs_id)
+            pks = {_python_pk(model, c.pk) for c in changes if c.cqrs_id == cqrs_id and c.delete_envelope is None}
+            # With several models, each is read in a savepoint: a failing query must not abort the
+            # caller's transaction for the others.
+            with transaction.atomic(using=using) if len(cqrs_ids) > 1 else contextlib.nullcontext():
+                queryset = model.relate_cqrs_serialization(model._base_manager.using(using)).filter(pk__in=pks)
+                rows[cqrs_id] = {obj.pk: obj for obj in queryset}
+        except Exception as exc:  # e.g. a CQRS_ID no master model has any more: its changes alone fail
+            rows[cqrs_id] = exc
+    result: list[Envelope | Exception | None] = []
+    for change in changes:
+        if change.delete_envelope is not None:
+            result.append(change.delete_envelope)
+            continue
+        found = rows[change.cqrs_id]
+        if isinstance(found, Exception):
+            result.append(found)
+            continue
+        instance = found.get(_python_pk(MasterRegistry.get(change.cqrs_id), change.pk))
+        if instance is None:
+            result.append(None)
+            continue
+        try:
+            result.append(build_envelope(instance, SignalType.SAVE, using, previous_data=change.previous_data,
+                                         meta=change.meta, correlation=change.correlation_id,
+                                         created=change.created))
+        except Exception as exc:
+            result.append(exc)
+    return result
+
+
+def _python_pk(model: Any, pk: Any) -> Any:
+    return model._meta.pk.to_python(pk)
 
 
 class _Batch:
-    """Rows changed in one transaction on one database, published once after it commits."""
+    """Rows changed in one transaction on one database, handed on once after it commits."""
 
     def __init__(self, using: str) -> None:
         self.using = using
-        self.rows: dict[tuple[type[models.Model], Any], _Pending] = {}
+        self.outbox = get_settings().master.outbox
+        self.rows: dict[tuple[type[models.Model], Any], Change] = {}
 
-    def add(self, instance: Any, previous_data: dict[str, Any] | None,
+    def add(self, instance: Any, signal_type: SignalType, previous_data: dict[str, Any] | None,
             delete_envelope: Envelope | None) -> None:
-        pending = self._track(instance, previous_data, delete_envelope)
-        if get_settings().master.outbox:
-            envelope = delete_envelope or build_envelope(_stored(instance, self.using), SignalType.SAVE,
-                                                         self.using, previous_data=pending.previous_data)
-            pending.outbox_id = outbox.write(self.using, envelope, pending.outbox_id)
+        change, before = self._track(instance, signal_type, previous_data, delete_envelope)
+        if self.outbox and (change.outbox_id is None or change.payload() != before or self._may_be_gone(change)):
+            self._write(change)
 
     def add_saved(self, model: Any, instances: list[Any]) -> None:
-        """``add`` for many saved rows of one model: one query to read them, one to write the events."""
-        pendings = [self._track(instance, None, None) for instance in instances]
-        if not get_settings().master.outbox:
-            return
-        stored = {obj.pk: obj for obj in model.relate_cqrs_serialization(
-            model._base_manager.using(self.using).filter(pk__in=[i.pk for i in instances]))}
-        envelopes = [build_envelope(stored[model._meta.pk.to_python(instance.pk)], SignalType.SAVE, self.using,
-                                    previous_data=pending.previous_data)
-                     for instance, pending in zip(instances, pendings, strict=True)]
-        new = [(p, e) for p, e in zip(pendings, envelopes, strict=True) if p.outbox_id is None]
-        for (pending, _), event_id in zip(new, outbox.write_many(self.using, [e for _, e in new]), strict=True):
-            pending.outbox_id = event_id
-        new_ids = {id(p) for p, _ in new}
-        for pending, envelope in zip(pendings, envelopes, strict=True):
-            if id(pending) not in new_ids:  # already had an event in this transaction
-                pending.outbox_id = outbox.write(self.using, envelope, pending.outbox_id)
+        """``add`` for many saved rows of one model, their new events written in one query."""
+        from cqrs_celery.master import outbox
 
-    def _track(self, instance: Any, previous_data: dict[str, Any] | None,
-               delete_envelope: Envelope | None) -> _Pending:
+        tracked = [self._track(instance, SignalType.SAVE, None, None) for instance in instances]
+        if not self.outbox:
+            return
+        new = [change for change, _ in tracked if change.outbox_id is None]
+        savepoints = self._savepoints()
+        for change, event_id in zip(new, outbox.write_many(self.using, new), strict=True):
+            change.outbox_id, change.outbox_savepoints = event_id, savepoints
+        written = {id(change) for change in new}  # by identity: comparing dataclasses is quadratic
+        for change, before in tracked:
+            if id(change) not in written and (change.payload() != before or self._may_be_gone(change)):
+                self._write(change)
+
+    def _write(self, change: Change) -> None:
+        from cqrs_celery.master import outbox
+
+        change.outbox_id = outbox.write(self.using, change, change.outbox_id)
+        change.outbox_savepoints = self._savepoints()
+
+    def _savepoints(self) -> tuple[str, ...]:
+        # (a nested ``atomic(savepoint=False)`` is listed as None)
+        return tuple(sid for sid in connections[self.using].savepoint_ids if sid is not None)
+
+    def _may_be_gone(self, change: Change) -> bool:
+        """True when a savepoint open at the event's last write has ended (released or rolled back)."""
+        written = change.outbox_savepoints
+        return bool(written) and self._savepoints()[:len(written)] != written
+
+    def _track(self, instance: Any, signal_type: SignalType, previous_data: dict[str, Any] | None,
+               delete_envelope: Envelope | None) -> tuple[Change, str | None]:
         # The same row may be saved through instances whose pk has another type ('7' and 7).
-        pk = instance._meta.pk.to_python(instance.pk)
-        pending = self.rows.setdefault((type(instance), pk), _Pending())
-        if delete_envelope is None and (pending.first_revision is None
-                                        or instance.cqrs_revision < pending.first_revision):
-            pending.first_revision = instance.cqrs_revision
+        key = (type(instance), instance._meta.pk.to_python(instance.pk))
+        change = self.rows.get(key)
+        before = None if change is None else change.payload()
+        if change is None:
+            change = self.rows[key] = Change(instance.CQRS_ID, to_json(instance.pk), created=timezone.now())
+        change.signal_type = signal_type
+        change.delete_envelope = delete_envelope
         if previous_data:
             merged = dict(previous_data)
-            merged.update(pending.previous_data or {})  # the earliest value of each field wins
-            pending.previous_data = merged
-        pending.delete_envelope = delete_envelope
-        return pending
+            merged.update(change.previous_data or {})  # the earliest value of each field wins
+            change.previous_data = merged
+        if delete_envelope is None:
+            change.meta = change_meta(instance, signal_type, change.previous_data)
+            change.correlation_id = correlation_id(instance, signal_type)
+        return change, before
 
     def flush(self) -> None:
-        if get_settings().master.outbox:
-            ids = [p.outbox_id for p in self.rows.values() if p.outbox_id is not None]
-            try:
-                outbox.publish_committed(self.using, ids)
-            except Exception:
-                logger.exception('cqrs outbox publish failed after commit; the relay will publish %s events',
-                                 len(ids))
+        from cqrs_celery.master import publisher
+
+        if self.outbox:
+            publisher.committed(self.using, [c.outbox_id for c in self.rows.values() if c.outbox_id is not None])
             return
-        by_model: dict[type[models.Model], list[Any]] = {}
-        for model, pk in self.rows:
-            by_model.setdefault(model, []).append(pk)
-        for model, pks in by_model.items():
-            fresh = {obj.pk: obj for obj in model.relate_cqrs_serialization(  # type: ignore[attr-defined]
-                model._base_manager.using(self.using).filter(pk__in=pks))}
-            for pk in pks:
-                self._publish_one(model, pk, fresh.get(pk))
-
-    def _publish_one(self, model: Any, pk: Any, fresh: Any) -> None:
-        pending = self.rows[(model, pk)]
-        envelope = None
+        changes = [c for c in self.rows.values() if c.delete_envelope is None or self._delete_committed(c)]
         try:
-            if fresh is not None:
-                # Saved only inside a rolled-back savepoint: the committed row is not our change.
-                if pending.first_revision is not None and fresh.cqrs_revision >= pending.first_revision:
-                    envelope = build_envelope(fresh, SignalType.SAVE, self.using,
-                                              previous_data=pending.previous_data)
-            elif pending.delete_envelope is not None and self._delete_committed(pending.delete_envelope):
-                envelope = pending.delete_envelope
-            if envelope is not None:
-                send(envelope)
+            publisher.publish_changes(self.using, changes)
         except Exception:
-            logger.exception('cqrs publish failed: cqrs_id=%s pk=%s revision=%s',
-                             model.CQRS_ID, pk, envelope.revision if envelope else None)
+            logger.exception('cqrs publish failed after commit (outbox off: these changes are not sent): %s',
+                             ', '.join(f'{c.cqrs_id}:{c.pk!r}' for c in changes[:20]))
 
-    def _delete_committed(self, envelope: Envelope) -> bool:
+    def _delete_committed(self, change: Change) -> bool:
+        envelope = change.delete_envelope
+        assert envelope is not None
         stored = tombstone_revision(MasterTombstone, self.using, envelope.cqrs_id, envelope.instance_pk)
         return stored == envelope.revision
-
-
-def _stored(instance: Any, using: str) -> Any:
-    """The row as the database holds it in this transaction (rounded decimals, ``F()`` results…)."""
-    model = type(instance)
-    return model.relate_cqrs_serialization(model._base_manager.using(using)).get(pk=instance.pk)
 
 
 def _current_batch(using: str) -> _Batch:
@@ -177,27 +269,22 @@ def _current_batch(using: str) -> _Batch:
 def schedule(instance: Any, signal_type: SignalType, using: str, *,
              previous_data: dict[str, Any] | None = None, delete_envelope: Envelope | None = None) -> None:
     """Publish ``instance`` after the current transaction commits (at once in autocommit)."""
-    if not instance.CQRS_PRODUCE:
+    if not instance.CQRS_PRODUCE or not instance.is_sync_instance():
         return
-    connection = connections[using]
-    if not connection.in_atomic_block:
-        batch = _Batch(using)
-        batch.add(instance, previous_data, delete_envelope)
-        batch.flush()
+    if not connections[using].in_atomic_block:
+        with transaction.atomic(using=using):
+            _current_batch(using).add(instance, signal_type, previous_data, delete_envelope)
         return
-    _current_batch(using).add(instance, previous_data, delete_envelope)
+    _current_batch(using).add(instance, signal_type, previous_data, delete_envelope)
 
 
 def schedule_many(instances: Iterable[Any], signal_type: SignalType, using: str) -> None:
-    """``schedule`` for rows of one model saved in bulk (reads and writes them in batches)."""
-    instances = [i for i in instances if i.CQRS_PRODUCE]
+    """``schedule`` for rows of one model saved in bulk (events written in one query)."""
+    instances = [i for i in instances if i.CQRS_PRODUCE and i.is_sync_instance()]
     if not instances:
         return
-    if not connections[using].in_atomic_block:
-        for instance in instances:
-            schedule(instance, signal_type, using)
-        return
-    _current_batch(using).add_saved(type(instances[0]), instances)
+    with transaction.atomic(using=using, savepoint=False):
+        _current_batch(using).add_saved(type(instances[0]), instances)
 
 
 def delete_envelope(instance: Any, using: str, revision: int) -> Envelope:

@@ -12,7 +12,7 @@ from django.test import override_settings
 from kombu import pools
 
 from cqrs_celery import topology
-from cqrs_celery.master import outbox
+from cqrs_celery.master import publisher
 from cqrs_celery.producer import set_sender
 from cqrs_celery.registry import MasterRegistry
 from tests.broker import harness
@@ -84,6 +84,7 @@ class Services:
         return harness.manage(harness.service_env(self.broker_url, queue, database), 'cqrs_topology', '--declare')
 
     def close(self) -> None:
+        publisher.wait_idle(10)  # this test's events go out before its services stop
         for worker in self.workers:
             worker.stop()
         if self.kind == 'amqp' and not harness._port_open('127.0.0.1', 5672):
@@ -119,7 +120,7 @@ def services(broker_url: str, master_app: Celery) -> Iterator[Services]:
     finally:
         set_sender(previous)
         services.close()
-        outbox._broker_down_until = 0.0  # a broker outage in one test must not pause the next
+        publisher._inline_paused_until.clear()  # a broker outage in one test must not pause the next
 
 
 def database_name(alias: str) -> str:

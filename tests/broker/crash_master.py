@@ -1,6 +1,8 @@
-"""A master process that commits a change and is SIGKILLed before it can publish it.
+"""A master process that commits a change and is SIGKILLed before anything publishes it.
 
-Run as ``python -m tests.broker.crash_master <sku>`` with the master's environment.
+Run as ``python -m tests.broker.crash_master <sku>`` with the master's environment. Its publisher
+is the relay alone (``CQRS_TEST_PUBLISHER=relay``), so the event is committed and nothing in this
+process sends it: the kill lands between commit and publish.
 """
 
 import os
@@ -11,16 +13,14 @@ import django
 
 
 def main() -> None:
+    os.environ['CQRS_TEST_PUBLISHER'] = 'relay'
     django.setup()
-    from cqrs_celery.master import outbox
+    from cqrs_celery.models import OutboxEvent
     from tests.master_app.models import Item
 
-    def die(event_ids):
-        print(f'committed {len(event_ids)} outbox events, dying before publishing', flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    outbox.before_publish_hook = die
     Item.objects.create(sku=sys.argv[1], name='survives a crash', quantity=7)
+    print(f'committed {OutboxEvent.objects.count()} outbox events, dying before publishing', flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
     print('not reached', flush=True)
 
 

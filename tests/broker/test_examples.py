@@ -11,6 +11,7 @@ when they finish: a RabbitMQ virtual host of this module's own, and a Redis data
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -281,13 +282,18 @@ def test_the_mapped_replica_keeps_book_titles_as_names_with_exact_prices(stack: 
 
 
 def test_the_raw_replica_of_each_service_writes_old_and_new_stock_from_previous_data(stack: Stack) -> None:
+    # The replica sees each published state of a row: changes that waited in the outbox together are
+    # published once, with previous_data from before the earliest of them, so 8 → 7 → 6 arrives as
+    # one or two steps. Whatever the steps, they chain from the first quantity to the last.
     for queue in stack.queues:
-        harness.wait_until(lambda queue=queue: len(stack.stock_lines(queue)) >= 9,
+        harness.wait_until(lambda queue=queue: any("'Dune' changed from" in line and 'to 6 (stock 3, rev 2'
+                                                   in line for line in stack.stock_lines(queue))
+                           and any('removed' in line for line in stack.stock_lines(queue)),
                            message=lambda queue=queue: f'stock lines of {queue}: {stack.stock_lines(queue)}')
         text = '\n'.join(stack.stock_lines(queue))
         assert "stock of 'Dune' is 8 (stock 3, rev 0, by demo)" in text
-        assert "stock of 'Dune' changed from 8 to 7 (stock 3, rev 1, by demo)" in text
-        assert "stock of 'Dune' changed from 7 to 6 (stock 3, rev 2, by demo)" in text
+        steps = re.findall(r"stock of 'Dune' changed from (\d+) to (\d+)", text)
+        assert steps in ([('8', '7'), ('7', '6')], [('8', '6')]), text
         assert "stock of 'Untitled Draft' removed (stock 5, rev 1, by demo)" in text
 
 

@@ -29,6 +29,11 @@ def test_creates_updates_and_deletes_reach_two_replica_services_field_for_field(
     ann = Author.objects.create(name='Ann', email='ann@example.com')
     bob = Author.objects.create(name='Bob')
     books = [Book.objects.create(title=f'Book {i}', price=Decimal(f'{i}.1234'), author=ann) for i in range(5)]
+    # Changes that wait in the outbox together are published as the row's latest state, once; wait
+    # until the creates are applied so that the updates below travel with their own previous_data.
+    for alias in ('replica_a', 'replica_b'):
+        wait_until(lambda alias=alias: in_step(alias, 'author', 'book'), timeout=60,
+                   message=lambda alias=alias: describe(alias, 'author', 'book'))
     ann.name = 'Ann Smith'
     ann.save()
     with transaction.atomic():

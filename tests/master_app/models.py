@@ -5,6 +5,7 @@ import uuid
 from django.db import models
 
 from cqrs_celery.mixins import MasterMixin, RawMasterMixin
+from tests.master_app.fields import BlobField, OpaqueField
 
 
 class Author(MasterMixin):
@@ -88,6 +89,29 @@ class SerializedBook(MasterMixin):
     price = models.DecimalField(max_digits=10, decimal_places=2)
 
 
+class Shelf(MasterMixin):
+    """Serialized by a DRF serializer that lists rows of another table (``ShelfBook``)."""
+
+    CQRS_ID = 'shelf'
+    CQRS_SERIALIZER = 'tests.master_app.serializers.ShelfSerializer'
+
+    name = models.CharField(max_length=100)
+
+    @classmethod
+    def relate_cqrs_serialization(cls, queryset):
+        return queryset.prefetch_related('books')
+
+
+class ShelfBook(models.Model):
+    """Not replicated itself: part of its shelf's serialized state."""
+
+    shelf = models.ForeignKey(Shelf, on_delete=models.CASCADE, related_name='books')
+    title = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ['id']
+
+
 class ManualNote(RawMasterMixin):
     """RawMasterMixin: publishes only through cqrs_sync()."""
 
@@ -112,3 +136,30 @@ class PlainItem(models.Model):
     sku = models.CharField(max_length=40, primary_key=True)
     name = models.CharField(max_length=100)
     quantity = models.IntegerField(default=0)
+
+
+class LongKey(MasterMixin):
+    """A primary key far longer than 255 characters (deleted and re-created under the same key)."""
+
+    CQRS_ID = 'long_key'
+
+    key = models.TextField(primary_key=True)
+    value = models.IntegerField(default=0)
+
+
+class Renamed(MasterMixin):
+    """Replicated to a model whose primary key has another name (CQRS_MAPPING renames the pk)."""
+
+    CQRS_ID = 'renamed'
+
+    number = models.IntegerField(primary_key=True)
+    name = models.CharField(max_length=100)
+
+
+class Gadget(MasterMixin):
+    """Custom fields: one with value_to_string, one without (saving an object in it is refused)."""
+
+    CQRS_ID = 'gadget'
+
+    blob = BlobField(null=True)
+    opaque = OpaqueField(null=True)

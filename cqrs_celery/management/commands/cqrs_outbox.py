@@ -1,39 +1,62 @@
-"""Show the master's outbox, or publish what is left in it now."""
+"""Show the master's outbox, publish what is left in it now, or put set-aside events back in line."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Min
 
 from cqrs_celery.master import outbox
-from cqrs_celery.models import OutboxEvent
 
 
 class Command(BaseCommand):
-    help = ('status: how many events wait in the outbox and since when; '
-            'relay: publish them now (what the beat relay does), oldest first.')
+    help = ('status: events waiting and set aside in the outbox, per CQRS_ID, since when, and the last '
+            'errors of set-aside events; relay: publish the waiting events now (what the beat relay '
+            'does), oldest first; retry: put the set-aside events back in line, then relay.')
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument('action', choices=['status', 'relay'])
+        parser.add_argument('action', choices=['status', 'relay', 'retry'])
         parser.add_argument('--database', default='default', help='Database holding the outbox.')
-        parser.add_argument('--dry-run', action='store_true', help='relay: only show what would be published.')
+        parser.add_argument('--dry-run', action='store_true',
+                            help='relay, retry: only show the outbox, change and publish nothing.')
 
     def handle(self, *args: Any, action: str, database: str = 'default', dry_run: bool = False,
                **options: Any) -> None:
-        events = OutboxEvent._default_manager.using(database)
-        count = events.count()
-        oldest = events.aggregate(oldest=Min('created'))['oldest']
         if action == 'status' or dry_run:
-            since = f' (oldest from {oldest.isoformat()})' if oldest else ''
-            self.stdout.write(f'{count} events waiting in the outbox of {database}{since}')
+            self._status(database)
             return
+        if action == 'retry':
+            put_back = outbox.retry_set_aside(database)
+            self.stdout.write(f'{put_back} set-aside events put back in line')
         try:
             published = outbox.relay(database, min_age=0)
         except Exception as exc:
             raise CommandError(f'relay failed: {exc}') from exc
-        left = events.count()
+        left = outbox.pending(database)
         self.stdout.write(self.style.SUCCESS(f'{published} events published, {left} left'))
         if left:
-            raise CommandError(f'{left} events could not be published; see the log for the reason')
+            aside = sum(row['count'] for row in outbox.status(database)['rows'] if row['set_aside'])
+            raise CommandError(f'{left} events could not be published ({aside} set aside); see the log for the '
+                               'reason, cqrs_outbox status for the errors, cqrs_outbox retry to try again')
+
+    def _status(self, database: str) -> None:
+        status = outbox.status(database)
+        counts: dict[str, dict[bool, tuple[int, Any]]] = {}
+        for row in status['rows']:
+            counts.setdefault(row['cqrs_id'], {})[row['set_aside']] = (row['count'], row['oldest'])
+        waiting = sum(c.get(False, (0, None))[0] for c in counts.values())
+        aside = sum(c.get(True, (0, None))[0] for c in counts.values())
+        self.stdout.write(f'{waiting} events waiting and {aside} set aside in the outbox of {database}')
+        for cqrs_id, by_state in counts.items():
+            parts = [_count(*by_state.get(False, (0, None)), 'waiting'),
+                     _count(*by_state.get(True, (0, None)), 'set aside')]
+            line = f'  {cqrs_id}: {", ".join(parts)}'
+            self.stdout.write(self.style.WARNING(line) if True in by_state else line)
+        if status['errors']:
+            self.stdout.write('Last errors of set-aside events (cqrs_outbox retry publishes them again):')
+            for cqrs_id, pk_value, error in status['errors']:
+                self.stdout.write(f'  {cqrs_id} pk={pk_value}: {error}')
+
+
+def _count(count: int, oldest: Any, what: str) -> str:
+    return f'{count} {what}' + (f' (oldest from {oldest.isoformat()})' if oldest else '')

@@ -1,0 +1,210 @@
+"""Publishing off the request path: a background thread per process and database, woken after commit.
+
+``CQRS['master']['publisher']`` chooses who publishes the outbox events a commit leaves:
+
+* ``'thread'`` (default): the committing process wakes its publisher thread and returns at once;
+  the thread drains the outbox in batches (``outbox.drain``), so a burst of saves goes out as a few
+  batched messages. It keeps one database connection (closed when idle) and backs off while the
+  broker is down. Events of any process are fair game: drains lock with ``SKIP LOCKED``.
+* ``'inline'``: the committing thread publishes its own events right after commit (scripts,
+  debugging); a failure leaves them to the relay and pauses inline publishing to that broker.
+* ``'relay'``: nothing here; the beat relay (or ``cqrs_outbox relay``) publishes.
+
+Whatever the mode, the beat relay publishes what is left (process killed, broker down), so nothing
+committed is lost. While ``cqrs_celery.testing`` replaces the broker, publishing is inline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from django.db import connections
+
+from cqrs_celery.conf import get_settings
+from cqrs_celery.producer import send_batch, testing_sender_installed
+
+if TYPE_CHECKING:
+    from cqrs_celery.master.publish import Change
+
+logger = logging.getLogger(__name__)
+
+#: Seconds an idle publisher thread keeps its database connection.
+IDLE_CLOSE = 2.0
+#: Seconds to wait, doubling up to ``BROKER_RETRY_MAX``, while the broker cannot be reached.
+BROKER_RETRY = 0.5
+BROKER_RETRY_MAX = 30.0
+#: Seconds before events that failed (and were backed off) are looked at again.
+FAILED_RETRY = 5.0
+#: After a failed inline publish, inline publishing to that broker waits this long (the relay goes on).
+INLINE_PAUSE = 5.0
+#: While commits come in a burst (woken again within ``BURST`` seconds of the last drain), the
+#: thread lets ``GATHER`` seconds of events gather before draining: fewer, larger messages and far
+#: less work per save; an isolated commit is published at once.
+BURST = 0.005
+GATHER = 0.004
+
+_publishers: dict[str, _Publisher] = {}
+_guard = threading.Lock()
+_inline_paused_until: dict[str, float] = {}
+
+
+def committed(using: str, event_ids: Sequence[int]) -> None:
+    """After commit: have the outbox events ``event_ids`` published by the configured publisher."""
+    if not event_ids:
+        return
+    mode = get_settings().master.publisher
+    if testing_sender_installed() or mode == 'inline':
+        publish_inline(using, event_ids)
+    elif mode == 'thread':
+        _publisher(using).wake()
+
+
+def publish_inline(using: str, event_ids: Sequence[int]) -> int:
+    """Publish these events now, in this thread; returns how many were published."""
+    from cqrs_celery.master import outbox
+
+    broker = _broker_key()
+    if time.monotonic() < _inline_paused_until.get(broker, 0.0):
+        return 0
+    try:
+        result = outbox.drain(using, ids=event_ids, limit=len(event_ids))
+    except Exception:
+        logger.exception('cqrs outbox publish failed after commit; the relay will publish %s events',
+                         len(event_ids))
+        return 0
+    if result.broker_down is not None:
+        _inline_paused_until[broker] = time.monotonic() + INLINE_PAUSE
+        logger.warning('cqrs broker unavailable, %s events left to the relay: %s', len(event_ids), result.broker_down)
+    return result.published
+
+
+def publish_changes(using: str, changes: Sequence[Change]) -> None:
+    """Outbox off: read the committed rows and publish them now (raises on failure)."""
+    from cqrs_celery.master.publish import envelopes_for
+
+    batch_size = get_settings().master.publish_batch_size
+    groups: dict[tuple[str, str | None], list[object]] = {}
+    for change, envelope in zip(changes, envelopes_for(using, changes), strict=True):
+        if isinstance(envelope, Exception):
+            logger.error('cqrs cannot serialize cqrs_id=%s pk=%r: %r', change.cqrs_id, change.pk, envelope)
+        elif envelope is not None:
+            groups.setdefault((envelope.cqrs_id, envelope.queue), []).append(envelope)
+    for group in groups.values():
+        for start in range(0, len(group), batch_size):
+            send_batch(group[start:start + batch_size])  # type: ignore[arg-type]
+
+
+def _broker_key() -> str:
+    app = get_settings().app
+    return str(getattr(getattr(app, 'conf', None), 'broker_url', app))
+
+
+def _publisher(using: str) -> _Publisher:
+    publisher = _publishers.get(using)
+    if publisher is None or publisher.pid != os.getpid() or not publisher.is_alive():
+        with _guard:
+            publisher = _publishers.get(using)
+            # A forked child (gunicorn, Celery prefork) inherits the object, not the thread.
+            if publisher is None or publisher.pid != os.getpid() or not publisher.is_alive():
+                publisher = _publishers[using] = _Publisher(using)
+                publisher.start()
+    return publisher
+
+
+class _Publisher(threading.Thread):
+    """Drains the outbox of one database whenever a commit wakes it."""
+
+    def __init__(self, using: str) -> None:
+        super().__init__(name=f'cqrs-publisher-{using}', daemon=True)
+        self.using = using
+        self.pid = os.getpid()
+        self.wakeup = threading.Event()
+        self.stopping = False
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def wake(self) -> None:
+        self.wakeup.set()
+        self.idle.clear()
+
+    def run(self) -> None:
+        delay: float | None = None
+        broker_retry = BROKER_RETRY
+        last_drain = 0.0
+        while not self.stopping:
+            woken = self.wakeup.wait(IDLE_CLOSE if delay is None else delay)
+            if not woken and delay is None:
+                self._close_connection()
+                continue
+            if woken and time.monotonic() - last_drain < BURST:
+                time.sleep(GATHER)
+            self.wakeup.clear()
+            delay = self._drain()
+            last_drain = time.monotonic()
+            if delay == BROKER_RETRY:
+                delay, broker_retry = broker_retry, min(broker_retry * 2, BROKER_RETRY_MAX)
+            else:
+                broker_retry = BROKER_RETRY
+            if delay is None:
+                self.idle.set()
+                if self.wakeup.is_set():  # woken again meanwhile: not idle after all
+                    self.idle.clear()
+        self._close_connection()
+
+    def _drain(self) -> float | None:
+        """Drain until nothing is ready; returns how long to wait before looking again (None: until woken)."""
+        from cqrs_celery.master import outbox
+
+        limit = get_settings().master.outbox_relay_batch
+        try:
+            while True:
+                result = outbox.drain(self.using, limit=limit)
+                if result.broker_down is not None:
+                    logger.warning('cqrs publisher: broker unavailable, retrying: %s', result.broker_down)
+                    return BROKER_RETRY
+                if result.taken < limit or result.published == 0:
+                    return FAILED_RETRY if result.failed else None
+        except Exception:
+            logger.exception('cqrs publisher failed on %s; the events stay in the outbox', self.using)
+            self._close_connection()
+            return FAILED_RETRY
+
+    def _close_connection(self) -> None:
+        try:
+            connections[self.using].close()
+        except Exception:  # pragma: no cover - a broken connection is dropped all the same
+            logger.debug('cqrs publisher: closing the connection failed', exc_info=True)
+
+    def stop(self, timeout: float) -> None:
+        self.stopping = True
+        self.wakeup.set()
+        self.join(timeout)
+
+
+def wait_idle(timeout: float = 10.0) -> bool:
+    """Wait until every publisher thread of this process has nothing left to do (for tests, scripts)."""
+    deadline = time.monotonic() + timeout
+    for publisher in list(_publishers.values()):
+        if publisher.pid == os.getpid() and not publisher.idle.wait(max(0.0, deadline - time.monotonic())):
+            return False
+    return True
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Publish what this process's threads were woken for, then stop them and close their connections."""
+    for using, publisher in list(_publishers.items()):
+        if publisher.pid != os.getpid() or not publisher.is_alive():
+            continue
+        publisher.idle.wait(timeout)
+        publisher.stop(timeout)
+        _publishers.pop(using, None)
+
+
+# A script that saves and exits at once still publishes what it committed (the relay would, later).
+atexit.register(shutdown)

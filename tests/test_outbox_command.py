@@ -1,0 +1,138 @@
+"""``cqrs_outbox``: show the outbox, relay what waits in it, put set-aside events back (DESIGN §6).
+
+Tier i: publishes are captured or refused by a test sender; no broker.
+"""
+
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import transaction
+
+from cqrs_celery.master import outbox, publisher
+from cqrs_celery.testing import capture_envelopes
+from tests.master_app.models import Author, Item
+from tests.test_outbox import broker_down, cqrs_master_settings, refusing
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ISO_TIME = r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[.\d]*\+00:00'
+
+
+@pytest.fixture(autouse=True)
+def quiet_publisher(monkeypatch):
+    """Commits without a test sender leave their events to the relay; no broker-down pause outlives its test."""
+    monkeypatch.setattr(publisher, '_inline_paused_until', {})
+    with cqrs_master_settings(publisher='relay'):
+        yield
+
+
+def cqrs_outbox(*args):
+    out = StringIO()
+    call_command('cqrs_outbox', *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def set_aside_item():
+    """Item 'A', whose event was refused once with ``outbox_max_attempts=1``: it is set aside."""
+    with cqrs_master_settings(outbox_max_attempts=1), refusing('item'):
+        Item.objects.create(sku='A', name='apple')
+    assert outbox.status()['rows'][0]['set_aside']
+
+
+def test_status_of_an_empty_outbox_says_nothing_waits():
+    assert cqrs_outbox('status') == '0 events waiting and 0 set aside in the outbox of default\n'
+
+
+def test_status_shows_the_waiting_events_per_cqrs_id_with_the_oldest_time():
+    with transaction.atomic():
+        Author.objects.create(name='Ann')
+        Author.objects.create(name='Bob')
+        Item.objects.create(sku='A', name='apple')
+
+    lines = cqrs_outbox('status').splitlines()
+
+    assert lines[0] == '3 events waiting and 0 set aside in the outbox of default'
+    assert re.fullmatch(rf'  author: 2 waiting \(oldest from {ISO_TIME}\), 0 set aside', lines[1])
+    assert re.fullmatch(rf'  item: 1 waiting \(oldest from {ISO_TIME}\), 0 set aside', lines[2])
+    assert len(lines) == 3
+
+
+def test_status_shows_set_aside_events_and_their_last_errors(set_aside_item):
+    Author.objects.create(name='Ann')
+
+    lines = cqrs_outbox('status').splitlines()
+
+    assert lines[0] == '1 events waiting and 1 set aside in the outbox of default'
+    assert re.fullmatch(rf'  author: 1 waiting \(oldest from {ISO_TIME}\), 0 set aside', lines[1])
+    assert re.fullmatch(rf'  item: 0 waiting, 1 set aside \(oldest from {ISO_TIME}\)', lines[2])
+    assert lines[3:] == ['Last errors of set-aside events (cqrs_outbox retry publishes them again):',
+                         '  item pk="A": PublishError: message refused: item pk=\'A\'']
+
+
+def test_relay_publishes_the_waiting_events_and_says_how_many():
+    Author.objects.create(name='Ann')
+    Author.objects.create(name='Bob')
+
+    with capture_envelopes() as captured:
+        output = cqrs_outbox('relay')
+
+    assert output == '2 events published, 0 left\n'
+    assert [e.instance_data['name'] for e in captured] == ['Ann', 'Bob']
+    assert outbox.pending() == 0
+
+
+def test_relay_fails_when_events_cannot_be_published():
+    Author.objects.create(name='Ann')
+
+    with broker_down(), pytest.raises(CommandError, match=r'1 events could not be published \(0 set aside\)'):
+        cqrs_outbox('relay')
+
+    assert outbox.pending() == 1
+
+
+def test_relay_fails_while_set_aside_events_are_left(set_aside_item):
+    with capture_envelopes() as captured, pytest.raises(CommandError, match=r'\(1 set aside\).*cqrs_outbox retry'):
+        cqrs_outbox('relay')
+
+    assert captured == []
+
+
+def test_relay_with_dry_run_only_shows_the_outbox():
+    Author.objects.create(name='Ann')
+
+    with capture_envelopes() as captured:
+        output = cqrs_outbox('relay', '--dry-run')
+
+    assert output.startswith('1 events waiting and 0 set aside in the outbox of default\n')
+    assert captured == []
+    assert outbox.pending() == 1
+
+
+def test_retry_puts_the_set_aside_events_back_and_publishes_them(set_aside_item):
+    with capture_envelopes() as captured:
+        output = cqrs_outbox('retry')
+
+    assert output == '1 set-aside events put back in line\n1 events published, 0 left\n'
+    assert [(e.cqrs_id, e.instance_pk) for e in captured] == [('item', 'A')]
+    assert outbox.status() == {'rows': [], 'errors': []}
+
+
+def test_retry_fails_when_the_events_are_refused_again(set_aside_item):
+    with refusing('item'), pytest.raises(CommandError, match='1 events could not be published'):
+        cqrs_outbox('retry')
+
+    [row] = outbox.status()['rows']
+    assert (row['cqrs_id'], row['set_aside'], row['count']) == ('item', False, 1)
+
+
+def test_retry_with_dry_run_changes_nothing(set_aside_item):
+    with capture_envelopes() as captured:
+        output = cqrs_outbox('retry', '--dry-run')
+
+    assert '0 events waiting and 1 set aside' in output
+    assert captured == []
+    assert outbox.status()['rows'][0]['set_aside']
+
