@@ -8,4 +8,11 @@ post_bulk_create = Signal()
 #: Sent after ``Model.cqrs.bulk_update``; arguments: ``sender`` (model), ``instances``, ``using``.
 post_update = Signal()
 
-__all__ = ['post_bulk_create', 'post_update']
+#: Sent by a replica worker for every row it finished with (applied, skipped, retried or
+#: dead-lettered), after the row's transaction; arguments: ``sender`` (the task), ``envelope``
+#: (``None`` for a body that could not be decoded), ``outcome`` (``'created'``, ``'stale'``,
+#: ``'retrying'``, ``'dead_lettered'``…), ``queue``, ``raw`` (the undecodable body, else ``None``).
+#: Connect to it to feed metrics; a receiver that raises is logged, never breaks the apply.
+envelope_handled = Signal()
+
+__all__ = ['envelope_handled', 'post_bulk_create', 'post_update']

@@ -485,3 +485,66 @@ def test_a_falsy_result_from_a_raw_replica_raises_apply_error(monkeypatch, signa
 
     with pytest.raises(ApplyError):
         apply(note_envelope(signal))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replica_whose_primary_key_is_renamed_by_the_mapping_follows_every_rule(loopback):
+    from cqrs_celery.envelope import Envelope
+    from cqrs_celery.models import ReplicaTombstone
+    from cqrs_celery.replica.apply import Outcome, apply
+    from tests.master_app.models import Renamed
+    from tests.replica_app.models import ReplicaRenamed
+
+    row = Renamed.objects.create(number=41, name='first')
+    stale = row.to_cqrs_dict()
+    row.name = 'second'
+    row.save()
+    assert ReplicaRenamed.objects.values_list('remote_id', 'title', 'cqrs_revision').get() == (row.pk, 'second', 1)
+
+    row_pk = row.pk
+    row.delete()
+    assert not ReplicaRenamed.objects.exists()
+    assert ReplicaTombstone.objects.get(cqrs_id='renamed', pk_value=str(row_pk)).revision == 2
+    late = Envelope(signal_type=SignalType.SAVE, cqrs_id='renamed', instance_pk=row_pk, instance_data=stale)
+    assert apply(late).outcome == Outcome.STALE
+    assert ReplicaRenamed.cqrs_save(stale) is None  # the model API keys the tombstone the same way
+    assert not ReplicaRenamed.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_in_process_raises_a_replica_error_at_block_exit_and_leaves_no_state_behind(monkeypatch):
+    from cqrs_celery.models import OutboxEvent
+    from cqrs_celery.testing import apply_in_process
+    from tests.master_app.models import Item
+    from tests.replica_app.models import ReplicaItem
+
+    def broken(cls, sync, mapped_data, previous_data=None, meta=None):
+        raise RuntimeError('replica bug')
+
+    monkeypatch.setattr(ReplicaItem, 'cqrs_create', classmethod(broken))
+    with pytest.raises(RuntimeError, match='replica bug'), apply_in_process():
+        Item.objects.create(sku='A', name='a')
+    monkeypatch.undo()
+    assert not OutboxEvent.objects.exists()
+
+    with apply_in_process():  # the next block (and the next test) starts clean
+        Item.objects.create(sku='B', name='b')
+    assert ReplicaItem.objects.filter(pk='B').exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_in_process_can_skip_cqrs_ids_without_a_local_replica():
+    from cqrs_celery.registry import ReplicaRegistry
+    from cqrs_celery.testing import apply_in_process
+    from tests.master_app.models import Item, Publisher
+
+    publisher_replica = ReplicaRegistry._models.pop('publisher')
+    try:
+        with pytest.raises(UnknownCQRSIdError), apply_in_process():
+            Publisher.objects.create(name='p')
+        with apply_in_process(only_local=True) as results:
+            Publisher.objects.create(name='p')
+            Item.objects.create(sku='C', name='c')
+    finally:
+        ReplicaRegistry._models['publisher'] = publisher_replica
+    assert len(results) == 1

@@ -17,7 +17,7 @@ from django.db import IntegrityError, connections, router, transaction
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import ApplyError, DataError
-from cqrs_celery.models import ReplicaTombstone, pk_key, record_tombstone, tombstone_revision
+from cqrs_celery.models import ReplicaTombstone, forget_tombstones, pk_key, record_tombstone, tombstone_revision
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.serialization import from_json, python_value
 
@@ -52,20 +52,26 @@ def apply(envelope: Envelope, queue: str | None = None) -> Result:
         ApplyError: the model's code returned a falsy result (a retry may help).
     """
     model = ReplicaRegistry.get(envelope.cqrs_id)
-    if envelope.is_directed and queue is not None and envelope.queue != queue:
-        return Result(Outcome.NOT_FOR_ME)
-    if envelope.signal_type == SignalType.SYNC and model.CQRS_ONLY_DIRECT_SYNCS and not envelope.is_directed:
+    if not is_for_me(model, envelope, queue):
         return Result(Outcome.NOT_FOR_ME)
     if model.CQRS_NO_DB_OPERATIONS:
-        return _apply_custom(model, envelope)
+        return apply_custom(model, envelope)
     return apply_row(model, envelope)
+
+
+def is_for_me(model: Any, envelope: Envelope, queue: str | None) -> bool:
+    """False for a directed SYNC meant for another queue, or a broadcast SYNC an only-direct model ignores."""
+    if envelope.is_directed and queue is not None and envelope.queue != queue:
+        return False
+    return not (envelope.signal_type == SignalType.SYNC and model.CQRS_ONLY_DIRECT_SYNCS
+                and not envelope.is_directed)
 
 
 def _meta_kwargs(model: Any, envelope: Envelope) -> dict[str, Any]:
     return {'meta': envelope.meta} if model.CQRS_META else {}
 
 
-def _apply_custom(model: Any, envelope: Envelope) -> Result:
+def apply_custom(model: Any, envelope: Envelope) -> Result:
     kwargs = _meta_kwargs(model, envelope)
     if envelope.signal_type == SignalType.DELETE:
         done = model.cqrs_delete(envelope.instance_data, **kwargs)
@@ -100,32 +106,46 @@ def mapped_previous(model: Any, previous: dict[str, Any] | None) -> dict[str, An
     return {mapping[key]: value for key, value in previous.items() if key in mapping}
 
 
-def replica_pk(model: Any, data: dict[str, Any], fallback: Any = None) -> Any:
-    """The replica primary key named by master ``data`` (through ``CQRS_MAPPING``), as a Python value."""
+def master_pk(model: Any, data: dict[str, Any], fallback: Any = None) -> Any:
+    """The primary key in master ``data`` (JSON form) that names this replica's row.
+
+    The one place that decides it: the master field ``CQRS_MAPPING`` maps to the replica's pk, else
+    the pk's own name (or attname) in the data, else ``fallback`` (the envelope's ``instance_pk``).
+    """
     pk_field = model._meta.pk
-    value = fallback
     for source, target in (model.CQRS_MAPPING or {}).items():
         if target in (pk_field.name, pk_field.attname) and source in data:
-            value = data[source]
-            break
-    else:
-        for key in (pk_field.name, pk_field.attname):
-            if key in data:
-                value = data[key]
-                break
+            return data[source]
+    for key in (pk_field.name, pk_field.attname):
+        if key in data:
+            return data[key]
+    return fallback
+
+
+def replica_pk(model: Any, data: dict[str, Any], fallback: Any = None) -> Any:
+    """The replica primary key named by master ``data`` (through ``CQRS_MAPPING``), as a Python value."""
+    value = master_pk(model, data, fallback)
     if value is None:
         raise DataError(f'{model._meta.label}: no primary key in the data')
-    return python_value(model, pk_field, value)
+    return python_value(model, model._meta.pk, value)
 
 
-def _lock_key(using: str, cqrs_id: str, pk: Any) -> None:
-    """Serialize every apply of one (CQRS_ID, pk) on PostgreSQL, even while the row is missing."""
+def lock_keys(using: str, keys: list[tuple[str, Any]]) -> None:
+    """Serialize every apply of each (CQRS_ID, pk) on PostgreSQL, even while the row is missing.
+
+    Locks are taken in ascending order, so two workers locking overlapping groups cannot deadlock.
+    """
     connection = connections[using]
-    if connection.vendor != 'postgresql':
+    if connection.vendor != 'postgresql' or not keys:
         return
-    digest = hashlib.blake2b(f'{cqrs_id}\x00{pk}'.encode(), digest_size=8).digest()
+    numbers = sorted({int.from_bytes(hashlib.blake2b(f'{cqrs_id}\x00{pk}'.encode(), digest_size=8).digest(),
+                                     'big', signed=True) for cqrs_id, pk in keys})
     with connection.cursor() as cursor:
-        cursor.execute('SELECT pg_advisory_xact_lock(%s)', [int.from_bytes(digest, 'big', signed=True)])
+        if len(numbers) == 1:
+            cursor.execute('SELECT pg_advisory_xact_lock(%s)', numbers)
+        else:
+            cursor.execute('SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY '
+                           'AS t(k, n)', [numbers])
 
 
 def apply_row(model: Any, envelope: Envelope) -> Result:
@@ -134,7 +154,8 @@ def apply_row(model: Any, envelope: Envelope) -> Result:
     for attempt in range(2):
         try:
             with transaction.atomic(using=using):
-                return _apply_locked(model, envelope, using)
+                lock_keys(using, [(envelope.cqrs_id, envelope.instance_pk)])
+                return apply_locked(model, envelope, using)
         except IntegrityError:
             # Two workers raced to create the same new pk: the loser follows the rules again.
             if attempt:
@@ -144,11 +165,11 @@ def apply_row(model: Any, envelope: Envelope) -> Result:
     raise AssertionError('unreachable')
 
 
-def _apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
+def apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
+    """Apply one row inside the caller's transaction, which holds the row's lock (``lock_keys``)."""
     data = envelope.instance_data
     pk = replica_pk(model, data, envelope.instance_pk)
-    revision = _revision(envelope)
-    _lock_key(using, envelope.cqrs_id, envelope.instance_pk)
+    revision = revision_of(envelope)
     queryset = model._default_manager.using(using)
     if connections[using].features.has_select_for_update:
         queryset = queryset.select_for_update()
@@ -170,15 +191,14 @@ def _apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
             raise ApplyError(f'{model._meta.label}.cqrs_create returned {created!r}')
         return Result(Outcome.CREATED, created)
     stored = instance.cqrs_revision
-    if revision < stored:
-        logger.info('cqrs stale %s skipped: cqrs_id=%s pk=%s revision=%s correlation_id=%s stored=%s',
-                    envelope.signal_type, *log, stored)
+    if revision < stored and not envelope.forced:
+        log_stale(envelope, stored)
         return Result(Outcome.STALE, instance)
     if revision == stored and envelope.signal_type == SignalType.SAVE:
         logger.debug('cqrs duplicate skipped: cqrs_id=%s pk=%s revision=%s correlation_id=%s', *log)
         return Result(Outcome.DUPLICATE, instance)
     if revision > stored + 1:
-        logger.info('cqrs revision gap: cqrs_id=%s pk=%s revision=%s correlation_id=%s stored=%s', *log, stored)
+        log_gap(envelope, stored)
     updated = instance.cqrs_update(envelope.signal_type == SignalType.SYNC, mapped_data(model, data),
                                    mapped_previous(model, envelope.previous_data), **_meta_kwargs(model, envelope))
     if not updated:
@@ -186,19 +206,29 @@ def _apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
     return Result(Outcome.UPDATED, updated)
 
 
-def _revision(envelope: Envelope) -> int:
+def log_stale(envelope: Envelope, stored: int) -> None:
+    logger.info('cqrs stale %s skipped: cqrs_id=%s pk=%s revision=%s correlation_id=%s stored=%s',
+                envelope.signal_type, *envelope.log_fields().values(), stored)
+
+
+def log_gap(envelope: Envelope, stored: int) -> None:
+    logger.info('cqrs revision gap: cqrs_id=%s pk=%s revision=%s correlation_id=%s stored=%s',
+                *envelope.log_fields().values(), stored)
+
+
+def revision_of(envelope: Envelope) -> int:
+    """The envelope's revision; ``DataError`` when it has none."""
     if envelope.revision is None:
         raise DataError(f'{envelope.cqrs_id}: instance_data has no integer {FIELD_REVISION}')
     return envelope.revision
 
 
 def _forget_tombstone(using: str, envelope: Envelope) -> None:
-    ReplicaTombstone._default_manager.using(using).filter(
-        cqrs_id=envelope.cqrs_id, pk_value=pk_key(envelope.instance_pk)).delete()
+    forget_tombstones(ReplicaTombstone, using, envelope.cqrs_id, [pk_key(envelope.instance_pk)])
 
 
 def _apply_delete(model: Any, envelope: Envelope, using: str, instance: Any, log: tuple[Any, ...]) -> Result:
-    revision = _revision(envelope)
+    revision = revision_of(envelope)
     if instance is not None and revision < instance.cqrs_revision:
         logger.info('cqrs stale DELETE skipped: cqrs_id=%s pk=%s revision=%s correlation_id=%s stored=%s',
                     *log, instance.cqrs_revision)

@@ -103,10 +103,9 @@ class ReplicaMixin(_ReplicaOptions, models.Model):
         """Apply one row with the revision rules; returns the instance, or None when skipped."""
         from cqrs_celery.constants import SignalType
         from cqrs_celery.envelope import Envelope
-        from cqrs_celery.replica.apply import apply_row
+        from cqrs_celery.replica.apply import apply_row, master_pk
 
-        pk_name = cls._meta.pk.name
-        pk = master_data.get(pk_name, master_data.get('id'))
+        pk = master_pk(cls, master_data, master_data.get('id'))
         envelope = Envelope(signal_type=SignalType.SYNC if sync else SignalType.SAVE, cqrs_id=cls.CQRS_ID,
                             instance_pk=pk, instance_data=dict(master_data),
                             previous_data=previous_data, meta=meta)

@@ -90,7 +90,39 @@ def on_celeryd_init(sender: Any = None, instance: Any = None, **kwargs: Any) -> 
 
 def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
     """``worker_init`` receiver: after ``-Q``; makes sure the selected queue has its bindings."""
-    install(sender.app)
+    if install(sender.app) is not None:
+        keep_database_connections(sender.app)
+
+
+def keep_database_connections(app: Any) -> None:
+    """One database connection per worker process, kept across tasks, with Django's health checks.
+
+    Celery's Django fix-up closes every connection before and after each task unless
+    ``CELERY_DB_REUSE_MAX`` is set, whatever ``CONN_MAX_AGE`` says: a new connection per message.
+    Replica workers instead keep theirs and, around each task, drop only a connection that is
+    broken, left in a transaction, or older than a ``CONN_MAX_AGE`` above 0 (``CONN_HEALTH_CHECKS``
+    then checks it before its next use, as in a Django request).
+    """
+    from celery.signals import task_postrun, task_prerun
+
+    for fixup in getattr(app, '_fixups', ()):
+        worker_fixup = getattr(fixup, '_worker_fixup', None)
+        if worker_fixup is not None and not worker_fixup.db_reuse_max:
+            worker_fixup.db_reuse_max = _NEVER  # the fix-up now closes after 2 × this many tasks
+    task_prerun.connect(_check_connections, weak=False, dispatch_uid='cqrs_celery.check_connections.pre')
+    task_postrun.connect(_check_connections, weak=False, dispatch_uid='cqrs_celery.check_connections.post')
+
+
+_NEVER = 2 ** 62
+
+
+def _check_connections(**kwargs: Any) -> None:
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if not connection.settings_dict.get('CONN_MAX_AGE'):
+            connection.close_at = None  # 0 means "per request" in Django; a worker process is long-lived
+        connection.close_if_unusable_or_obsolete()
 
 
 def dead_letter_queue(app: Any) -> Queue:

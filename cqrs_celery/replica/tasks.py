@@ -20,14 +20,16 @@ from django import db
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
-from cqrs_celery.envelope import Envelope, decode
+from cqrs_celery.envelope import Envelope, decode_message
 from cqrs_celery.exceptions import DataError, EnvelopeError, UnknownCQRSIdError
 from cqrs_celery.producer import send
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica import dead_letters
-from cqrs_celery.replica.apply import apply
+from cqrs_celery.replica.apply import Result, apply
+from cqrs_celery.replica.group import apply_many
 from cqrs_celery.replica.guard import GuardedRequest
 from cqrs_celery.replica.queues import max_retry_delay
+from cqrs_celery.signals import envelope_handled
 
 logger = logging.getLogger(__name__)
 
@@ -37,24 +39,55 @@ logger = logging.getLogger(__name__)
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,  # type: ignore[call-overload, untyped-decorator]
              Request=GuardedRequest)
 def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str:
-    """Apply one envelope on this replica service; returns the outcome's name."""
+    """Apply one message (a v1 envelope or a v2 batch) on this replica service; returns the outcome(s)."""
     queue = get_settings().queue
     if args or kwargs:
         return _dead(None, EnvelopeError('the task takes exactly one argument, the envelope', raw),
                      'bad input', raw=[raw, *args, kwargs])
     try:
-        envelope = decode(raw)
+        rows = decode_message(raw)
     except EnvelopeError as exc:
-        return _dead(None, exc, 'bad input', raw=raw)
-    if envelope.expires is not None and envelope.is_expired():
-        return _dead(envelope, EnvelopeError(f'expired at {envelope.expires.isoformat()}'), 'expired')
+        return _handled(self, None, _dead(None, exc, 'bad input', raw=raw), queue, raw)
+    envelopes: list[Envelope] = []
+    outcomes: list[str] = []
+    for row in rows:
+        if isinstance(row, EnvelopeError):
+            outcomes.append(_handled(self, None, _dead(None, row, 'bad input', raw=row.raw), queue, row.raw))
+        elif row.expires is not None and row.is_expired():
+            outcome = _dead(row, EnvelopeError(f'expired at {row.expires.isoformat()}'), 'expired')
+            outcomes.append(_handled(self, row, outcome, queue))
+        else:
+            envelopes.append(row)
+    results = [_guarded_apply(envelopes[0], queue)] if len(envelopes) == 1 else apply_many(envelopes, queue)
+    for envelope, result in zip(envelopes, results, strict=True):
+        outcomes.append(_handled(self, envelope, _settle(envelope, queue, result), queue))
+    if len(outcomes) == 1:
+        return outcomes[0]
+    return ' '.join(f'{name}={outcomes.count(name)}' for name in sorted(set(outcomes)))
+
+
+def _handled(task: Any, envelope: Envelope | None, outcome: str, queue: str | None, raw: Any = None) -> str:
     try:
-        result = apply(envelope, queue)
-    except (UnknownCQRSIdError, DataError, db.DataError) as exc:
-        # db.DataError: a value the database refuses (too long, malformed); retrying cannot help.
-        return _dead(envelope, exc, 'bad input')
+        envelope_handled.send(sender=task, envelope=envelope, outcome=outcome, queue=queue, raw=raw)
+    except Exception:
+        logger.exception('cqrs envelope_handled receiver failed (ignored)')
+    return outcome
+
+
+def _guarded_apply(envelope: Envelope, queue: str | None) -> Result | Exception:
+    try:
+        return apply(envelope, queue)
     except Exception as exc:
-        return _retry(envelope, queue, exc)
+        return exc
+
+
+def _settle(envelope: Envelope, queue: str | None, result: Result | Exception) -> str:
+    """Map one row's result to its outcome name, or to a dead letter or a retry."""
+    if isinstance(result, UnknownCQRSIdError | DataError | db.DataError):
+        # db.DataError: a value the database refuses (too long, malformed); retrying cannot help.
+        return _dead(envelope, result, 'bad input')
+    if isinstance(result, Exception):
+        return _retry(envelope, queue, result)
     logger.debug('cqrs %s: cqrs_id=%s pk=%s revision=%s correlation_id=%s queue=%s',
                  result.outcome.value, *envelope.log_fields().values(), queue)
     return result.outcome.value

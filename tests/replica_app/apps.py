@@ -6,8 +6,7 @@ class ReplicaAppConfig(AppConfig):
     default_auto_field = 'django.db.models.BigAutoField'
 
     def ready(self):
-        from celery.signals import task_postrun
-
+        from cqrs_celery.signals import envelope_handled
         from tests.replica_app.observe import record_outcome
 
-        task_postrun.connect(record_outcome, weak=False, dispatch_uid='tests.record_outcome')
+        envelope_handled.connect(record_outcome, weak=False, dispatch_uid='tests.record_outcome')

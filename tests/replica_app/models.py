@@ -123,6 +123,8 @@ class AppliedLog(models.Model):
     outcome = models.CharField(max_length=20)
     directed_to = models.CharField(max_length=100, null=True)
     node = models.CharField(max_length=200, default='')
+    #: PostgreSQL backend of the worker's connection when it finished the row (connections per worker).
+    backend_pid = models.IntegerField(null=True)
 
 
 class ReplicaFlaky(ReplicaMixin):
@@ -153,3 +155,26 @@ class ReplicaFlaky(ReplicaMixin):
     def cqrs_update(self, sync, mapped_data, previous_data=None, meta=None):
         self._maybe_fail(mapped_data)
         return super().cqrs_update(sync, mapped_data, previous_data)
+
+
+class ReplicaLongKey(ReplicaMixin):
+    CQRS_ID = 'long_key'
+
+    key = models.TextField(primary_key=True)
+    value = models.IntegerField()
+
+
+class ReplicaRenamed(ReplicaMixin):
+    CQRS_ID = 'renamed'
+    CQRS_MAPPING = {'number': 'remote_id', 'name': 'title'}
+
+    remote_id = models.BigIntegerField(primary_key=True)
+    title = models.CharField(max_length=100)
+
+
+class ReplicaGadget(ReplicaMixin):
+    CQRS_ID = 'gadget'
+
+    id = models.BigIntegerField(primary_key=True)
+    blob = models.TextField(null=True)
+    opaque = models.TextField(null=True)
