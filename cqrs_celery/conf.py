@@ -89,7 +89,7 @@ class ReplicaSettings:
     dead_message_ttl: int | None = 864000
     #: Redis only, when the Celery app sets none: seconds before a killed worker's unacknowledged
     #: messages are delivered again.
-    visibility_timeout: int = 600
+    visibility_timeout: int = 60
     #: Seconds a replica remembers a deleted row's revision (late SAVEs older than that can resurrect).
     tombstone_retention: int = 30 * 24 * 3600
     #: Largest task message body (bytes) a replica queue accepts; a larger one is a dead letter,

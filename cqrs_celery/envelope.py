@@ -48,6 +48,9 @@ class Envelope:
     #: A directed SYNC that applies even when the replica holds a higher revision (repairs a replica
     #: that is ahead of its master, e.g. after the master was restored from a backup).
     forced: bool = False
+    #: A retry is not applied before this time (a long back-off travels as several short hops, so a
+    #: message never waits unacknowledged in a worker for longer than the broker allows).
+    not_before: datetime.datetime | None = None
     v: int = ENVELOPE_VERSION
 
     @property
@@ -80,6 +83,8 @@ class Envelope:
             'expires': self.expires.isoformat() if self.expires else None,
             'retries': self.retries,
         }
+        if self.not_before is not None:
+            wire['not_before'] = self.not_before.isoformat()
         return wire
 
     def row_wire(self) -> dict[str, Any]:
@@ -163,6 +168,7 @@ def decode(raw: Any) -> Envelope:
         correlation_id=_optional_str(body.get('correlation_id')),
         queue=queue,
         expires=_parse_expires(body.get('expires'), raw),
+        not_before=_parse_time('not_before', body.get('not_before'), raw),
         retries=retries,
         forced=forced,
     )
@@ -225,12 +231,16 @@ def _optional_str(value: Any) -> str | None:
 
 
 def _parse_expires(value: Any, raw: Any) -> datetime.datetime | None:
+    return _parse_time('expires', value, raw)
+
+
+def _parse_time(key: str, value: Any, raw: Any) -> datetime.datetime | None:
     if value is None:
         return None
     try:
         parsed = date_parser.isoparse(value)
     except (TypeError, ValueError) as exc:
-        raise EnvelopeError(f'expires must be an ISO-8601 datetime, not {value!r}', raw) from exc
+        raise EnvelopeError(f'{key} must be an ISO-8601 datetime, not {value!r}', raw) from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=datetime.timezone.utc)
     return parsed

@@ -93,7 +93,8 @@ CQRS = {
         'CQRS_RETRY_DELAY': 0.2,
         'CQRS_MAX_RETRIES': 5,
         'retry_backoff_max': 2,
-        'visibility_timeout': int(os.environ.get('CQRS_TEST_VISIBILITY_TIMEOUT', '600')),
+        **({'visibility_timeout': int(os.environ['CQRS_TEST_VISIBILITY_TIMEOUT'])}
+           if os.environ.get('CQRS_TEST_VISIBILITY_TIMEOUT') else {}),
     },
 }
 

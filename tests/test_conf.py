@@ -52,8 +52,7 @@ def test_the_test_projects_own_setting_is_read():
 
     assert settings.app == APP
     assert settings.master.meta_function is meta_function
-    assert settings.replica == ReplicaSettings(max_retries=5, retry_delay=0.2, retry_backoff_max=2,
-                                               visibility_timeout=600)
+    assert settings.replica == ReplicaSettings(max_retries=5, retry_delay=0.2, retry_backoff_max=2)
     assert (settings.master.publish_timeout, settings.master.outbox_relay_delay) == (1.0, 1.0)
 
 

@@ -97,3 +97,24 @@ def test_a_broker_failure_is_a_command_error_naming_where_to_continue():
             sync('--cqrs-id', 'item')
     finally:
         set_sender(previous)
+
+
+def test_a_forced_sync_to_one_queue_repairs_a_replica_that_is_ahead():
+    from cqrs_celery.testing import apply_in_process
+    from tests.replica_app.models import ReplicaItem
+
+    with apply_in_process():
+        Item.objects.create(sku='ahead', name='master', quantity=1)
+    ReplicaItem.objects.filter(pk='ahead').update(name='drifted', cqrs_revision=1000)
+
+    with apply_in_process(queue='replica_a'):
+        sync('--cqrs-id', 'item', '--queue', 'replica_a')
+    assert ReplicaItem.objects.get(pk='ahead').name == 'drifted'  # an ordinary sync is stale there
+    with apply_in_process(queue='replica_a'):
+        sync('--cqrs-id', 'item', '--queue', 'replica_a', '--force')
+    assert ReplicaItem.objects.values_list('name', 'cqrs_revision').get(pk='ahead') == ('master', 0)
+
+
+def test_force_without_a_queue_is_refused():
+    with pytest.raises(CommandError, match='--force needs --queue'):
+        sync('--cqrs-id', 'item', '--force')

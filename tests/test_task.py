@@ -321,13 +321,28 @@ def test_the_retry_countdown_comes_from_the_models_retry_policy(letters, retries
     assert 8 <= countdown <= 16
 
 
-def test_the_retry_countdown_is_capped_by_the_brokers_safe_maximum(letters, retries, failing_create, monkeypatch):
+def test_a_back_off_longer_than_the_broker_allows_travels_in_hops_until_its_time(
+        letters, retries, failing_create, monkeypatch):
     monkeypatch.setattr(tasks, 'max_retry_delay', lambda: 0.3)
 
-    with cqrs_replica_settings(retry_jitter=False, CQRS_RETRY_DELAY=10):
+    with cqrs_replica_settings(retry_jitter=False, CQRS_RETRY_DELAY=10, retry_backoff_max=60):
         apply_envelope.run(wire(save(0)))
 
-    assert [countdown for _, _, countdown in retries] == [0.3]
+    [(retry, route_to, countdown)] = retries
+    assert countdown == 0.3, 'one message never waits in a worker longer than the broker allows'
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert now + datetime.timedelta(seconds=9) < retry.not_before <= now + datetime.timedelta(seconds=10)
+
+    # The hop arrives early: it is sent on, unapplied, with at most one more hop of countdown.
+    assert apply_envelope.run(wire(retry)) == 'waiting'
+    [_, (again, again_route, again_countdown)] = retries
+    assert (again, again_route, again_countdown) == (retry, route_to, 0.3)
+    assert len(failing_create) == 1  # the model was not called again
+
+    # Once due, it is applied (and fails again here, so it is retried).
+    due = retry.replace(not_before=now - datetime.timedelta(seconds=1))
+    assert apply_envelope.run(wire(due)) == 'retrying'
+    assert len(failing_create) == 2
 
 
 def test_the_models_own_should_retry_cqrs_decides(letters, retries, failing_create, monkeypatch):

@@ -48,11 +48,12 @@ def install(app: Any) -> Queue | None:
 
 
 def max_retry_delay(app: Any | None = None) -> float:
-    """Longest retry delay that is safe on this broker.
+    """Longest countdown one retry message may carry on this broker.
 
     On Redis a delayed retry is held unacknowledged by the worker until it is due; if that took
     longer than the visibility timeout, Redis would hand the message out again and the retry would
-    loop. Delays are therefore kept under half the visibility timeout.
+    loop. A hop is therefore at most half the visibility timeout; longer back-offs take several
+    hops (the envelope's ``not_before``), so they are not capped.
     """
     app = app or get_settings().celery_app()
     if _driver(app) != 'redis':
@@ -61,9 +62,15 @@ def max_retry_delay(app: Any | None = None) -> float:
     return float(options.get('visibility_timeout', get_settings().replica.visibility_timeout)) / 2
 
 
+_drivers: dict[tuple[int, str], str] = {}
+
+
 def _driver(app: Any) -> str:
-    with app.connection_for_write() as conn:
-        return str(conn.transport.driver_type)
+    key = (id(app), str(app.conf.broker_url))
+    if key not in _drivers:
+        with app.connection_for_write() as conn:
+            _drivers[key] = str(conn.transport.driver_type)
+    return _drivers[key]
 
 
 def configure_worker(app: Any) -> None:

@@ -9,7 +9,9 @@ When the retry or dead letter cannot be published, the message is rejected back 
 
 from __future__ import annotations
 
+import datetime
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -56,6 +58,8 @@ def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str
         elif row.expires is not None and row.is_expired():
             outcome = _dead(row, EnvelopeError(f'expired at {row.expires.isoformat()}'), 'expired')
             outcomes.append(_handled(self, row, outcome, queue))
+        elif row.not_before is not None and queue and _wait(row, queue):
+            outcomes.append(_handled(self, row, 'waiting', queue))
         else:
             envelopes.append(row)
     results = [_guarded_apply(envelopes[0], queue)] if len(envelopes) == 1 else apply_many(envelopes, queue)
@@ -118,13 +122,37 @@ def _requeue_on_failure(what: str, envelope: Envelope | None) -> Iterator[None]:
 
 
 def _retry(envelope: Envelope, queue: str | None, exc: Exception) -> str:
-    """Send the envelope again to this service's queue only, with the attempt count in it."""
+    """Send the envelope again to this service's queue only, with the attempt count in it.
+
+    The delay is the model's own (``get_cqrs_retry_delay``), however long. A message must not wait
+    unacknowledged in a worker longer than the broker allows (on Redis, the visibility timeout),
+    so a longer delay travels as hops of at most ``max_retry_delay()`` with ``not_before`` set.
+    """
     model = ReplicaRegistry.get(envelope.cqrs_id)
     if not queue or not model.should_retry_cqrs(envelope.retries, exc):
         return _dead(envelope, exc, f'failed after {envelope.retries} retries')
-    delay = min(model.get_cqrs_retry_delay(envelope.retries), max_retry_delay())
+    delay = float(model.get_cqrs_retry_delay(envelope.retries))
+    if not math.isfinite(delay) or delay < 0:
+        delay = get_settings().replica.retry_backoff_max
+    hop = min(delay, max_retry_delay())
+    not_before = _now() + datetime.timedelta(seconds=delay) if hop < delay else None
     logger.warning('cqrs apply failed, retry %s in %.1fs: cqrs_id=%s pk=%s revision=%s correlation_id=%s '
                    'queue=%s error=%r', envelope.retries + 1, delay, *envelope.log_fields().values(), queue, exc)
     with _requeue_on_failure('send a retry', envelope):
-        send(envelope.replace(retries=envelope.retries + 1), route_to=queue, countdown=delay)
+        send(envelope.replace(retries=envelope.retries + 1, not_before=not_before), route_to=queue, countdown=hop)
     return 'retrying'
+
+
+def _wait(envelope: Envelope, queue: str) -> bool:
+    """Send a retry that arrived before its time on for another hop; False when it is due."""
+    assert envelope.not_before is not None
+    remaining = (envelope.not_before - _now()).total_seconds()
+    if remaining <= 0:
+        return False
+    with _requeue_on_failure('postpone a retry', envelope):
+        send(envelope, route_to=queue, countdown=min(remaining, max_retry_delay()))
+    return True
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)

@@ -31,16 +31,21 @@ class Command(BaseCommand):
                             help='Show a progress bar (the default on a terminal).')
         parser.add_argument('--database', default=None, help='Database to read from (default: the router\'s).')
         parser.add_argument('--dry-run', action='store_true', help='Count the rows; publish nothing.')
+        parser.add_argument('--force', action='store_true',
+                            help='With --queue: apply even where that replica holds a higher revision '
+                                 '(repairs a replica that is ahead of its master, e.g. after a restore).')
 
     def handle(self, *args: Any, cqrs_id: str, filter: str | None = None, queue: str | None = None,
                batch: int = 1000, progress: bool = False, database: str | None = None, dry_run: bool = False,
-               **options: Any) -> None:
+               force: bool = False, **options: Any) -> None:
         try:
             model = MasterRegistry.get(cqrs_id)
         except UnknownCQRSIdError as exc:
             raise CommandError(str(exc)) from exc
         if batch < 1:
             raise CommandError('--batch must be at least 1.')
+        if force and not queue:
+            raise CommandError('--force needs --queue: a forced sync goes to one replica service.')
         using = database or router.db_for_read(model)
         queryset = model.relate_cqrs_serialization(model._base_manager.using(using))
         if filter:
@@ -59,12 +64,12 @@ class Command(BaseCommand):
             self.stdout.write(f'{total} {cqrs_id} rows would be sent to {target}')
             return
         bar = self._progress_bar(total, progress)
-        sent = self._send_all(queryset.order_by('pk'), using, queue, batch, bar)
+        sent = self._send_all(queryset.order_by('pk'), using, queue, batch, bar, force)
         if bar is not None:
             bar.close()
         self.stdout.write(self.style.SUCCESS(f'{sent} {cqrs_id} rows sent to {target}'))
 
-    def _send_all(self, queryset: Any, using: str, queue: str | None, batch: int, bar: Any) -> int:
+    def _send_all(self, queryset: Any, using: str, queue: str | None, batch: int, bar: Any, force: bool) -> int:
         size = get_settings().master.publish_batch_size
         sent = 0
         last = None
@@ -73,7 +78,7 @@ class Command(BaseCommand):
             if not chunk:
                 return sent
             last = chunk[-1].pk
-            envelopes = [build_envelope(obj, SignalType.SYNC, using, queue=queue)
+            envelopes = [build_envelope(obj, SignalType.SYNC, using, queue=queue, forced=force)
                          for obj in chunk if obj.is_sync_instance()]
             for start in range(0, len(envelopes), size):
                 try:
