@@ -14,15 +14,18 @@ class CQRSCeleryConfig(AppConfig):
 
     def ready(self) -> None:
         from celery.signals import celeryd_init, worker_init
+        from django.db.models.signals import post_migrate
 
         from cqrs_celery import beat  # noqa: F401  (registers the periodic tasks)
         from cqrs_celery import checks as cqrs_checks
         from cqrs_celery.conf import reset_settings
         from cqrs_celery.master import signals as master_signals
+        from cqrs_celery.master import triggers
         from cqrs_celery.replica import queues, tasks  # noqa: F401  (registers the Celery task)
 
         setting_changed.connect(reset_settings, dispatch_uid='cqrs_celery.reset_settings')
         master_signals.connect()
+        post_migrate.connect(triggers.on_post_migrate, dispatch_uid='cqrs_celery.outbox_triggers')
         celeryd_init.connect(queues.on_celeryd_init, dispatch_uid='cqrs_celery.celeryd_init', weak=False)
         worker_init.connect(queues.on_worker_init, dispatch_uid='cqrs_celery.worker_init', weak=False)
         checks.register(cqrs_checks.check_settings, 'cqrs_celery')

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.test import override_settings
 from kombu import Connection
 
+from cqrs_celery.conf import get_settings
 from cqrs_celery.replica import mixins, queues
 from cqrs_celery.replica.consumer import DeadLetterInvalidMessages
 from tests.replica_app.models import ManualNoteSink, ReplicaItem
@@ -161,11 +162,11 @@ def test_max_retry_delay_uses_the_configured_app_by_default():
     assert queues.max_retry_delay() == float('inf')  # the test project's app: memory://
 
 
-def test_the_test_projects_retry_delays_are_below_the_redis_limit():
+def test_one_retry_hop_on_redis_is_half_the_default_visibility_timeout():
     limit = queues.max_retry_delay(celery_app(REDIS_URL))
 
-    assert limit == settings.CQRS['replica']['visibility_timeout'] / 2
-    assert all(ReplicaItem.get_cqrs_retry_delay(n) <= limit for n in range(40))
+    assert limit == get_settings().replica.visibility_timeout / 2 == 30
+    assert all(ReplicaItem.get_cqrs_retry_delay(n) <= limit for n in range(40))  # the test project's delays
 
 
 # --- configure_worker ------------------------------------------------------------------------

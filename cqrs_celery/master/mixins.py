@@ -17,6 +17,7 @@ from model_utils import FieldTracker
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.exceptions import ConfigurationError, MetaError
+from cqrs_celery.master import triggers
 from cqrs_celery.models import MasterTombstone, pk_hash, pk_key, tombstone_revision, tombstone_revisions
 from cqrs_celery.registry import MasterRegistry, require_cqrs_id
 from cqrs_celery.serialization import field_value, instance_to_dict, to_json
@@ -112,6 +113,17 @@ class RawMasterMixin(models.Model):
                 return
         for field in _custom_fields(type(self)):
             field_value(field, self)  # refuse now what could not be sent later (DataError)
+        self._cqrs_by_trigger = triggers.active(using, type(self))
+        if self._cqrs_by_trigger:
+            # The database writes the outbox event in the row's own statement: nothing to add, so
+            # no transaction of our own either (see master/triggers.py).
+            self._cqrs_loaded_revision = self.cqrs_revision
+            self.cqrs_revision = 0 if self.pk is None else models.F(FIELD_REVISION) + 1
+            try:
+                super().save(*args, **kwargs)
+            finally:
+                self._cqrs_settle_revision()
+            return
         with transaction.atomic(using=using, savepoint=False):
             self._cqrs_loaded_revision = self.cqrs_revision
             # The database adds 1 in the UPDATE itself, which orders concurrent saves without reading

@@ -176,6 +176,8 @@ class _Batch:
         self.using = using
         self.outbox = get_settings().master.outbox
         self.rows: dict[tuple[type[models.Model], Any], Change] = {}
+        #: The database wrote events of this transaction too (triggers.py): publish what is ready.
+        self.by_trigger = False
 
     def add(self, instance: Any, signal_type: SignalType, previous_data: dict[str, Any] | None,
             delete_envelope: Envelope | None) -> None:
@@ -237,7 +239,8 @@ class _Batch:
         from cqrs_celery.master import publisher
 
         if self.outbox:
-            publisher.committed(self.using, [c.outbox_id for c in self.rows.values() if c.outbox_id is not None])
+            publisher.committed(self.using, [c.outbox_id for c in self.rows.values() if c.outbox_id is not None],
+                                everything=self.by_trigger)
             return
         changes = [c for c in self.rows.values() if c.delete_envelope is None or self._delete_committed(c)]
         try:
@@ -278,10 +281,25 @@ def schedule(instance: Any, signal_type: SignalType, using: str, *,
     _current_batch(using).add(instance, signal_type, previous_data, delete_envelope)
 
 
+def wake_after_commit(using: str) -> None:
+    """Have the events the database wrote in this transaction published after it commits."""
+    from cqrs_celery.master import publisher
+
+    if connections[using].in_atomic_block:
+        _current_batch(using).by_trigger = True
+    else:
+        publisher.committed(using, [], everything=True)
+
+
 def schedule_many(instances: Iterable[Any], signal_type: SignalType, using: str) -> None:
     """``schedule`` for rows of one model saved in bulk (events written in one query)."""
+    from cqrs_celery.master import triggers
+
     instances = [i for i in instances if i.CQRS_PRODUCE and i.is_sync_instance()]
     if not instances:
+        return
+    if triggers.active(using, type(instances[0])):
+        wake_after_commit(using)
         return
     with transaction.atomic(using=using, savepoint=False):
         _current_batch(using).add_saved(type(instances[0]), instances)

@@ -54,33 +54,36 @@ _guard = threading.Lock()
 _inline_paused_until: dict[str, float] = {}
 
 
-def committed(using: str, event_ids: Sequence[int]) -> None:
-    """After commit: have the outbox events ``event_ids`` published by the configured publisher."""
-    if not event_ids:
+def committed(using: str, event_ids: Sequence[int], *, everything: bool = False) -> None:
+    """After commit: have the outbox events ``event_ids`` published by the configured publisher.
+
+    ``everything``: the database wrote events of this transaction itself (their ids are not known
+    here); the inline publisher then publishes every ready event.
+    """
+    if not event_ids and not everything:
         return
     mode = get_settings().master.publisher
     if testing_sender_installed() or mode == 'inline':
-        publish_inline(using, event_ids)
+        publish_inline(using, None if everything else event_ids)
     elif mode == 'thread':
         _publisher(using).wake()
 
 
-def publish_inline(using: str, event_ids: Sequence[int]) -> int:
-    """Publish these events now, in this thread; returns how many were published."""
+def publish_inline(using: str, event_ids: Sequence[int] | None) -> int:
+    """Publish these events (``None``: every ready one) now, in this thread; returns how many were published."""
     from cqrs_celery.master import outbox
 
     broker = _broker_key()
     if time.monotonic() < _inline_paused_until.get(broker, 0.0):
         return 0
     try:
-        result = outbox.drain(using, ids=event_ids, limit=len(event_ids))
+        result = outbox.drain(using, ids=event_ids, limit=len(event_ids) if event_ids is not None else None)
     except Exception:
-        logger.exception('cqrs outbox publish failed after commit; the relay will publish %s events',
-                         len(event_ids))
+        logger.exception('cqrs outbox publish failed after commit; the relay will publish the events')
         return 0
     if result.broker_down is not None:
         _inline_paused_until[broker] = time.monotonic() + INLINE_PAUSE
-        logger.warning('cqrs broker unavailable, %s events left to the relay: %s', len(event_ids), result.broker_down)
+        logger.warning('cqrs broker unavailable, events left to the relay: %s', result.broker_down)
     return result.published
 
 

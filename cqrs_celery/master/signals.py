@@ -16,6 +16,9 @@ from cqrs_celery.serialization import to_json
 def on_post_save(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
     if getattr(instance, '_cqrs_skip', False):
         return
+    if getattr(instance, '_cqrs_by_trigger', False):
+        publish.wake_after_commit(using)  # the database wrote the event
+        return
     previous = instance.get_tracked_fields_data() if not kwargs.get('created') else None
     publish.schedule(instance, SignalType.SAVE, using, previous_data=previous or None)
 

@@ -1,0 +1,128 @@
+"""Outbox events written by the database itself (PostgreSQL): the save pays for its own statement only.
+
+For a master model with nothing for Python to add to its events — no tracked fields, no
+``get_cqrs_meta``/``is_sync_instance`` of its own, and no ``meta_function``/``correlation_function``
+configured — an ``AFTER INSERT OR UPDATE`` trigger writes the outbox event in the same statement
+as the row, for every write that changed ``cqrs_revision``. ``save()`` then runs as the plain
+Django save does (one statement, in autocommit one round trip) and only wakes the publisher after
+commit. Everything else (other databases, models with more to say, deletes) takes the Python
+outbox path of ``publish.py``. Both paths write the same events; the publisher cannot tell them
+apart.
+
+Triggers are (re)installed after every ``migrate`` on PostgreSQL (``post_migrate``), and removed
+from models that stop qualifying. A process uses the trigger path for a table only after it has
+seen the trigger in the database (checked once per process and table), so a database that was not
+migrated since an upgrade keeps the Python path and loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from django.db import connections
+
+from cqrs_celery.conf import get_settings
+from cqrs_celery.models import OutboxEvent
+from cqrs_celery.registry import MasterRegistry
+
+logger = logging.getLogger(__name__)
+
+FUNCTION = 'cqrs_celery_outbox_event'
+
+_seen: dict[tuple[str, str], bool] = {}
+
+
+def _function_sql(quote: Any) -> str:
+    table = quote(OutboxEvent._meta.db_table)
+    return f'''
+CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.cqrs_revision IS NOT DISTINCT FROM OLD.cqrs_revision THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO {table} (cqrs_id, pk_value, signal_type, revision, envelope, created, attempts, error,
+                         available_at, set_aside)
+    VALUES (TG_ARGV[0], (to_jsonb(NEW) -> TG_ARGV[1])::text, 'SAVE', NULL, '', now(), 0, '', now(), false);
+    RETURN NULL;
+END $$'''
+
+
+def trigger_name(model: Any) -> str:
+    """The trigger's name on the model's table (PostgreSQL names are at most 63 bytes)."""
+    name = f'cqrs_outbox_{model._meta.db_table}'
+    if len(name.encode()) <= 63:
+        return name
+    return f'cqrs_outbox_{hashlib.sha256(model._meta.db_table.encode()).hexdigest()[:24]}'
+
+
+def qualifies(model: Any) -> bool:
+    """True when the model's events need nothing from Python (settings included)."""
+    from cqrs_celery.master.mixins import TRACKER_NAME, RawMasterMixin
+
+    master = get_settings().master
+    return bool(
+        model._cqrs_auto_publish and model.CQRS_PRODUCE and master.outbox
+        and master.meta_function is None and master.correlation_function is None
+        and not getattr(model, TRACKER_NAME, None) and not model._meta.parents
+        and model.get_cqrs_meta is RawMasterMixin.get_cqrs_meta
+        and model.is_sync_instance is RawMasterMixin.is_sync_instance
+    )
+
+
+def install(using: str = 'default') -> list[str]:
+    """Create or drop the triggers of every master model on ``using``; returns what was done."""
+    connection = connections[using]
+    if connection.vendor != 'postgresql':
+        return []
+    done = []
+    tables = set(connection.introspection.table_names())
+    with connection.cursor() as cursor:
+        cursor.execute(_function_sql(connection.ops.quote_name))
+        for model in MasterRegistry.models():
+            if model._meta.db_table not in tables or model._meta.proxy or model._meta.abstract:
+                continue
+            name, table = trigger_name(model), connection.ops.quote_name(model._meta.db_table)
+            cursor.execute(f'DROP TRIGGER IF EXISTS {connection.ops.quote_name(name)} ON {table}')
+            if qualifies(model):
+                # Trigger arguments are literals in the DDL (no placeholders there).
+                arguments = ', '.join(_literal(v) for v in (model.CQRS_ID, model._meta.pk.column))
+                cursor.execute(f'CREATE TRIGGER {connection.ops.quote_name(name)} AFTER INSERT OR UPDATE ON {table} '
+                               f'FOR EACH ROW EXECUTE FUNCTION {FUNCTION}({arguments})')
+                done.append(f'{name} on {model._meta.db_table}')
+            _seen.pop((using, model._meta.db_table), None)
+    return done
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def on_post_migrate(sender: Any = None, using: str = 'default', **kwargs: Any) -> None:
+    """``post_migrate`` receiver (wired in ``apps.py``): keep the triggers in step with the models."""
+    if sender is None or sender.name != 'cqrs_celery':
+        return  # once per migrate run, after cqrs_celery's own tables exist
+    done = install(using)
+    if done:
+        logger.info('cqrs outbox triggers on %s: %s', using, ', '.join(done))
+
+
+def active(using: str, model: Any) -> bool:
+    """True when this save's event is written by the database (the trigger exists and applies)."""
+    connection = connections[using]
+    if connection.vendor != 'postgresql' or not qualifies(model):
+        return False
+    key = (using, model._meta.db_table)
+    seen = _seen.get(key)
+    if seen is None:
+        with connection.cursor() as cursor:
+            cursor.execute('SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = %s::regclass',
+                           [trigger_name(model), connection.ops.quote_name(model._meta.db_table)])
+            seen = _seen[key] = cursor.fetchone() is not None
+    return seen
+
+
+def forget() -> None:
+    """Look the triggers up again (tests that drop or create them)."""
+    _seen.clear()
