@@ -8,6 +8,7 @@ index cannot be reached, required in CI like the other services); the next runs 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -97,7 +98,8 @@ def test_the_demo_shows_rows_arriving_with_metadata_mapping_and_the_stock_log(fi
     assert 'A Wizard of Earthsea' in tables and '24.00' in tables  # the mapped book copy
     assert 'Untitled Draft' not in tables  # deleted on the master, so on the replica
     assert 'in step' in tables and 'missing' not in tables
-    assert "stock of 'Dune' changed from 8 to 7" in stock_log  # the raw replica's log
+    # the raw replica's log: each published step (changes published together make one step)
+    assert re.search(r"stock of 'Dune' changed from 8 to [67]", stock_log), stock_log
     assert output.count('master: step ') == 6  # one snapshot per step when the output is no terminal
 
 

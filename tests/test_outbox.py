@@ -981,3 +981,23 @@ def test_the_beat_schedule_entries_are_read_by_celery_beat():
         beat.RELAY_TASK, datetime.timedelta(seconds=2), {'queue': 'master_tasks', 'expires': 10})
     assert (cleanup.task, cleanup.schedule.run_every, cleanup.options) == (
         beat.CLEANUP_TASK, datetime.timedelta(hours=1), {'queue': 'master_tasks', 'expires': 3600.0})
+
+
+def test_an_event_whose_row_changed_again_waits_for_the_newer_event_so_state_and_meta_stay_paired():
+    with cqrs_master_settings(publisher='relay'):
+        author = Author.objects.create(name='first')
+        first = OutboxEvent.objects.get()
+        author.name = 'second'
+        author.save()
+
+    assert OutboxEvent.objects.count() == 2
+    with capture_envelopes() as sent:
+        alone = outbox.drain('default', ids=[first.pk])  # as a drain that took only the older event
+        assert (alone.published, alone.deferred, sent) == (0, 1, [])
+        both = outbox.drain('default')
+
+    assert both.published == 2
+    [envelope] = sent
+    assert (envelope.instance_data['name'], envelope.revision) == ('second', 1)
+    assert envelope.previous_data == {'name': 'first'}
+    assert not OutboxEvent.objects.exists()

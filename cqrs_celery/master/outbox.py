@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import ujson
-from django.db import connections, transaction
+from django.db import connections, models, transaction
 from django.db.models import Count, Min
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from cqrs_celery.conf import get_settings
@@ -30,6 +31,7 @@ from cqrs_celery.exceptions import BrokerUnavailableError
 from cqrs_celery.master.publish import Change, envelopes_for
 from cqrs_celery.models import OutboxEvent
 from cqrs_celery.producer import send_batch
+from cqrs_celery.registry import MasterRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -53,42 +55,63 @@ def _event(change: Change) -> OutboxEvent:
 
 
 def write(using: str, change: Change, event_id: int | None = None) -> int:
-    """Store ``change`` (replacing event ``event_id`` if it is still there); returns the event id."""
+    """Store ``change`` (replacing event ``event_id`` if it is still there); returns the event id.
+
+    A SAVE event records the revision the row has in this transaction (read inside the same
+    statement), so the publisher can tell when the row changed again after it.
+    """
     event = _event(change)
+    revision: Any = event.revision
+    if change.delete_envelope is None:
+        model = MasterRegistry.get(change.cqrs_id)
+        connection = connections[using]
+        pk = model._meta.pk.get_db_prep_value(model._meta.pk.to_python(change.pk), connection)
+        revision = RawSQL(_revision_sql(connection, model), (pk,), output_field=models.BigIntegerField())
     # The row must still be this change's: after a rolled-back savepoint removed it, SQLite may
     # give its id to another row's event, which must not be overwritten.
     if event_id is not None and _events(using).filter(id=event_id, cqrs_id=event.cqrs_id,
                                                       pk_value=event.pk_value).update(
-            signal_type=event.signal_type, revision=event.revision, envelope=event.envelope):
+            signal_type=event.signal_type, revision=revision, envelope=event.envelope):
         return event_id
-    return _insert(using, event)
+    return _insert(using, event, revision)
+
+
+def _revision_sql(connection: Any, model: Any) -> str:
+    quote = connection.ops.quote_name
+    return (f'(SELECT {quote("cqrs_revision")} FROM {quote(model._meta.db_table)} '
+            f'WHERE {quote(model._meta.pk.column)} = %s)')
 
 
 #: Columns of a new event, in the order ``_insert`` gives their values.
 _COLUMNS = ('cqrs_id', 'pk_value', 'signal_type', 'revision', 'envelope', 'created', 'attempts', 'error',
             'available_at', 'set_aside')
-_insert_sql: dict[tuple[str, bool], str] = {}
+_insert_sql: dict[tuple[str, bool, str], str] = {}
 
 
-def _insert(using: str, event: OutboxEvent) -> int:
+def _insert(using: str, event: OutboxEvent, revision: Any) -> int:
     """INSERT one event with a prepared statement: the save path's one extra write, kept cheap."""
     connection = connections[using]
     returning = connection.features.can_return_columns_from_insert
     if connection.vendor not in {'postgresql', 'sqlite', 'mysql'}:
+        event.revision = revision
         event.save(using=using, force_insert=True)
         return int(event.pk)
-    key = (connection.vendor, returning)
+    subquery, revision_params = (revision.sql, list(revision.params)) if isinstance(revision, RawSQL) \
+        else ('%s', [revision])
+    key = (connection.vendor, returning, subquery)
     sql = _insert_sql.get(key)
     if sql is None:
         quote = connection.ops.quote_name
+        values = ['%s'] * len(_COLUMNS)
+        values[_COLUMNS.index('revision')] = subquery
         sql = (f'INSERT INTO {quote(OutboxEvent._meta.db_table)} ({", ".join(map(quote, _COLUMNS))}) '
-               f'VALUES ({", ".join(["%s"] * len(_COLUMNS))})')
+               f'VALUES ({", ".join(values)})')
         if returning:
             sql += f' RETURNING {quote("id")}'
         _insert_sql[key] = sql
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(sql, [event.cqrs_id, event.pk_value, event.signal_type, event.revision, event.envelope,
+        cursor.execute(sql, [event.cqrs_id, event.pk_value, event.signal_type, *revision_params, event.envelope,
                              now, 0, '', now, False])
         return int(cursor.fetchone()[0] if returning else cursor.lastrowid)
 
@@ -118,6 +141,9 @@ class Drained:
     published: int = 0
     failed: int = 0
     taken: int = 0
+    #: Events left for the next drain: their row changed again, and the newer event will carry
+    #: the new state with its own metadata (they are published together then).
+    deferred: int = 0
     broker_down: BrokerUnavailableError | None = None
 
 
@@ -155,9 +181,12 @@ def _publish(using: str, events: list[OutboxEvent], result: Drained, batch_size:
         envelopes = envelopes_for(using, [change for _, change in changes])
     except Exception as exc:  # e.g. a CQRS_ID no master model has any more
         envelopes = [exc] * len(changes)
+    superseded = _superseded(using, changes, envelopes)
     groups: dict[tuple[str, str | None], list[tuple[list[OutboxEvent], Envelope]]] = {}
     for (taken, _), envelope in zip(changes, envelopes, strict=True):
-        if envelope is None:
+        if taken[0].pk in superseded:
+            result.deferred += len(taken)
+        elif envelope is None:
             done.extend(event.pk for event in taken)  # the row is gone; its DELETE is published instead
         elif isinstance(envelope, Exception):
             failed.extend((event, envelope) for event in taken)
@@ -182,6 +211,28 @@ def _publish(using: str, events: list[OutboxEvent], result: Drained, batch_size:
     result.published += len(done)
     result.failed += len(failed)
     _record_failures(using, failed)
+
+
+def _superseded(using: str, changes: list[tuple[list[OutboxEvent], Change]],
+                envelopes: list[Envelope | Exception | None]) -> set[int]:
+    """First event ids of SAVE entries whose row changed again after them and has a newer event.
+
+    The row's state as read now belongs to that newer change: published with these events'
+    metadata it would pair one change's state with another's ``meta``. Left in place, they are
+    taken together with the newer event by the next drain.
+    """
+    stale: dict[tuple[str, str], int] = {}
+    for (taken, change), envelope in zip(changes, envelopes, strict=True):
+        revisions = [e.revision for e in taken]
+        if (change.delete_envelope is None and isinstance(envelope, Envelope) and None not in revisions
+                and envelope.revision is not None and envelope.revision > max(r for r in revisions if r is not None)):
+            stale[(taken[0].cqrs_id, taken[0].pk_value)] = taken[0].pk
+    if not stale:
+        return set()
+    newest = max(event.pk for taken, _ in changes for event in taken)
+    newer = set(_events(using).filter(id__gt=newest, pk_value__in={k[1] for k in stale})
+                .values_list('cqrs_id', 'pk_value'))
+    return {first for key, first in stale.items() if key in newer}
 
 
 def _collapsed(events: list[OutboxEvent], failed: list[tuple[OutboxEvent, BaseException]]

@@ -44,7 +44,8 @@ BEGIN
     END IF;
     INSERT INTO {table} (cqrs_id, pk_value, signal_type, revision, envelope, created, attempts, error,
                          available_at, set_aside)
-    VALUES (TG_ARGV[0], (to_jsonb(NEW) -> TG_ARGV[1])::text, 'SAVE', NULL, '', now(), 0, '', now(), false);
+    VALUES (TG_ARGV[0], (to_jsonb(NEW) -> TG_ARGV[1])::text, 'SAVE', NEW.cqrs_revision, '', now(), 0, '', now(),
+            false);
     RETURN NULL;
 END $$'''
 
