@@ -1001,3 +1001,20 @@ def test_an_event_whose_row_changed_again_waits_for_the_newer_event_so_state_and
     assert (envelope.instance_data['name'], envelope.revision) == ('second', 1)
     assert envelope.previous_data == {'name': 'first'}
     assert not OutboxEvent.objects.exists()
+
+
+def test_an_event_whose_newer_event_was_already_published_is_not_published_again():
+    with cqrs_master_settings(publisher='relay'):
+        author = Author.objects.create(name='first')
+        first = OutboxEvent.objects.get()
+        author.name = 'second'
+        author.save()
+    second = OutboxEvent.objects.exclude(pk=first.pk).get()
+
+    with capture_envelopes() as sent:
+        outbox.drain('default', ids=[second.pk])
+        later = outbox.drain('default', ids=[first.pk])
+
+    assert [(e.instance_data['name'], e.previous_data) for e in sent] == [('second', {'name': 'first'})]
+    assert (later.published, later.deferred) == (1, 0)  # done, but nothing sent
+    assert not OutboxEvent.objects.exists()

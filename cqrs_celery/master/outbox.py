@@ -185,7 +185,10 @@ def _publish(using: str, events: list[OutboxEvent], result: Drained, batch_size:
     groups: dict[tuple[str, str | None], list[tuple[list[OutboxEvent], Envelope]]] = {}
     for (taken, _), envelope in zip(changes, envelopes, strict=True):
         if taken[0].pk in superseded:
-            result.deferred += len(taken)
+            if superseded[taken[0].pk]:
+                result.deferred += len(taken)
+            else:
+                done.extend(event.pk for event in taken)  # their row's newer state is already out
         elif envelope is None:
             done.extend(event.pk for event in taken)  # the row is gone; its DELETE is published instead
         elif isinstance(envelope, Exception):
@@ -214,12 +217,13 @@ def _publish(using: str, events: list[OutboxEvent], result: Drained, batch_size:
 
 
 def _superseded(using: str, changes: list[tuple[list[OutboxEvent], Change]],
-                envelopes: list[Envelope | Exception | None]) -> set[int]:
-    """First event ids of SAVE entries whose row changed again after them and has a newer event.
+                envelopes: list[Envelope | Exception | None]) -> dict[int, bool]:
+    """SAVE entries whose row changed again after their events: ``{first event id: newer event exists}``.
 
-    The row's state as read now belongs to that newer change: published with these events'
-    metadata it would pair one change's state with another's ``meta``. Left in place, they are
-    taken together with the newer event by the next drain.
+    The row's state as read now belongs to the newer change. Published with these events'
+    metadata and ``previous_data`` it would pair one change's state with another's; so while the
+    newer event waits, they wait with it (the next drain takes them together), and once it has
+    been published (the newer state is out, with its own metadata) they have nothing left to say.
     """
     stale: dict[tuple[str, str], int] = {}
     for (taken, change), envelope in zip(changes, envelopes, strict=True):
@@ -228,11 +232,11 @@ def _superseded(using: str, changes: list[tuple[list[OutboxEvent], Change]],
                 and envelope.revision is not None and envelope.revision > max(r for r in revisions if r is not None)):
             stale[(taken[0].cqrs_id, taken[0].pk_value)] = taken[0].pk
     if not stale:
-        return set()
+        return {}
     newest = max(event.pk for taken, _ in changes for event in taken)
     newer = set(_events(using).filter(id__gt=newest, pk_value__in={k[1] for k in stale})
                 .values_list('cqrs_id', 'pk_value'))
-    return {first for key, first in stale.items() if key in newer}
+    return {first: key in newer for key, first in stale.items()}
 
 
 def _collapsed(events: list[OutboxEvent], failed: list[tuple[OutboxEvent, BaseException]]

@@ -182,7 +182,10 @@ class _Batch:
     def add(self, instance: Any, signal_type: SignalType, previous_data: dict[str, Any] | None,
             delete_envelope: Envelope | None) -> None:
         change, before = self._track(instance, signal_type, previous_data, delete_envelope)
-        if self.outbox and (change.outbox_id is None or change.payload() != before or self._may_be_gone(change)):
+        # A SAVE is written again on every save of the row in the transaction: its event records the
+        # row's revision, which the publisher compares with the row's when it publishes.
+        if self.outbox and (change.outbox_id is None or change.payload() != before or self._may_be_gone(change)
+                            or change.delete_envelope is None):
             self._write(change)
 
     def add_saved(self, model: Any, instances: list[Any]) -> None:
@@ -197,8 +200,8 @@ class _Batch:
         for change, event_id in zip(new, outbox.write_many(self.using, new), strict=True):
             change.outbox_id, change.outbox_savepoints = event_id, savepoints
         written = {id(change) for change in new}  # by identity: comparing dataclasses is quadratic
-        for change, before in tracked:
-            if id(change) not in written and (change.payload() != before or self._may_be_gone(change)):
+        for change, _ in tracked:
+            if id(change) not in written:  # saved before in this transaction: its event takes the new revision
                 self._write(change)
 
     def _write(self, change: Change) -> None:
