@@ -18,3 +18,24 @@ def _publishers_stop_before_the_test_databases_go(django_db_setup):
 
     yield
     publisher.shutdown()
+
+
+@pytest.fixture
+def letters(monkeypatch):
+    """Dead letters the replica task sends, instead of publishing them."""
+    from cqrs_celery.replica import dead_letters
+
+    sent = []
+    monkeypatch.setattr(dead_letters, 'send', sent.append)
+    return sent
+
+
+@pytest.fixture
+def retries():
+    """(envelope, route_to, countdown) of every envelope sent instead of the broker: a replica's retries."""
+    from cqrs_celery.producer import set_sender
+
+    sent = []
+    previous = set_sender(lambda envelope, route_to=None, countdown=None: sent.append((envelope, route_to, countdown)))
+    yield sent
+    set_sender(previous)

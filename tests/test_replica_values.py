@@ -12,27 +12,12 @@ from django.db import connection
 
 from cqrs_celery import SignalType
 from cqrs_celery.envelope import Envelope
-from cqrs_celery.replica import dead_letters, tasks
 from cqrs_celery.replica.tasks import apply_envelope
 from tests.replica_app.models import ReplicaAllFields
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 UPDATED_AT = '2024-05-06T07:08:09.123456+00:00'
-
-
-@pytest.fixture
-def letters(monkeypatch):
-    sent = []
-    monkeypatch.setattr(dead_letters, 'send', sent.append)
-    return sent
-
-
-@pytest.fixture
-def retries(monkeypatch):
-    sent = []
-    monkeypatch.setattr(tasks, 'send', lambda envelope, *, route_to=None, countdown=None: sent.append(envelope))
-    return sent
 
 
 def envelope(**fields):

@@ -33,26 +33,6 @@ THIS_QUEUE = settings.CQRS['queue']
 UPDATED_AT = '2024-05-06T07:08:09.123456+00:00'
 
 
-@pytest.fixture
-def letters(monkeypatch):
-    """Dead letters the task sends, instead of publishing them."""
-    sent = []
-    monkeypatch.setattr(dead_letters, 'send', sent.append)
-    return sent
-
-
-@pytest.fixture
-def retries(monkeypatch):
-    """(envelope, route_to, countdown) of every retry the task sends, instead of publishing it."""
-    sent = []
-
-    def send(envelope, *, route_to=None, countdown=None):
-        sent.append((envelope, route_to, countdown))
-
-    monkeypatch.setattr(tasks, 'send', send)
-    return sent
-
-
 def cqrs_replica_settings(**replica):
     return override_settings(CQRS={**settings.CQRS, 'replica': {**settings.CQRS.get('replica', {}), **replica}})
 

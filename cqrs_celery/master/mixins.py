@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -114,17 +115,9 @@ class RawMasterMixin(models.Model):
         for field in _custom_fields(type(self)):
             field_value(field, self)  # refuse now what could not be sent later (DataError)
         self._cqrs_by_trigger = triggers.active(using, type(self))
-        if self._cqrs_by_trigger:
-            # The database writes the outbox event in the row's own statement: nothing to add, so
-            # no transaction of our own either (see master/triggers.py).
-            self._cqrs_loaded_revision = self.cqrs_revision
-            self.cqrs_revision = 0 if self.pk is None else models.F(FIELD_REVISION) + 1
-            try:
-                super().save(*args, **kwargs)
-            finally:
-                self._cqrs_settle_revision()
-            return
-        with transaction.atomic(using=using, savepoint=False):
+        # With a trigger the database writes the outbox event in the row's own statement: nothing to
+        # add, so no transaction of our own either (see master/triggers.py).
+        with contextlib.nullcontext() if self._cqrs_by_trigger else transaction.atomic(using=using, savepoint=False):
             self._cqrs_loaded_revision = self.cqrs_revision
             # The database adds 1 in the UPDATE itself, which orders concurrent saves without reading
             # the row first; if the save turns out to be an INSERT, _do_insert picks the revision.
