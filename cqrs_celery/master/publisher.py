@@ -43,10 +43,9 @@ BROKER_RETRY_MAX = 30.0
 FAILED_RETRY = 5.0
 #: After a failed inline publish, inline publishing to that broker waits this long (the relay goes on).
 INLINE_PAUSE = 5.0
-#: While commits come in a burst (woken again within ``BURST`` seconds of the last drain), the
-#: thread lets ``GATHER`` seconds of events gather before draining: fewer, larger messages and far
-#: less work per save; an isolated commit is published at once.
-BURST = 0.005
+#: While commits come in a burst (several commits while the previous drain ran), the thread lets
+#: ``GATHER`` seconds of events gather before draining: fewer, larger messages and far less work
+#: per save; commits that come one at a time are published at once.
 GATHER = 0.004
 
 _publishers: dict[str, _Publisher] = {}
@@ -131,25 +130,29 @@ class _Publisher(threading.Thread):
         self.stopping = False
         self.idle = threading.Event()
         self.idle.set()
+        #: Commits that woke the thread (read without a lock: an estimate is all it needs).
+        self.wakes = 0
 
     def wake(self) -> None:
+        self.wakes += 1
         self.wakeup.set()
         self.idle.clear()
 
     def run(self) -> None:
         delay: float | None = None
         broker_retry = BROKER_RETRY
-        last_drain = 0.0
+        burst = False
         while not self.stopping:
             woken = self.wakeup.wait(IDLE_CLOSE if delay is None else delay)
             if not woken and delay is None:
                 self._close_connection()
                 continue
-            if woken and time.monotonic() - last_drain < BURST:
+            if woken and burst:
                 time.sleep(GATHER)
             self.wakeup.clear()
+            wakes = self.wakes
             delay = self._drain()
-            last_drain = time.monotonic()
+            burst = self.wakes - wakes >= 2
             if delay == BROKER_RETRY:
                 delay, broker_retry = broker_retry, min(broker_retry * 2, BROKER_RETRY_MAX)
             else:
@@ -202,14 +205,35 @@ def wait_idle(timeout: float = 10.0) -> bool:
     return True
 
 
-def shutdown(timeout: float = 5.0) -> None:
-    """Publish what this process's threads were woken for, then stop them and close their connections."""
+#: At exit, seconds a process keeps publishing what is ready while it makes progress (the relay
+#: publishes whatever is left afterwards).
+EXIT_DRAIN = 60.0
+
+
+def shutdown(timeout: float = 5.0, drain_for: float = EXIT_DRAIN) -> None:
+    """Stop this process's publisher threads, then publish what is ready on their databases.
+
+    A script that commits many changes and exits at once (a data migration, ``demo_changes``)
+    publishes them before it goes, as long as the broker takes them, for at most ``drain_for``
+    seconds; whatever is left waits for the relay.
+    """
+    from cqrs_celery.master import outbox
+
     for using, publisher in list(_publishers.items()):
         if publisher.pid != os.getpid() or not publisher.is_alive():
             continue
-        publisher.idle.wait(timeout)
         publisher.stop(timeout)
         _publishers.pop(using, None)
+        deadline = time.monotonic() + drain_for
+        try:
+            while time.monotonic() < deadline:
+                result = outbox.drain(using)
+                if result.broker_down is not None or result.published == 0:
+                    break
+        except Exception:
+            logger.exception('cqrs publisher: publishing at exit failed; the relay will publish the rest')
+        finally:
+            publisher._close_connection()
 
 
 # A script that saves and exits at once still publishes what it committed (the relay would, later).

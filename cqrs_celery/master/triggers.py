@@ -29,23 +29,22 @@ from cqrs_celery.registry import MasterRegistry
 
 logger = logging.getLogger(__name__)
 
-FUNCTION = 'cqrs_celery_outbox_event'
-
 _seen: dict[tuple[str, str], bool] = {}
 
 
-def _function_sql(quote: Any) -> str:
-    table = quote(OutboxEvent._meta.db_table)
+def _function_sql(connection: Any, model: Any, name: str) -> str:
+    """The trigger function of one table: its CQRS_ID and pk column are written into it."""
+    quote = connection.ops.quote_name
     return f'''
-CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION {quote(name)}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' AND NEW.cqrs_revision IS NOT DISTINCT FROM OLD.cqrs_revision THEN
         RETURN NULL;
     END IF;
-    INSERT INTO {table} (cqrs_id, pk_value, signal_type, revision, envelope, created, attempts, error,
-                         available_at, set_aside)
-    VALUES (TG_ARGV[0], (to_jsonb(NEW) -> TG_ARGV[1])::text, 'SAVE', NEW.cqrs_revision, '', now(), 0, '', now(),
-            false);
+    INSERT INTO {quote(OutboxEvent._meta.db_table)} (cqrs_id, pk_value, signal_type, revision, envelope, created,
+                                                    attempts, error, available_at, set_aside)
+    VALUES ({_literal(model.CQRS_ID)}, to_jsonb(NEW.{quote(model._meta.pk.column)})::text, 'SAVE',
+            NEW.cqrs_revision, '', now(), 0, '', now(), false);
     RETURN NULL;
 END $$'''
 
@@ -80,18 +79,19 @@ def install(using: str = 'default') -> list[str]:
     done = []
     tables = set(connection.introspection.table_names())
     with connection.cursor() as cursor:
-        cursor.execute(_function_sql(connection.ops.quote_name))
         for model in MasterRegistry.models():
             if model._meta.db_table not in tables or model._meta.proxy or model._meta.abstract:
                 continue
             name, table = trigger_name(model), connection.ops.quote_name(model._meta.db_table)
-            cursor.execute(f'DROP TRIGGER IF EXISTS {connection.ops.quote_name(name)} ON {table}')
+            quoted = connection.ops.quote_name(name)
+            cursor.execute(f'DROP TRIGGER IF EXISTS {quoted} ON {table}')
             if qualifies(model):
-                # Trigger arguments are literals in the DDL (no placeholders there).
-                arguments = ', '.join(_literal(v) for v in (model.CQRS_ID, model._meta.pk.column))
-                cursor.execute(f'CREATE TRIGGER {connection.ops.quote_name(name)} AFTER INSERT OR UPDATE ON {table} '
-                               f'FOR EACH ROW EXECUTE FUNCTION {FUNCTION}({arguments})')
+                cursor.execute(_function_sql(connection, model, name))
+                cursor.execute(f'CREATE TRIGGER {quoted} AFTER INSERT OR UPDATE ON {table} '
+                               f'FOR EACH ROW EXECUTE FUNCTION {quoted}()')
                 done.append(f'{name} on {model._meta.db_table}')
+            else:
+                cursor.execute(f'DROP FUNCTION IF EXISTS {quoted}()')
             _seen.pop((using, model._meta.db_table), None)
     return done
 

@@ -210,6 +210,19 @@ def test_a_master_killed_between_commit_and_publish_is_covered_by_the_relay(serv
     wait_until(lambda: outbox.pending() == 0, message='outbox drained')
 
 
+def test_a_script_that_commits_a_burst_and_exits_publishes_it_before_it_goes(services, replica_db):
+    queue_a = services.queue('replica_a')
+    services.worker(queue_a, replica_db('replica_a')).start()
+    script = ("from tests.master_app.models import Item\n"
+              "Item.cqrs.bulk_create([Item(sku=f'x{i:05d}', name='burst', quantity=i) for i in range(3000)])\n"
+              "for item in Item.objects.filter(quantity__lt=500): item.quantity += 1; item.save()\n")
+    result = subprocess.run([sys.executable, '-m', 'django', 'shell', '-c', script], cwd=ROOT,
+                            env=services.master_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert outbox.pending() == 0, 'no relay runs here: the script published everything before it exited'
+    wait_until(lambda: in_step('replica_a', 'item'), timeout=60, message=lambda: describe('replica_a', 'item'))
+
+
 def test_two_relays_running_at_once_publish_each_outbox_row_once(services, replica_db, monkeypatch, tmp_path):
     queue_a = services.queue('replica_a')
     assert f'declared queue {queue_a}' in services.declare_topology(queue_a, replica_db('replica_a'))
