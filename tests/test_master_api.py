@@ -859,3 +859,14 @@ def test_a_custom_field_value_that_cannot_be_sent_is_refused_at_save(loopback):
         Gadget.objects.create(opaque=Blob('x'))
     assert not Gadget.objects.exists()
     Gadget.objects.create(opaque=None)  # a value JSON carries is fine
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_get_cqrs_meta_returning_something_else_fails_the_save_naming_the_model(monkeypatch):
+    from cqrs_celery import MetaError
+    from cqrs_celery.models import OutboxEvent
+
+    monkeypatch.setattr(Publisher, 'get_cqrs_meta', lambda self, **kwargs: ['x'])
+    with pytest.raises(MetaError, match=r'Publisher\.get_cqrs_meta\(\) must return a dict or None, not list'):
+        Publisher.objects.create(name='P')
+    assert not Publisher.objects.exists() and not OutboxEvent.objects.exists()
