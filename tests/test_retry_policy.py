@@ -178,7 +178,8 @@ def test_configuring_a_redis_worker_sets_the_visibility_timeout_and_keeps_other_
     with cqrs_replica_settings(visibility_timeout=90):
         queues.configure_worker(app)
 
-    assert app.conf.broker_transport_options == {'max_connections': 7, 'visibility_timeout': 90}
+    assert app.conf.broker_transport_options == {'max_connections': 7, 'visibility_timeout': 90,
+                                                 'unacked_restore_interval': 5, 'unacked_restore_throttle': 1}
     assert queues.max_retry_delay(app) == 45
 
 
@@ -188,7 +189,7 @@ def test_configuring_a_redis_worker_keeps_the_apps_own_visibility_timeout():
     with cqrs_replica_settings(visibility_timeout=90):
         queues.configure_worker(app)
 
-    assert app.conf.broker_transport_options == {'visibility_timeout': 1800}
+    assert app.conf.broker_transport_options['visibility_timeout'] == 1800
 
 
 def test_configuring_a_redis_worker_does_not_mutate_the_users_options_dict():

@@ -73,6 +73,10 @@ def _driver(app: Any) -> str:
     return _drivers[key]
 
 
+#: Seconds between kombu's sweeps for a dead worker's messages on Redis (unless the app sets one).
+RESTORE_INTERVAL = 5
+
+
 def configure_worker(app: Any) -> None:
     """Worker settings the replica needs: Redis visibility timeout and the dead-letter consumer step."""
     from cqrs_celery.replica.consumer import DeadLetterInvalidMessages
@@ -84,8 +88,12 @@ def configure_worker(app: Any) -> None:
         if 'visibility_timeout' not in options:
             # kombu's default (1 hour) would keep a killed worker's messages away for that long.
             options['visibility_timeout'] = get_settings().replica.visibility_timeout
-            app.conf.broker_transport_options = options
             logger.info('cqrs set the Redis visibility_timeout to %ss', options['visibility_timeout'])
+        # kombu looks for timed-out messages every interval × throttle seconds (10 × 10 by default):
+        # look every few seconds, so they come back soon after the visibility timeout.
+        options.setdefault('unacked_restore_interval', RESTORE_INTERVAL)
+        options.setdefault('unacked_restore_throttle', 1)
+        app.conf.broker_transport_options = options
     app.steps['consumer'].add(DeadLetterInvalidMessages)
 
 
