@@ -45,7 +45,8 @@ def _events(using: str) -> Any:
 
 def outbox_pk(pk: Any) -> str:
     """The text an outbox event names its row's (JSON-safe) primary key by."""
-    return ujson.dumps(pk, ensure_ascii=False)
+    # As PostgreSQL's to_jsonb() writes it, so events from triggers and from Python name a row alike.
+    return ujson.dumps(pk, ensure_ascii=False, escape_forward_slashes=False)
 
 
 def _event(change: Change) -> OutboxEvent:
@@ -141,9 +142,6 @@ class Drained:
     published: int = 0
     failed: int = 0
     taken: int = 0
-    #: Events left for the next drain: their row changed again, and the newer event will carry
-    #: the new state with its own metadata (they are published together then).
-    deferred: int = 0
     broker_down: BrokerUnavailableError | None = None
 
 
@@ -181,14 +179,11 @@ def _publish(using: str, events: list[OutboxEvent], result: Drained, batch_size:
         envelopes = envelopes_for(using, [change for _, change in changes])
     except Exception as exc:  # e.g. a CQRS_ID no master model has any more
         envelopes = [exc] * len(changes)
-    superseded = _superseded(using, changes, envelopes)
+    superseded = _take_newer(using, changes, envelopes)
     groups: dict[tuple[str, str | None], list[tuple[list[OutboxEvent], Envelope]]] = {}
     for (taken, _), envelope in zip(changes, envelopes, strict=True):
         if taken[0].pk in superseded:
-            if superseded[taken[0].pk]:
-                result.deferred += len(taken)
-            else:
-                done.extend(event.pk for event in taken)  # their row's newer state is already out
+            done.extend(event.pk for event in taken)  # their row's newer state goes out with a newer event
         elif envelope is None:
             done.extend(event.pk for event in taken)  # the row is gone; its DELETE is published instead
         elif isinstance(envelope, Exception):
@@ -216,27 +211,48 @@ def _publish(using: str, events: list[OutboxEvent], result: Drained, batch_size:
     _record_failures(using, failed)
 
 
-def _superseded(using: str, changes: list[tuple[list[OutboxEvent], Change]],
-                envelopes: list[Envelope | Exception | None]) -> dict[int, bool]:
-    """SAVE entries whose row changed again after their events: ``{first event id: newer event exists}``.
+def _take_newer(using: str, changes: list[tuple[list[OutboxEvent], Change]],
+                envelopes: list[Envelope | Exception | None]) -> set[int]:
+    """Join newer events of rows that changed again after their taken events; returns what to drop.
 
-    The row's state as read now belongs to the newer change. Published with these events'
-    metadata and ``previous_data`` it would pair one change's state with another's; so while the
-    newer event waits, they wait with it (the next drain takes them together), and once it has
-    been published (the newer state is out, with its own metadata) they have nothing left to say.
+    The row's state as read now belongs to its newest change: published with an older event's
+    metadata it would pair one change's state with another's. So the newer SAVE events of such rows
+    are taken (locked) into this drain too and merged — metadata of the newest, ``previous_data``
+    of the earliest — and their envelopes rebuilt. Where no newer event can be taken (another drain
+    holds it, or it was published already), the newer state goes out with that event: the older
+    events are dropped (the first event ids of those entries are returned).
     """
     stale: dict[tuple[str, str], int] = {}
-    for (taken, change), envelope in zip(changes, envelopes, strict=True):
+    for index, ((taken, change), envelope) in enumerate(zip(changes, envelopes, strict=True)):
         revisions = [e.revision for e in taken]
         if (change.delete_envelope is None and isinstance(envelope, Envelope) and None not in revisions
                 and envelope.revision is not None and envelope.revision > max(r for r in revisions if r is not None)):
-            stale[(taken[0].cqrs_id, taken[0].pk_value)] = taken[0].pk
+            stale[(taken[0].cqrs_id, taken[0].pk_value)] = index
     if not stale:
-        return {}
+        return set()
     newest = max(event.pk for taken, _ in changes for event in taken)
-    newer = set(_events(using).filter(id__gt=newest, pk_value__in={k[1] for k in stale})
-                .values_list('cqrs_id', 'pk_value'))
-    return {first: key in newer for key, first in stale.items()}
+    merged: set[int] = set()
+    for event in _locked(using).filter(id__gt=newest, signal_type=SignalType.SAVE.value,
+                                       pk_value__in={key[1] for key in stale}):
+        found = stale.get((event.cqrs_id, event.pk_value))
+        if found is None:
+            continue
+        index = found
+        try:
+            newer = _change(event)
+        except Exception:  # a broken row is left for its own drain to fail
+            continue
+        taken, change = changes[index]
+        taken.append(event)
+        if newer.previous_data:
+            change.previous_data = {**newer.previous_data, **(change.previous_data or {})}
+        change.meta, change.correlation_id = newer.meta, newer.correlation_id
+        merged.add(index)
+    if merged:
+        indexes = sorted(merged)
+        for index, envelope in zip(indexes, envelopes_for(using, [changes[i][1] for i in indexes]), strict=True):
+            envelopes[index] = envelope
+    return {changes[index][0][0].pk for index in stale.values() if index not in merged}
 
 
 def _collapsed(events: list[OutboxEvent], failed: list[tuple[OutboxEvent, BaseException]]

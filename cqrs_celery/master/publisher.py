@@ -174,9 +174,6 @@ class _Publisher(threading.Thread):
                 if result.broker_down is not None:
                     logger.warning('cqrs publisher: broker unavailable, retrying: %s', result.broker_down)
                     return BROKER_RETRY
-                if result.deferred:
-                    time.sleep(GATHER / 4)  # their newer events are committed: take them together now
-                    continue
                 if result.taken < limit or result.published == 0:
                     return FAILED_RETRY if result.failed else None
         except Exception:
