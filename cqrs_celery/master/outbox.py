@@ -237,17 +237,12 @@ def _take_newer(using: str, changes: list[tuple[list[OutboxEvent], Change]],
         found = stale.get((event.cqrs_id, event.pk_value))
         if found is None:
             continue
-        index = found
         try:
             newer = _change(event)
         except Exception:  # a broken row is left for its own drain to fail
             continue
-        taken, change = changes[index]
-        taken.append(event)
-        if newer.previous_data:
-            change.previous_data = {**newer.previous_data, **(change.previous_data or {})}
-        change.meta, change.correlation_id = newer.meta, newer.correlation_id
-        merged.add(index)
+        _absorb(changes[found], event, newer)
+        merged.add(found)
     if merged:
         indexes = sorted(merged)
         for index, envelope in zip(indexes, envelopes_for(using, [changes[i][1] for i in indexes]), strict=True):
@@ -277,12 +272,17 @@ def _collapsed(events: list[OutboxEvent], failed: list[tuple[OutboxEvent, BaseEx
             if change.delete_envelope is None:
                 saves[key] = entry
             continue
-        taken, earlier = saves[key]
-        taken.append(event)
-        if change.previous_data:
-            earlier.previous_data = {**change.previous_data, **(earlier.previous_data or {})}
-        earlier.meta, earlier.correlation_id = change.meta, change.correlation_id
+        _absorb(saves[key], event, change)
     return collapsed
+
+
+def _absorb(entry: tuple[list[OutboxEvent], Change], event: OutboxEvent, newer: Change) -> None:
+    """Add a later SAVE event of the same row to ``entry``: earliest ``previous_data``, latest meta."""
+    taken, change = entry
+    taken.append(event)
+    if newer.previous_data:
+        change.previous_data = {**newer.previous_data, **(change.previous_data or {})}
+    change.meta, change.correlation_id = newer.meta, newer.correlation_id
 
 
 def _shared_expiry(envelopes: list[Envelope]) -> list[Envelope]:
