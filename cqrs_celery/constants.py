@@ -35,3 +35,21 @@ class SignalType(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+# --- django-cqrs names (``dj_cqrs.constants``), for code moving from it --------------------------
+
+#: ``CQRS_FIELDS`` / ``CQRS_TRACKED_FIELDS`` value meaning every concrete field.
+ALL_BASIC_FIELDS = '__all__'
+
+#: Attribute of a master model with tracked fields that holds its field tracker.
+FIELDS_TRACKER_FIELD_NAME = 'cqrs_tracker'
+
+#: Instance attribute holding what the last save captured (``get_tracked_fields_data()``).
+TRACKED_FIELDS_ATTR_NAME = '_cqrs_tracked_data'
+
+#: Default of ``CQRS['master']['CQRS_AUTO_UPDATE_FIELDS']``.
+DEFAULT_MASTER_AUTO_UPDATE_FIELDS = False
+
+#: Default of ``CQRS['master']['CQRS_MESSAGE_TTL']``: no expiry (django-cqrs: one day).
+DEFAULT_MASTER_MESSAGE_TTL = None

@@ -168,13 +168,14 @@ def test_an_event_names_its_row_and_keeps_only_what_the_save_alone_knows(capture
         [event] = OutboxEvent.objects.all()
         assert (event.cqrs_id, ujson.loads(event.pk_value), event.signal_type) == ('author', author.pk, 'SAVE')
         assert ujson.loads(event.envelope) == {
-            'previous_data': {'name': 'Ann'},
+            'previous_data': {'name': None},
             'meta': {'origin': 'tests', 'model': 'author', 'tenant': 'acme'},
             'correlation_id': None,
         }
 
     [published] = captured
-    assert (published.instance_data['name'], published.previous_data) == ('Bob', {'name': 'Ann'})
+    # created in this transaction: the name had no value before it
+    assert (published.instance_data['name'], published.previous_data) == ('Bob', {'name': None})
 
 
 def test_later_saves_in_the_transaction_keep_one_event_and_publish_the_final_state(captured):
@@ -189,8 +190,8 @@ def test_later_saves_in_the_transaction_keep_one_event_and_publish_the_final_sta
         assert event_ids() == first_ids
 
     [published] = captured
-    assert (published.instance_data['name'], published.revision) == ('final', 2)
-    assert stored_revision(Author, author.pk) == 2
+    assert (published.instance_data['name'], published.revision) == ('final', 0)
+    assert stored_revision(Author, author.pk) == 0
 
 
 def test_each_changed_instance_of_a_transaction_gets_its_own_event(captured):
@@ -292,7 +293,7 @@ def test_a_row_saved_in_a_released_savepoint_and_again_after_it_is_published_onc
 
         assert events() == [('author', author.pk, 'SAVE')]
 
-    assert [(e.instance_data['name'], e.revision) for e in captured] == [('final', 2)]
+    assert [(e.instance_data['name'], e.revision) for e in captured] == [('final', 0)]
 
 
 def test_a_row_saved_again_after_a_rolled_back_savepoint_does_not_take_over_another_rows_event(captured):
@@ -777,7 +778,8 @@ def test_the_relay_publishes_each_rows_committed_state_once_oldest_first_per_mod
     assert published == 5
     assert [(e.cqrs_id, e.instance_pk, e.revision) for e in captured] == [
         ('author', authors[0].pk, 1), ('author', authors[1].pk, 0), ('author', authors[2].pk, 0), ('item', 'A', 0)]
-    assert (captured[0].instance_data['name'], captured[0].previous_data) == ('a, renamed', {'name': 'a'})
+    # the create's event and the rename's collapse: the name had no value before the first of them
+    assert (captured[0].instance_data['name'], captured[0].previous_data) == ('a, renamed', {'name': None})
     assert events() == []
 
 
@@ -852,7 +854,7 @@ def test_without_the_outbox_nothing_is_written_to_it_and_the_commit_publishes(ca
         author.save()
         assert events() == []
 
-    assert [(e.instance_pk, e.instance_data['name'], e.revision) for e in captured] == [(author.pk, 'Ann B.', 1)]
+    assert [(e.instance_pk, e.instance_data['name'], e.revision) for e in captured] == [(author.pk, 'Ann B.', 0)]
     assert events() == []
 
 
@@ -997,7 +999,7 @@ def test_a_drain_that_took_an_event_whose_row_changed_again_takes_the_newer_even
     assert both.published == 2
     [envelope] = sent
     assert (envelope.instance_data['name'], envelope.revision) == ('second', 1)
-    assert envelope.previous_data == {'name': 'first'}
+    assert envelope.previous_data == {'name': None}  # the earliest: before the row was created
     assert not OutboxEvent.objects.exists()
 
 

@@ -13,27 +13,21 @@ from django.db.models.expressions import Combinable, RawSQL
 from django.db.models.signals import class_prepared
 from django.utils import timezone
 from django.utils.module_loading import import_string
-from model_utils import FieldTracker
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.exceptions import ConfigurationError, MetaError
-from cqrs_celery.master import triggers
+from cqrs_celery.master import tracker, triggers
 from cqrs_celery.models import MasterTombstone, pk_hash, pk_key, tombstone_revision, tombstone_revisions
 from cqrs_celery.registry import MasterRegistry, require_cqrs_id
 from cqrs_celery.serialization import field_value, instance_to_dict, to_json
-
-TRACKER_NAME = 'cqrs_tracker'
 
 
 class MasterManager(models.Manager):  # type: ignore[type-arg]
     """``Model.cqrs``: bulk operations that publish one event per row."""
 
     def bulk_create(self, objs: Sequence[models.Model], **kwargs: Any) -> list[Any]:  # type: ignore[override]
-        """Insert ``objs`` in bulk and publish a SAVE for each after commit."""
-        from cqrs_celery.master import publish
-        from cqrs_celery.signals import post_bulk_create
-
+        """Insert ``objs`` in bulk and publish a SAVE for each after commit (``post_bulk_create`` is sent)."""
         using = self.db
         objs = list(objs)
         with transaction.atomic(using=using, savepoint=False):
@@ -45,26 +39,46 @@ class MasterManager(models.Manager):  # type: ignore[type-arg]
                 deleted = None if obj.pk is None else last.get(pk_key(to_json(obj.pk)))
                 obj.cqrs_revision = 0 if deleted is None else deleted + 1  # type: ignore[attr-defined]
                 obj.cqrs_updated = now  # type: ignore[attr-defined]
+            tracker.capture_created(objs)
             created = super().bulk_create(objs, **kwargs)
-            post_bulk_create.send(sender=self.model, instances=created, using=using)
-            publish.schedule_many(created, SignalType.SAVE, using)
+            if created:
+                self.model.call_post_bulk_create(created, using=using)  # type: ignore[attr-defined]
+                _publish_unconnected(self.model, created, using)
         return created
 
     def bulk_update(self, queryset: models.QuerySet[Any], **values: Any) -> int:  # type: ignore[override]
-        """``queryset.update(**values)`` that bumps revisions and publishes a SAVE per row."""
-        from cqrs_celery.master import publish
-        from cqrs_celery.signals import post_update
+        """``queryset.update(**values)`` that bumps revisions and publishes a SAVE per row.
 
+        With tracked fields, each row's ``previous_data`` is the value of every tracked column before
+        the update (as django-cqrs sends it). ``post_update`` is sent with the updated rows.
+        """
         using = queryset.db
+        tracked = tracker.has_tracker(self.model)
         with transaction.atomic(using=using, savepoint=False):
-            pks = list(queryset.select_for_update().values_list('pk', flat=True))
+            locked = queryset.select_for_update()
+            if tracked:
+                before = {obj.pk: getattr(obj, tracker.TRACKER_NAME).current_json() for obj in locked}
+                pks = list(before)
+            else:
+                pks = list(locked.values_list('pk', flat=True))
             rows = self.model._base_manager.using(using).filter(pk__in=pks)
             count: int = rows.update(cqrs_revision=models.F(FIELD_REVISION) + 1, cqrs_updated=timezone.now(),
                                      **values)
             updated = list(rows)
-            post_update.send(sender=self.model, instances=updated, using=using)
-            publish.schedule_many(updated, SignalType.SAVE, using)
+            if tracked:
+                for obj in updated:
+                    setattr(obj, tracker.TRACKED_DATA_ATTR, before.get(obj.pk))
+            self.model.call_post_update(updated, using=using)  # type: ignore[attr-defined]
+            _publish_unconnected(self.model, updated, using)
         return count
+
+
+def _publish_unconnected(model: Any, instances: list[Any], using: str) -> None:
+    """Publish rows of a model whose signals are not connected (``RawMasterMixin``): bulk operations always publish."""
+    from cqrs_celery.master import publish
+
+    if not model._cqrs_auto_publish:
+        publish.schedule_many(instances, SignalType.SAVE, using)
 
 
 class RawMasterMixin(models.Model):
@@ -93,39 +107,101 @@ class RawMasterMixin(models.Model):
     class Meta:
         abstract = True
 
-    def save(self, *args: Any, update_cqrs_fields: bool = False, **kwargs: Any) -> None:
-        """Save and bump ``cqrs_revision`` in the same transaction.
+    @property
+    def cqrs_saves_count(self) -> int:
+        """How many times this instance was saved in the current transaction (0 outside one)."""
+        state = self.__dict__.get('_cqrs_saves')
+        if state is None or not _same_transaction(state[0], state[1]):
+            return 0
+        return int(state[2])
 
-        With ``update_fields``, the revision is bumped (and the change published) when a replicated
-        field is among them, when ``update_cqrs_fields=True``, or when
-        ``CQRS['master']['CQRS_AUTO_UPDATE_FIELDS']`` is on; otherwise the save is master-only.
+    @property
+    def is_initial_cqrs_save(self) -> bool:
+        """True until this instance's second save in the current transaction."""
+        return self.cqrs_saves_count < 2
+
+    def reset_cqrs_saves_count(self) -> None:
+        """Forget this instance's saves in the current transaction: its next save bumps the revision again.
+
+        Not needed after a commit or a rollback (cqrs_celery notices them itself); harmless anyway.
+        """
+        self.__dict__.pop('_cqrs_saves', None)
+        self.__dict__.pop('_cqrs_bumped', None)
+
+    def save(self, *args: Any, update_cqrs_fields: bool | None = None, **kwargs: Any) -> None:
+        """Save and bump ``cqrs_revision`` in the same transaction: once per instance and transaction.
+
+        With ``update_fields``, the revision is bumped (and the change published) only with
+        ``update_cqrs_fields=True`` or ``CQRS['master']['CQRS_AUTO_UPDATE_FIELDS']``, or when
+        ``cqrs_revision`` is among the fields (you set it yourself); otherwise the save is master-only.
         """
         using = kwargs.get('using') or router.db_for_write(type(self), instance=self)
+        connection = connections[using]
         update_fields = kwargs.get('update_fields')
+        self._cqrs_count_save(connection)
         self._cqrs_skip = False
+        self._cqrs_settle_to = None
         if update_fields is not None:
             fields = set(update_fields)
-            if (update_cqrs_fields or get_settings().master.auto_update_fields
-                    or fields & set(self.cqrs_field_names())):
+            flag = get_settings().master.auto_update_fields if update_cqrs_fields is None else update_cqrs_fields
+            if fields and flag:
                 kwargs['update_fields'] = fields | {FIELD_REVISION, FIELD_UPDATED}
+            elif FIELD_REVISION in fields:
+                self._cqrs_save_as_given(connection, using, *args, **kwargs)
+                return
             else:
                 self._cqrs_skip = True
+                tracker.capture(self, merge=not self.is_initial_cqrs_save)
                 super().save(*args, **kwargs)
                 return
         for field in _custom_fields(type(self)):
             field_value(field, self)  # refuse now what could not be sent later (DataError)
         self._cqrs_by_trigger = triggers.active(using, type(self))
+        bump = not self._cqrs_bumped_in(connection)
         # With a trigger the database writes the outbox event in the row's own statement: nothing to
         # add, so no transaction of our own either (see master/triggers.py).
         with contextlib.nullcontext() if self._cqrs_by_trigger else transaction.atomic(using=using, savepoint=False):
-            self._cqrs_loaded_revision = self.cqrs_revision
+            loaded = self.cqrs_revision
             # The database adds 1 in the UPDATE itself, which orders concurrent saves without reading
             # the row first; if the save turns out to be an INSERT, _do_insert picks the revision.
-            self.cqrs_revision = 0 if self.pk is None else models.F(FIELD_REVISION) + 1
+            # A later save of the same instance in the transaction keeps the revision (one change
+            # per transaction, as django-cqrs counts them).
+            if self.pk is None:
+                self.cqrs_revision = 0
+            else:
+                self.cqrs_revision = models.F(FIELD_REVISION) + (1 if bump else 0)
+                if isinstance(loaded, int):
+                    self._cqrs_settle_to = loaded + (1 if bump else 0)
+            tracker.capture(self, merge=not self.is_initial_cqrs_save)
             try:
                 super().save(*args, **kwargs)
             finally:
                 self._cqrs_settle_revision()
+        if connection.in_atomic_block:
+            self.__dict__['_cqrs_bumped'] = (using, connection.run_on_commit)
+
+    def _cqrs_save_as_given(self, connection: Any, using: str, *args: Any, **kwargs: Any) -> None:
+        """A save whose ``update_fields`` name ``cqrs_revision``: the caller set the revision; publish it."""
+        tracker.capture(self, merge=not self.is_initial_cqrs_save)
+        self._cqrs_by_trigger = triggers.active(using, type(self))
+        given = isinstance(self.cqrs_revision, Combinable)
+        with contextlib.nullcontext() if self._cqrs_by_trigger else transaction.atomic(using=using, savepoint=False):
+            super().save(*args, **kwargs)
+            if given:  # read back what the expression made of it
+                self.cqrs_revision = type(self)._base_manager.using(using).values_list(
+                    FIELD_REVISION, flat=True).get(pk=self.pk)
+
+    def _cqrs_count_save(self, connection: Any) -> None:
+        if not connection.in_atomic_block:
+            self.__dict__.pop('_cqrs_saves', None)
+            return
+        count = self.cqrs_saves_count
+        self.__dict__['_cqrs_saves'] = (connection.alias, connection.run_on_commit, count + 1)
+
+    def _cqrs_bumped_in(self, connection: Any) -> bool:
+        """True when this instance already changed the revision in the current transaction."""
+        state = self.__dict__.get('_cqrs_bumped')
+        return state is not None and connection.in_atomic_block and _same_transaction(state[0], state[1])
 
     def _save_table(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -136,8 +212,8 @@ class RawMasterMixin(models.Model):
     def _cqrs_settle_revision(self) -> None:
         if isinstance(self.cqrs_revision, Combinable):
             # An UPDATE: what this instance knew plus one (refresh_from_db() reads the exact value).
-            loaded = getattr(self, '_cqrs_loaded_revision', None)
-            self.cqrs_revision = loaded + 1 if isinstance(loaded, int) else 0
+            settled = getattr(self, '_cqrs_settle_to', None)
+            self.cqrs_revision = settled if isinstance(settled, int) else 0
 
     def _do_insert(self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool) -> Any:
         """Insert with the revision a new row starts at: 0, or one past its pk's tombstone.
@@ -183,29 +259,42 @@ class RawMasterMixin(models.Model):
             data[FIELD_UPDATED] = to_json(self.cqrs_updated)
             return data
         names = None if self.CQRS_FIELDS == '__all__' else self.cqrs_field_names()
+        self._cqrs_refresh_expressions(using, names)
         return instance_to_dict(self, names)
 
+    def _cqrs_refresh_expressions(self, using: str | None, names: list[str] | None) -> None:
+        """Read back fields saved as expressions (``F('n') + 1``): their values are in the database."""
+        stale = [f.attname for f in self._meta.concrete_fields
+                 if (names is None or f.name in names) and isinstance(getattr(self, f.attname, None), Combinable)]
+        if stale and self.pk is not None:
+            self.refresh_from_db(using=using, fields=stale)
+
     def get_tracked_fields_data(self) -> dict[str, Any] | None:
-        """Values of the tracked fields before the unsaved changes, JSON-safe (None if untracked)."""
-        tracker = getattr(self, TRACKER_NAME, None)
-        if tracker is None:
-            return None
-        return {name: to_json(value) for name, value in tracker.changed().items()}
+        """What the last save changed in the tracked fields: previous values, JSON-safe.
+
+        Captured by the first save of the instance in a transaction (later saves in the same
+        transaction keep it); a created row gives its tracked columns with ``None``. ``None`` for a
+        model without tracked fields or an instance not saved yet.
+        """
+        data: dict[str, Any] | None = self.__dict__.get(tracker.TRACKED_DATA_ATTR)
+        return data
 
     def get_cqrs_meta(self, **kwargs: Any) -> dict[str, Any]:
         """Metadata sent with every event of this instance; ``meta_function`` output by default.
 
-        ``kwargs`` are ``signal_type`` and ``previous_data`` (as django-cqrs passes them). The
-        function is called with the instance as ``instance=`` and ``obj=`` (django-cqrs's name) and
-        those keywords, each only if its signature takes it; ``None`` means no metadata.
+        ``kwargs`` are those django-cqrs passes: ``signal_type``, ``instance_data`` and (not for a
+        DELETE) ``previous_data``. The function is called as django-cqrs calls it,
+        ``meta_function(obj=instance, **kwargs)``; a function that names ``instance`` gets the
+        instance under that name too, and one without ``**kwargs`` only the keywords it names.
+        ``None`` means no metadata.
         """
         meta_function = get_settings().master.meta_function
         if meta_function is None:
             return {}
-        accepted = _accepted(meta_function)
-        if accepted is not None and 'instance_data' in accepted and 'instance_data' not in kwargs:
+        if 'instance_data' not in kwargs and wants_keyword(meta_function, 'instance_data'):
             kwargs['instance_data'] = self.to_cqrs_dict()  # serialized only for a function that asks for it
-        meta = call_accepting(meta_function, instance=self, obj=self, **kwargs)
+        meta = call_accepting(meta_function, obj=self, **kwargs, **(
+            {'instance': self} if _names_parameter(meta_function, 'instance') else {}))
         if meta is None:
             return {}
         if not isinstance(meta, Mapping):
@@ -214,8 +303,25 @@ class RawMasterMixin(models.Model):
         return dict(meta)
 
     def get_custom_cqrs_delete_data(self) -> dict[str, Any] | None:
-        """Extra data sent with a DELETE (merged into ``instance_data``)."""
+        """Extra data sent with a DELETE: under ``instance_data['custom']`` (and merged into it)."""
         return None
+
+    @classmethod
+    def call_post_bulk_create(cls, instances: list[Any], using: str | None = None) -> None:
+        """Send ``post_bulk_create`` for rows inserted without ``save()``: a ``MasterMixin`` model publishes them."""
+        from cqrs_celery.signals import post_bulk_create
+
+        post_bulk_create.send(cls, instances=instances, using=using)
+
+    @classmethod
+    def call_post_update(cls, instances: list[Any], using: str | None = None) -> None:
+        """Send ``post_update`` for rows changed without ``save()``: a ``MasterMixin`` model publishes them.
+
+        Bump their ``cqrs_revision`` in the same update, or replicas skip them as duplicates.
+        """
+        from cqrs_celery.signals import post_update
+
+        post_update.send(cls, instances=instances, using=using)
 
     def is_sync_instance(self) -> bool:
         """Whether ``cqrs_sync`` and the sync command publish this instance."""
@@ -252,6 +358,17 @@ def call_accepting(function: Callable[..., Any], **kwargs: Any) -> Any:
     return function(**(kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}))
 
 
+def wants_keyword(function: Callable[..., Any], name: str) -> bool:
+    """True when ``function`` would receive keyword ``name`` from :func:`call_accepting`."""
+    accepted = _accepted(function)
+    return accepted is None or name in accepted
+
+
+def _names_parameter(function: Callable[..., Any], name: str) -> bool:
+    """True when ``function``'s signature names ``name`` (``**kwargs`` alone does not count)."""
+    return name in _parameters(function)
+
+
 @functools.lru_cache(maxsize=256)
 def _accepted(function: Callable[..., Any]) -> frozenset[str] | None:
     try:
@@ -261,6 +378,25 @@ def _accepted(function: Callable[..., Any]) -> frozenset[str] | None:
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
     return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(function: Callable[..., Any]) -> frozenset[str]:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _same_transaction(alias: str, hooks: Any) -> bool:
+    """True while the transaction that had on-commit list ``hooks`` is still the current one.
+
+    Django gives a connection a new list at every commit, rollback and savepoint rollback, so an
+    instance that changed the row in a savepoint rolled back since then changes it again.
+    """
+    connection = connections[alias]
+    return bool(connection.in_atomic_block) and connection.run_on_commit is hooks
 
 
 def _name(function: Any) -> str:
@@ -293,22 +429,24 @@ class MasterMixin(RawMasterMixin):
 def _prepare_master(sender: type[models.Model], **kwargs: Any) -> None:
     if not issubclass(sender, RawMasterMixin) or sender._meta.abstract or sender._meta.proxy:
         return
-    require_cqrs_id(sender)
+    prepare(sender)
+
+
+def prepare(model: type[models.Model]) -> None:
+    """Check ``model``'s declaration, add its field tracker and register it (class preparation)."""
+    require_cqrs_id(model)
     for attr in ('CQRS_FIELDS', 'CQRS_TRACKED_FIELDS'):
-        value = getattr(sender, attr)
+        value = getattr(model, attr)
         if value is None and attr == 'CQRS_TRACKED_FIELDS':
             continue
         if value != '__all__' and (isinstance(value, str) or not isinstance(value, Sequence | set)):
             raise ConfigurationError(
-                f"{sender._meta.label}.{attr} must be '__all__' or a list of field names, not {value!r}."
+                f"{model._meta.label}.{attr} must be '__all__' or a list of field names, not {value!r}."
             )
-    tracked = sender.CQRS_TRACKED_FIELDS
-    if tracked:
-        names = [f.name for f in sender._meta.concrete_fields] if tracked == '__all__' else list(tracked)
-        tracker = FieldTracker(fields=[n for n in names if _has_field(sender, n)])
-        tracker.name, tracker.attname = TRACKER_NAME, f'_{TRACKER_NAME}'
-        tracker.finalize_class(sender)
-    MasterRegistry.register(sender)
+    tracked = getattr(model, 'CQRS_TRACKED_FIELDS', None)
+    if tracked and tracker.TRACKER_NAME not in model.__dict__:
+        tracker.CQRSTracker.add_to_model(model, tracked)
+    MasterRegistry.register(model)
 
 
 @functools.cache
@@ -319,10 +457,6 @@ def _custom_fields(model: Any) -> tuple[Any, ...]:
     names = set(model.cqrs_field_names())
     return tuple(f for f in model._meta.concrete_fields
                  if f.name in names and not type(f).__module__.startswith('django.'))
-
-
-def _has_field(model: type[models.Model], name: str) -> bool:
-    return any(f.name == name for f in model._meta.concrete_fields)
 
 
 # Declaration errors must surface when the class is defined, before any request or worker runs.

@@ -28,7 +28,8 @@ from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import MetaError
-from cqrs_celery.master.mixins import call_accepting
+from cqrs_celery.correlation import get_correlation_id
+from cqrs_celery.master.mixins import RawMasterMixin, wants_keyword
 from cqrs_celery.models import MasterTombstone, tombstone_revision
 from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import to_json
@@ -38,14 +39,27 @@ logger = logging.getLogger(__name__)
 _UNSET: Any = object()
 
 
-def change_meta(instance: Any, signal_type: SignalType,
-                previous_data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def change_meta(instance: Any, signal_type: SignalType, previous_data: dict[str, Any] | None = None,
+                instance_data: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The metadata of one change, JSON-safe (``None`` when there is none).
+
+    ``get_cqrs_meta`` gets django-cqrs's keywords: ``signal_type``, ``instance_data`` and, except for
+    a DELETE, ``previous_data``. ``instance_data`` is serialized here only when the method (or, for
+    the default method, ``meta_function``) can receive it.
 
     Raises:
         MetaError: the model's ``get_cqrs_meta`` returned something other than a dict or None.
     """
-    meta = instance.get_cqrs_meta(signal_type=signal_type, previous_data=previous_data)
+    kwargs: dict[str, Any] = {'signal_type': signal_type}
+    if signal_type != SignalType.DELETE:
+        kwargs['previous_data'] = previous_data
+    method = instance.get_cqrs_meta
+    if instance_data is None and getattr(method, '__func__', None) is not RawMasterMixin.get_cqrs_meta \
+            and wants_keyword(method, 'instance_data'):
+        instance_data = instance.to_cqrs_dict()
+    if instance_data is not None:
+        kwargs['instance_data'] = instance_data
+    meta = method(**kwargs)
     if meta is None:
         return None
     if not isinstance(meta, dict):
@@ -55,16 +69,8 @@ def change_meta(instance: Any, signal_type: SignalType,
 
 
 def correlation_id(instance: Any, signal_type: SignalType, queue: str | None = None) -> str | None:
-    """The correlation id of the current change, from ``correlation_function``.
-
-    The function is called with those of ``signal_type``, ``cqrs_id``, ``instance_pk`` and ``queue``
-    (django-cqrs's arguments) that its signature names; one taking none is called with none.
-    """
-    function = get_settings().master.correlation_function
-    if function is None:
-        return None
-    value = call_accepting(function, signal_type=signal_type, cqrs_id=instance.CQRS_ID,
-                           instance_pk=to_json(instance.pk), queue=queue)
+    """The correlation id of the current change, from ``correlation_function`` (see ``correlation.py``)."""
+    value = get_correlation_id(signal_type, instance.CQRS_ID, to_json(instance.pk), queue)
     return None if value is None else str(value)
 
 
@@ -86,7 +92,7 @@ def build_envelope(instance: Any, signal_type: SignalType, using: str | None = N
         instance_pk=to_json(instance.pk),
         instance_data=data,
         previous_data=previous_data,
-        meta=change_meta(instance, signal_type) if meta is _UNSET else meta,
+        meta=change_meta(instance, signal_type, previous_data, data) if meta is _UNSET else meta,
         correlation_id=correlation_id(instance, signal_type, queue) if correlation is _UNSET else correlation,
         queue=queue,
         expires=(created or timezone.now()) + datetime.timedelta(seconds=ttl) if ttl else None,
@@ -192,7 +198,8 @@ class _Batch:
         """``add`` for many saved rows of one model, their new events written in one query."""
         from cqrs_celery.master import outbox
 
-        tracked = [self._track(instance, SignalType.SAVE, None, None) for instance in instances]
+        tracked = [self._track(instance, SignalType.SAVE, instance.get_tracked_fields_data() or None, None)
+                   for instance in instances]
         if not self.outbox:
             return
         new = [change for change, _ in tracked if change.outbox_id is None]
@@ -309,8 +316,17 @@ def schedule_many(instances: Iterable[Any], signal_type: SignalType, using: str)
 
 
 def delete_envelope(instance: Any, using: str, revision: int) -> Envelope:
-    """The DELETE envelope of ``instance``, carrying the revision of the deletion."""
+    """The DELETE envelope of ``instance``, carrying the revision of the deletion.
+
+    ``instance_data`` names the pk both by its field name and as ``'id'`` (django-cqrs's key), and
+    carries ``get_custom_cqrs_delete_data()`` under ``'custom'`` (and, as before, merged in).
+    """
     pk_name = instance._meta.pk.name
-    data = {pk_name: to_json(instance.pk), FIELD_REVISION: revision, FIELD_UPDATED: to_json(timezone.now())}
-    data.update(to_json(instance.get_custom_cqrs_delete_data() or {}))
+    pk = to_json(instance.pk)
+    data = {pk_name: pk, FIELD_REVISION: revision, FIELD_UPDATED: to_json(timezone.now())}
+    custom = to_json(instance.get_custom_cqrs_delete_data() or {})
+    data.update(custom)
+    data.setdefault('id', pk)
+    if custom:
+        data['custom'] = custom
     return build_envelope(instance, SignalType.DELETE, using, instance_data=data)

@@ -59,7 +59,8 @@ def trigger_name(model: Any) -> str:
 
 def qualifies(model: Any) -> bool:
     """True when the model's events need nothing from Python (settings included)."""
-    from cqrs_celery.master.mixins import TRACKER_NAME, RawMasterMixin
+    from cqrs_celery.master.mixins import RawMasterMixin
+    from cqrs_celery.master.tracker import TRACKER_NAME
 
     master = get_settings().master
     return bool(
