@@ -29,6 +29,13 @@ CHECK_IDS = {
     'cqrs_celery.E013': "CQRS['replica']['dead_letter_queue'] is the replica queue itself.",
     'cqrs_celery.E014': 'The Celery app sends task protocol 1 messages, which replicas refuse.',
     'cqrs_celery.W001': 'The Celery app accepts pickle.',
+    'cqrs_celery.E020': 'CQRS_FIELDS does not name the primary key.',
+    'cqrs_celery.E021': 'CQRS_FIELDS, CQRS_TRACKED_FIELDS or CQRS_MAPPING names a field twice.',
+    'cqrs_celery.E022': 'CQRS_FIELDS is set together with CQRS_SERIALIZER.',
+    'cqrs_celery.E023': "CQRS_MAPPING does not map anything to the replica's primary key.",
+    'cqrs_celery.W020': "A django-cqrs connection setting (transport, url, host, exchange…) is ignored.",
+    'cqrs_celery.W021': 'A django-cqrs consumer setting (delay_queue_max_size, consumer_prefetch_count) is ignored.',
+    'cqrs_celery.W022': 'A django-cqrs query-timeout setting (CQRS_QUERY_TIMEOUT…) is ignored.',
 }
 
 #: Content types that let a message run code when it is decoded.
@@ -37,9 +44,10 @@ UNSAFE_CONTENT = frozenset({'pickle', 'application/x-python-serialize'})
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Problems with the ``CQRS`` setting itself."""
-    errors: list[checks.CheckMessage] = [
-        checks.Error(p.msg, hint=p.hint, id=p.id) for p in conf.validate(conf.raw_setting())
-    ]
+    problems = conf.validate(conf.raw_setting())
+    errors: list[checks.CheckMessage] = [checks.Error(p.msg, hint=p.hint, id=p.id) for p in problems if p.is_error]
+    warnings: list[checks.CheckMessage] = [
+        checks.Warning(p.msg, hint=p.hint, id=p.id) for p in problems if not p.is_error]
     raw = conf.raw_setting()
     if ReplicaRegistry.ids() and not (isinstance(raw, Mapping) and raw.get('queue')):
         errors.append(checks.Error(
@@ -49,7 +57,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ))
     if not errors:
         errors.extend(_check_celery_app(conf.get_settings()))
-    return errors
+    return warnings + errors
 
 
 def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
@@ -89,8 +97,65 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
             ))
     for model in MasterRegistry.models():
         errors.extend(_check_master(model))
+        errors.extend(_check_master_like_django_cqrs(model))
     for model in ReplicaRegistry.models():
         errors.extend(_check_mapping(model))
+        errors.extend(_check_mapping_like_django_cqrs(model))
+    return errors
+
+
+def _duplicates(names: Any) -> list[Any]:
+    seen: set[Any] = set()
+    return sorted({n for n in names if n in seen or seen.add(n)}, key=repr)  # type: ignore[func-returns-value]
+
+
+def _check_master_like_django_cqrs(model: Any) -> list[checks.CheckMessage]:
+    """Declarations django-cqrs refuses (with an assert at import) and cqrs_celery reports here."""
+    errors: list[checks.CheckMessage] = []
+    label, fields = model._meta.label, model.CQRS_FIELDS
+    explicit_fields = fields not in (None, '__all__') and not isinstance(fields, str)
+    if explicit_fields and model.CQRS_SERIALIZER:
+        errors.append(checks.Error(
+            f'{label} sets both CQRS_FIELDS and CQRS_SERIALIZER; the serializer decides what is sent.',
+            hint='Remove CQRS_FIELDS (list the fields in the serializer) or remove CQRS_SERIALIZER.',
+            obj=model, id='cqrs_celery.E022',
+        ))
+    elif explicit_fields and model._meta.pk.name not in set(fields):
+        errors.append(checks.Error(
+            f'{label}.CQRS_FIELDS does not name the primary key {model._meta.pk.name!r}.',
+            hint=f'Add {model._meta.pk.name!r} to CQRS_FIELDS: replicas find their row by it.',
+            obj=model, id='cqrs_celery.E020',
+        ))
+    for attr in ('CQRS_FIELDS', 'CQRS_TRACKED_FIELDS'):
+        value = getattr(model, attr)
+        if value in (None, '__all__') or isinstance(value, str):
+            continue
+        for name in _duplicates(list(value)):
+            errors.append(checks.Error(
+                f'{label}.{attr} names {name!r} more than once.',
+                hint='List each field once.', obj=model, id='cqrs_celery.E021',
+            ))
+    return errors
+
+
+def _check_mapping_like_django_cqrs(model: Any) -> list[checks.CheckMessage]:
+    mapping = getattr(model, 'CQRS_MAPPING', None)
+    meta = getattr(model, '_meta', None)
+    if not isinstance(mapping, Mapping) or meta is None or meta.pk is None:
+        return []
+    errors: list[checks.CheckMessage] = []
+    targets = list(mapping.values())
+    for name in _duplicates(targets):
+        errors.append(checks.Error(
+            f'{meta.label}.CQRS_MAPPING maps more than one master field to {name!r}.',
+            hint='Map each replica field from one master field.', obj=model, id='cqrs_celery.E021',
+        ))
+    if meta.pk.name not in targets and meta.pk.attname not in targets:
+        errors.append(checks.Error(
+            f'{meta.label}.CQRS_MAPPING maps no master field to the primary key {meta.pk.name!r}.',
+            hint=f'Add the master\'s primary key to the mapping, e.g. {{"id": {meta.pk.name!r}, ...}}.',
+            obj=model, id='cqrs_celery.E023',
+        ))
     return errors
 
 

@@ -31,6 +31,12 @@ class Problem:
     id: str
     msg: str
     hint: str
+    #: ``'error'`` (the setting cannot be used) or ``'warning'`` (it can; something in it is ignored).
+    level: str = 'error'
+
+    @property
+    def is_error(self) -> bool:
+        return self.level == 'error'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +163,36 @@ _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'max_nesting_depth': ('max_nesting_depth', (int,)),
 }
 _TOP_KEYS = frozenset({'app', 'queue', 'master', 'replica'})
+
+_BROKER_HINT = ("cqrs_celery publishes and consumes through the Celery app in CQRS['app']: its broker_url "
+                'says where the broker is. Remove the key.')
+#: django-cqrs keys cqrs_celery does not use: check id and hint per key (a warning; the key is ignored).
+_DJANGO_CQRS_TOP_KEYS: dict[str, tuple[str, str]] = {
+    'transport': ('cqrs_celery.W020', "There is no transport class: messages go through the Celery app in "
+                                      "CQRS['app'] (RabbitMQ, Redis or the filesystem). Remove the key."),
+    'url': ('cqrs_celery.W020', _BROKER_HINT),
+    'host': ('cqrs_celery.W020', _BROKER_HINT),
+    'port': ('cqrs_celery.W020', _BROKER_HINT),
+    'user': ('cqrs_celery.W020', _BROKER_HINT),
+    'password': ('cqrs_celery.W020', _BROKER_HINT),
+    'exchange': ('cqrs_celery.W020', 'Exchanges are named per CQRS_ID (cqrs.<CQRS_ID>) and declared by the '
+                                     'library. Remove the key.'),
+    'consumer_prefetch_count': ('cqrs_celery.W021', 'Replica workers are Celery workers: set '
+                                                    'worker_prefetch_multiplier in the Celery configuration '
+                                                    'instead. Remove the key.'),
+}
+_DJANGO_CQRS_REPLICA_KEYS: dict[str, tuple[str, str]] = {
+    'delay_queue_max_size': ('cqrs_celery.W021', 'Retries are Celery retries sent back to the replica queue '
+                                                 'with a countdown; there is no in-memory delay queue to size. '
+                                                 'Remove the key.'),
+    'CQRS_QUERY_TIMEOUT': ('cqrs_celery.W022', "Set a statement timeout on the replica's database connection "
+                                               "instead (PostgreSQL: DATABASES[...]['OPTIONS'] = "
+                                               "{'options': '-c statement_timeout=5000'}). Remove the key."),
+    'CQRS_LOG_TIMED_OUT_QUERIES': ('cqrs_celery.W022', 'A failed apply (a timed-out query included) is logged '
+                                                       'with its error and retried. Remove the key.'),
+    'CQRS_QUERY_LOGGER': ('cqrs_celery.W022', 'Logs go to the cqrs_celery.* loggers (one per module). '
+                                              'Remove the key.'),
+}
 _CALLABLE_KEYS = frozenset({'correlation_function', 'meta_function'})
 
 #: Every settings key, as ``section.key`` for nested ones; the docs list exactly these.
@@ -204,6 +240,11 @@ def validate(raw: Any) -> list[Problem]:
                         "Write CQRS = {'app': 'proj.celery.app', ...}.")]
     problems: list[Problem] = []
     for key in sorted(set(raw) - _TOP_KEYS, key=repr):
+        if key in _DJANGO_CQRS_TOP_KEYS:
+            check_id, hint = _DJANGO_CQRS_TOP_KEYS[key]
+            problems.append(Problem(check_id, f'CQRS[{key!r}] is a django-cqrs setting cqrs_celery does not use; '
+                                    'it is ignored.', hint, level='warning'))
+            continue
         problems.append(Problem('cqrs_celery.E004', f'Unknown key CQRS[{key!r}].',
                                 f'Known keys: {", ".join(sorted(_TOP_KEYS))}.'))
     if raw.get('app') is None:
@@ -244,6 +285,11 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
                         f"Write CQRS['{section}'] = {{...}} or leave it out for the defaults.")]
     problems = []
     for key, value in values.items():
+        if section == 'replica' and key in _DJANGO_CQRS_REPLICA_KEYS:
+            check_id, hint = _DJANGO_CQRS_REPLICA_KEYS[key]
+            problems.append(Problem(check_id, f"CQRS['replica'][{key!r}] is a django-cqrs setting cqrs_celery "
+                                    'does not use; it is ignored.', hint, level='warning'))
+            continue
         if key not in schema:
             problems.append(Problem('cqrs_celery.E004', f"Unknown key CQRS['{section}'][{key!r}].",
                                     f'Known keys: {", ".join(sorted(schema))}.'))
@@ -314,7 +360,7 @@ def _range_text(minimum: float, maximum: float | None) -> str:
 
 def build(raw: Any) -> CQRSSettings:
     """Turn a raw ``CQRS`` setting into :class:`CQRSSettings`; raise on the first problem."""
-    problems = [p for p in validate(raw) if p.id != 'cqrs_celery.E002'] if raw is not None else []
+    problems = [p for p in validate(raw) if p.is_error and p.id != 'cqrs_celery.E002'] if raw is not None else []
     if problems:
         first = problems[0]
         raise ConfigurationError(f'{first.msg} {first.hint} ({first.id})')
@@ -325,7 +371,8 @@ def build(raw: Any) -> CQRSSettings:
         _MASTER_KEYS[key][0]: (_resolve_callable('master', key, value) if key in _CALLABLE_KEYS else value)
         for key, value in master_raw.items()
     }
-    replica_kwargs: dict[str, Any] = {_REPLICA_KEYS[key][0]: value for key, value in replica_raw.items()}
+    replica_kwargs: dict[str, Any] = {_REPLICA_KEYS[key][0]: value for key, value in replica_raw.items()
+                                      if key in _REPLICA_KEYS}
     if 'CQRS_MAX_RETRIES' in replica_raw and replica_raw['CQRS_MAX_RETRIES'] is None:
         replica_kwargs['max_retries'] = math.inf  # django-cqrs' "no limit"
     return CQRSSettings(

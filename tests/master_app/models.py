@@ -4,6 +4,7 @@ import uuid
 
 from django.db import models
 
+from cqrs_celery.metas import MasterMeta
 from cqrs_celery.mixins import MasterMixin, RawMasterMixin
 from tests.master_app.fields import BlobField, OpaqueField
 
@@ -163,3 +164,83 @@ class Gadget(MasterMixin):
 
     blob = BlobField(null=True)
     opaque = OpaqueField(null=True)
+
+
+# --- models for the django-cqrs compatibility tests (tests/test_compat_master.py) --------------
+
+
+class CompatSimple(MasterMixin):
+    """django-cqrs's SimplestModel: an explicit integer pk and one nullable field."""
+
+    CQRS_ID = 'cm_simple'
+
+    id = models.IntegerField(primary_key=True)
+    name = models.CharField(max_length=200, null=True)
+
+
+class CompatTrackedParent(MasterMixin):
+    CQRS_ID = 'cm_tracked_parent'
+    CQRS_TRACKED_FIELDS = '__all__'
+
+    char_field = models.CharField(max_length=10)
+
+
+class CompatTrackedChild(MasterMixin):
+    CQRS_ID = 'cm_tracked_child'
+    CQRS_TRACKED_FIELDS = ('char_field', 'parent')
+
+    char_field = models.CharField(max_length=10)
+    parent = models.ForeignKey(CompatTrackedParent, on_delete=models.CASCADE, null=True)
+
+
+class CompatTrackedBulk(MasterMixin):
+    """django-cqrs's SimplestTrackedModel."""
+
+    CQRS_ID = 'cm_tracked_bulk'
+    CQRS_TRACKED_FIELDS = ('status', 'description')
+
+    id = models.IntegerField(primary_key=True)
+    status = models.CharField(max_length=200, null=True)
+    description = models.CharField(max_length=200, null=True)
+
+
+class CompatFiltered(MasterMixin):
+    """Only rows with a name longer than two characters are published."""
+
+    CQRS_ID = 'cm_filtered'
+
+    name = models.CharField(max_length=200)
+
+    def is_sync_instance(self):
+        return len(str(self.name)) > 2
+
+
+class CompatNamed(models.Model):
+    """A base that is not a cqrs_celery mixin and comes first (as MPTTModel does)."""
+
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        abstract = True
+
+
+class CompatRegistered(CompatNamed, RawMasterMixin):
+    """RawMasterMixin behind another base, made a publishing master by ``MasterMeta.register``."""
+
+    CQRS_ID = 'cm_registered'
+    CQRS_TRACKED_FIELDS = '__all__'
+
+
+MasterMeta.register(CompatRegistered)
+
+
+class CompatProxy(CompatSimple):
+    """A proxy with a CQRS_ID of its own, registered by hand (proxies are never registered on their own)."""
+
+    CQRS_ID = 'cm_proxy'
+
+    class Meta:
+        proxy = True
+
+
+MasterMeta.register(CompatProxy)
