@@ -47,6 +47,11 @@ from tests.replica_app.models import ReplicaItem
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _nothing_reaches_a_broker(cqrs_captured):
+    """Every test captures what it publishes (``loopback`` applies it instead where a test asks)."""
+
+
 class Rollback(Exception):
     """Raised inside ``transaction.atomic()`` to roll it back."""
 
