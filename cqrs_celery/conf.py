@@ -48,9 +48,11 @@ class MasterSettings:
     auto_update_fields: bool = False
     #: Seconds an envelope stays valid; replicas drop expired envelopes unapplied. ``None``: forever.
     message_ttl: int | None = None
-    #: Called with no arguments at publish time; its result travels as ``correlation_id``.
-    correlation_function: Callable[[], Any] | None = None
-    #: Called with the instance (keyword ``instance``); its dict is merged into the metadata.
+    #: Called at publish time as django-cqrs calls it, ``f(signal_type, cqrs_id, instance_pk, queue)``
+    #: (a function taking fewer arguments gets those it names); its result travels as ``correlation_id``.
+    correlation_function: Callable[..., Any] | None = None
+    #: Called as ``f(obj=instance, instance_data=…, previous_data=…, signal_type=…)`` (django-cqrs's
+    #: keywords; ``instance=`` too if it names it); its dict is the metadata.
     meta_function: Callable[..., Mapping[str, Any]] | None = None
     #: Write each event to the outbox table in the change's own transaction (nothing committed is
     #: ever lost); off: publish after commit and only log a failed publish.

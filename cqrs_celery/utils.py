@@ -6,7 +6,7 @@ import contextlib
 from typing import Any
 
 
-class bulk_relate_cqrs_serialization(contextlib.ContextDecorator):  # noqa: N801  (django-cqrs's name)
+class bulk_relate_cqrs_serialization(contextlib.ContextDecorator):
     """django-cqrs's context manager (and decorator) that serializes rows saved in bulk together.
 
     cqrs_celery always does that: the rows a transaction changed are read once, per model, with

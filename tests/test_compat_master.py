@@ -396,10 +396,9 @@ def test_post_update_sent_by_hand_publishes_the_rows(cqrs_captured):
 
 @pytest.mark.parametrize('module_function', [bulk_relate_cqrs_serialization, mixins_bulk_relate])
 def test_bulk_relate_cqrs_serialization_works_as_context_manager_and_decorator(cqrs_captured, module_function):
-    with module_function():
-        with transaction.atomic(savepoint=False):
-            for i in range(3):
-                CompatSimple.objects.create(id=i)
+    with module_function(), transaction.atomic(savepoint=False):
+        for i in range(3):
+            CompatSimple.objects.create(id=i)
 
     @module_function('cm_simple')
     def create_more():

@@ -42,7 +42,7 @@ class MasterManager(models.Manager):  # type: ignore[type-arg]
             tracker.capture_created(objs)
             created = super().bulk_create(objs, **kwargs)
             if created:
-                self.model.call_post_bulk_create(created, using=using)  # type: ignore[attr-defined]
+                self.model.call_post_bulk_create(created, using=using)
                 _publish_unconnected(self.model, created, using)
         return created
 
@@ -68,7 +68,7 @@ class MasterManager(models.Manager):  # type: ignore[type-arg]
             if tracked:
                 for obj in updated:
                     setattr(obj, tracker.TRACKED_DATA_ATTR, before.get(obj.pk))
-            self.model.call_post_update(updated, using=using)  # type: ignore[attr-defined]
+            self.model.call_post_update(updated, using=using)
             _publish_unconnected(self.model, updated, using)
         return count
 

@@ -26,9 +26,9 @@ from django.utils import timezone
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
+from cqrs_celery.correlation import get_correlation_id
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import MetaError
-from cqrs_celery.correlation import get_correlation_id
 from cqrs_celery.master.mixins import RawMasterMixin, wants_keyword
 from cqrs_celery.models import MasterTombstone, tombstone_revision
 from cqrs_celery.registry import MasterRegistry
