@@ -60,6 +60,15 @@ class Envelope:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
+    def pk(self) -> Any:
+        """``instance_pk`` under django-cqrs's payload name (``TransportPayload.pk``)."""
+        return self.instance_pk
+
+    def to_dict(self) -> dict[str, Any]:
+        """django-cqrs's payload name for :meth:`to_wire`."""
+        return self.to_wire()
+
+    @property
     def is_directed(self) -> bool:
         """True for a SYNC sent to one replica queue rather than to every replica."""
         return self.queue is not None

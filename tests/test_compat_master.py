@@ -573,3 +573,45 @@ def test_the_test_project_passes_the_django_cqrs_checks():
 
 def test_all_basic_fields_is_the_all_value():
     assert ALL_BASIC_FIELDS == '__all__' == CompatTrackedParent.CQRS_TRACKED_FIELDS
+
+
+# --- the PostgreSQL trigger path keeps the same revisions ---------------------------------------
+
+
+@pytest.fixture
+def triggers_installed():
+    from cqrs_celery.master import triggers
+
+    if settings.DATABASE_KIND != 'postgres':
+        pytest.skip('outbox triggers are PostgreSQL only')
+    with master_settings(meta_function=None):
+        triggers.install('default')
+        triggers.forget()
+        assert triggers.active('default', Item)
+        yield
+    triggers.install('default')
+    triggers.forget()
+
+
+@pytest.mark.usefixtures('triggers_installed')
+def test_with_triggers_saves_in_one_transaction_bump_once_and_replicas_converge(loopback):
+    with transaction.atomic():
+        item = Item.objects.create(sku='T', name='one')
+        item.name = 'two'
+        item.save()
+    with transaction.atomic():
+        item.name = 'three'
+        item.save()
+        item.quantity = 3
+        item.save()
+    with contextlib.suppress(Rollback), transaction.atomic():
+        item.name = 'rolled back'
+        item.save()
+        raise Rollback
+    item.refresh_from_db()
+    item.name = 'four'
+    item.save()
+
+    master, replica = Item.objects.get(pk='T'), ReplicaItem.objects.get(pk='T')
+    assert (master.name, master.quantity, master.cqrs_revision) == ('four', 3, 2)
+    assert (replica.name, replica.quantity, replica.cqrs_revision) == ('four', 3, 2)
