@@ -224,6 +224,20 @@ def test_update_fields_with_the_setting_or_the_flag_bumps_and_publishes(cqrs_cap
     assert row.cqrs_updated > updated
 
 
+def test_a_django_cqrs_settings_dict_without_app_still_publishes_to_the_test_helpers(cqrs_captured):
+    row = CompatSimple.objects.create(id=1)
+    cqrs_captured.clear()
+
+    with override_settings(CQRS={'transport': 'tests.dj.transport.TransportStub', 'master': {
+            'CQRS_AUTO_UPDATE_FIELDS': True, 'CQRS_MESSAGE_TTL': 86400, 'correlation_function': None,
+            'meta_function': None}}):
+        row.name = 'New'
+        row.save(update_fields=['name'])
+
+    [envelope] = cqrs_captured
+    assert (envelope.instance_data['name'], envelope.revision, envelope.meta) == ('New', 1, None)
+
+
 def test_update_fields_naming_the_revision_publish_what_the_caller_set(cqrs_captured):
     row = CompatSimple.objects.create(id=1, name='Old')
     cqrs_captured.clear()
@@ -235,6 +249,29 @@ def test_update_fields_naming_the_revision_publish_what_the_caller_set(cqrs_capt
     [envelope] = cqrs_captured
     assert (envelope.instance_data['name'], envelope.revision) == ('New', 1)
     assert row.cqrs_revision == 1
+
+
+# --- CQRS_SERIALIZER ----------------------------------------------------------------------------
+
+
+def test_the_serializer_class_is_imported_once_and_kept_on_the_model():
+    from tests.master_app.models import SerializedBook
+    from tests.master_app.serializers import SerializedBookSerializer
+
+    book = SerializedBook.objects.create(title='Dune', price='12.50')
+
+    assert book.to_cqrs_dict()['title'] == 'Dune'
+    assert SerializedBook._cqrs_serializer_class is SerializedBookSerializer
+
+
+def test_a_serializer_that_cannot_be_imported_fails_the_save_and_nothing_is_written(monkeypatch):
+    from tests.master_app.models import SerializedBook
+
+    monkeypatch.setattr(SerializedBook, 'CQRS_SERIALIZER', 'tests.Serializer')
+
+    with pytest.raises(ImportError, match="CQRS_SERIALIZER can't be imported"), transaction.atomic():
+        SerializedBook.objects.create(title='Dune', price='12.50')
+    assert not SerializedBook.objects.exists()
 
 
 # --- is_sync_instance ----------------------------------------------------------------------------

@@ -103,6 +103,9 @@ class RawMasterMixin(models.Model):
     cqrs = MasterManager()
 
     _cqrs_auto_publish: ClassVar[bool] = False
+    #: ``CQRS_SERIALIZER`` imported (by ``cqrs_serializer_class()``), and the path it was imported from.
+    _cqrs_serializer_class: ClassVar[Any]
+    _cqrs_serializer_path: ClassVar[str | None]
 
     class Meta:
         abstract = True
@@ -156,6 +159,8 @@ class RawMasterMixin(models.Model):
                 return
         for field in _custom_fields(type(self)):
             field_value(field, self)  # refuse now what could not be sent later (DataError)
+        if self.CQRS_SERIALIZER:
+            type(self).cqrs_serializer_class()  # likewise: a serializer that cannot be imported
         self._cqrs_by_trigger = triggers.active(using, type(self))
         bump = not self._cqrs_bumped_in(connection)
         # With a trigger the database writes the outbox event in the row's own statement: nothing to
@@ -253,7 +258,7 @@ class RawMasterMixin(models.Model):
     def to_cqrs_dict(self, using: str | None = None, sync: bool = False) -> dict[str, Any]:
         """The row as sent to replicas: JSON-safe, always with ``cqrs_revision`` and ``cqrs_updated``."""
         if self.CQRS_SERIALIZER:
-            serializer = import_string(self.CQRS_SERIALIZER)
+            serializer = type(self).cqrs_serializer_class()
             data: dict[str, Any] = to_json(dict(serializer(self).data))
             data[FIELD_REVISION] = self.cqrs_revision
             data[FIELD_UPDATED] = to_json(self.cqrs_updated)
@@ -261,6 +266,22 @@ class RawMasterMixin(models.Model):
         names = None if self.CQRS_FIELDS == '__all__' else self.cqrs_field_names()
         self._cqrs_refresh_expressions(using, names)
         return instance_to_dict(self, names)
+
+    @classmethod
+    def cqrs_serializer_class(cls) -> Any:
+        """The class ``CQRS_SERIALIZER`` names, imported once (kept as ``_cqrs_serializer_class``).
+
+        Raises:
+            ImportError: the dotted path cannot be imported (system check E012 reports it too).
+        """
+        path = cls.CQRS_SERIALIZER
+        if cls.__dict__.get('_cqrs_serializer_path') != path:
+            try:
+                serializer = import_string(str(path))
+            except ImportError as exc:
+                raise ImportError(f"{cls._meta.label}: CQRS_SERIALIZER can't be imported. ({path!r}: {exc})") from exc
+            cls._cqrs_serializer_class, cls._cqrs_serializer_path = serializer, path
+        return cls.__dict__['_cqrs_serializer_class']
 
     def _cqrs_refresh_expressions(self, using: str | None, names: list[str] | None) -> None:
         """Read back fields saved as expressions (``F('n') + 1``): their values are in the database."""
