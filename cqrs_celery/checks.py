@@ -23,12 +23,6 @@ CHECK_IDS = {
     'cqrs_celery.E007': "CQRS['queue'] is not a valid queue name.",
     'cqrs_celery.E008': 'correlation_function or meta_function cannot be imported or is not callable.',
     'cqrs_celery.E009': 'Two models of one side share a CQRS_ID.',
-    'cqrs_celery.E010': 'CQRS_MAPPING names a field the replica model does not have.',
-    'cqrs_celery.E011': 'CQRS_FIELDS or CQRS_TRACKED_FIELDS names a field the master model does not have.',
-    'cqrs_celery.E012': 'CQRS_SERIALIZER cannot be imported.',
-    'cqrs_celery.E013': "CQRS['replica']['dead_letter_queue'] is the replica queue itself.",
-    'cqrs_celery.E014': 'The Celery app sends task protocol 1 messages, which replicas refuse.',
-    'cqrs_celery.W001': 'The Celery app accepts pickle.',
     'cqrs_celery.E020': 'CQRS_FIELDS does not name the primary key.',
     'cqrs_celery.E021': 'CQRS_FIELDS, CQRS_TRACKED_FIELDS or CQRS_MAPPING names a field twice.',
     'cqrs_celery.E022': 'CQRS_FIELDS is set together with CQRS_SERIALIZER.',
@@ -36,6 +30,12 @@ CHECK_IDS = {
     'cqrs_celery.W020': "A django-cqrs connection setting (transport, url, host, exchange…) is ignored.",
     'cqrs_celery.W021': 'A django-cqrs consumer setting (delay_queue_max_size, consumer_prefetch_count) is ignored.',
     'cqrs_celery.W022': 'A django-cqrs query-timeout setting (CQRS_QUERY_TIMEOUT…) is ignored.',
+    'cqrs_celery.E010': 'CQRS_MAPPING names a field the replica model does not have.',
+    'cqrs_celery.E011': 'CQRS_FIELDS or CQRS_TRACKED_FIELDS names a field the master model does not have.',
+    'cqrs_celery.E012': 'CQRS_SERIALIZER cannot be imported.',
+    'cqrs_celery.E013': "CQRS['replica']['dead_letter_queue'] is the replica queue itself.",
+    'cqrs_celery.E014': 'The Celery app sends task protocol 1 messages, which replicas refuse.',
+    'cqrs_celery.W001': 'The Celery app accepts pickle.',
 }
 
 #: Content types that let a message run code when it is decoded.

@@ -340,79 +340,6 @@ def test_e014_the_celery_app_sends_task_protocol_1():
         assert reported_ids() == {'cqrs_celery.E014'}
 
 
-@pytest.mark.parametrize('check_id', sorted(CHECK_IDS))
-def test_every_check_id_is_provoked_by_a_test_in_this_file(check_id):
-    assert check_id in PROVOKED, f'write a test here that provokes {check_id}'
-
-
-def test_every_id_the_checks_can_report_is_listed_in_check_ids():
-    source = inspect.getsource(conf) + inspect.getsource(cqrs_checks)
-
-    assert set(re.findall(r'cqrs_celery\.[EW]\d{3}', source)) == set(CHECK_IDS)
-
-
-def test_the_throwaway_models_of_these_tests_are_gone_afterwards():
-    assert not [cqrs_id for cqrs_id in MasterRegistry.ids() + ReplicaRegistry.ids() if 'throwaway' in cqrs_id]
-    assert MasterRegistry.duplicates() == {}
-    assert ReplicaRegistry.duplicates() == {}
-
-
-# --- bad model declarations fail at class definition -----------------------------------------
-
-
-@pytest.mark.usefixtures('throwaway_apps')
-def test_a_master_model_without_cqrs_id_fails_at_definition():
-    with pytest.raises(ImproperlyConfigured, match=r'master_app\.NoIdOriginal\.CQRS_ID'):
-        class NoIdOriginal(MasterMixin):
-            name = models.CharField(max_length=10)
-
-            class Meta:
-                app_label = 'master_app'
-
-
-@pytest.mark.usefixtures('throwaway_apps')
-@pytest.mark.parametrize('cqrs_id', [None, '', '   ', 5], ids=['missing', 'empty', 'blank', 'an-int'])
-def test_a_replica_model_without_a_usable_cqrs_id_fails_at_definition(cqrs_id):
-    attrs = {'__module__': __name__, 'id': models.BigIntegerField(primary_key=True),
-             'Meta': type('Meta', (), {'app_label': 'replica_app'})}
-    if cqrs_id is not None:
-        attrs['CQRS_ID'] = cqrs_id
-
-    with pytest.raises(ImproperlyConfigured, match=r'replica_app\.NoIdCopy\.CQRS_ID'):
-        type('NoIdCopy', (ReplicaMixin,), attrs)
-
-
-@pytest.mark.usefixtures('registries')
-def test_a_raw_replica_with_an_empty_cqrs_id_fails_at_definition():
-    with pytest.raises(ImproperlyConfigured, match=r'EmptyIdSink\.CQRS_ID'):
-        class EmptyIdSink(RawReplicaMixin):
-            CQRS_ID = ''
-
-
-@pytest.mark.usefixtures('throwaway_apps')
-@pytest.mark.parametrize('attr', ['CQRS_FIELDS', 'CQRS_TRACKED_FIELDS'])
-def test_master_fields_given_as_a_plain_string_fail_at_definition(attr):
-    attrs = {'__module__': __name__, 'CQRS_ID': 'throwaway_string_fields', attr: 'title',
-             'title': models.CharField(max_length=10), 'Meta': type('Meta', (), {'app_label': 'master_app'})}
-
-    with pytest.raises(ImproperlyConfigured, match=rf'master_app\.StringFieldsOriginal\.{attr}'):
-        type('StringFieldsOriginal', (MasterMixin,), attrs)
-
-
-@pytest.mark.usefixtures('throwaway_apps')
-@pytest.mark.parametrize('mapping', [['title'], 'title', (('title', 'title'),)], ids=['a-list', 'a-string', 'pairs'])
-def test_a_replica_mapping_that_is_not_a_dict_fails_at_definition(mapping):
-    with pytest.raises(ImproperlyConfigured, match=r'replica_app\.ListMappedCopy\.CQRS_MAPPING'):
-        class ListMappedCopy(ReplicaMixin):
-            CQRS_ID = 'throwaway_list_mapped'
-            CQRS_MAPPING = mapping
-            id = models.BigIntegerField(primary_key=True)
-            title = models.CharField(max_length=10)
-
-            class Meta:
-                app_label = 'replica_app'
-
-
 # --- declarations and settings a project moving from django-cqrs brings (issue 10) ----------
 
 
@@ -500,3 +427,77 @@ def test_w020_w022_django_cqrs_settings_are_ignored_with_a_warning(raw, check_id
     with override_settings(CQRS=raw):
         call_command('check', stdout=out, stderr=out)  # warnings do not fail the command
     assert check_id in out.getvalue()
+
+
+@pytest.mark.parametrize('check_id', sorted(CHECK_IDS))
+def test_every_check_id_is_provoked_by_a_test_in_this_file(check_id):
+    assert check_id in PROVOKED, f'write a test here that provokes {check_id}'
+
+
+def test_every_id_the_checks_can_report_is_listed_in_check_ids():
+    source = inspect.getsource(conf) + inspect.getsource(cqrs_checks)
+
+    assert set(re.findall(r'cqrs_celery\.[EW]\d{3}', source)) == set(CHECK_IDS)
+
+
+def test_the_throwaway_models_of_these_tests_are_gone_afterwards():
+    assert not [cqrs_id for cqrs_id in MasterRegistry.ids() + ReplicaRegistry.ids() if 'throwaway' in cqrs_id]
+    assert MasterRegistry.duplicates() == {}
+    assert ReplicaRegistry.duplicates() == {}
+
+
+# --- bad model declarations fail at class definition -----------------------------------------
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+def test_a_master_model_without_cqrs_id_fails_at_definition():
+    with pytest.raises(ImproperlyConfigured, match=r'master_app\.NoIdOriginal\.CQRS_ID'):
+        class NoIdOriginal(MasterMixin):
+            name = models.CharField(max_length=10)
+
+            class Meta:
+                app_label = 'master_app'
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('cqrs_id', [None, '', '   ', 5], ids=['missing', 'empty', 'blank', 'an-int'])
+def test_a_replica_model_without_a_usable_cqrs_id_fails_at_definition(cqrs_id):
+    attrs = {'__module__': __name__, 'id': models.BigIntegerField(primary_key=True),
+             'Meta': type('Meta', (), {'app_label': 'replica_app'})}
+    if cqrs_id is not None:
+        attrs['CQRS_ID'] = cqrs_id
+
+    with pytest.raises(ImproperlyConfigured, match=r'replica_app\.NoIdCopy\.CQRS_ID'):
+        type('NoIdCopy', (ReplicaMixin,), attrs)
+
+
+@pytest.mark.usefixtures('registries')
+def test_a_raw_replica_with_an_empty_cqrs_id_fails_at_definition():
+    with pytest.raises(ImproperlyConfigured, match=r'EmptyIdSink\.CQRS_ID'):
+        class EmptyIdSink(RawReplicaMixin):
+            CQRS_ID = ''
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('attr', ['CQRS_FIELDS', 'CQRS_TRACKED_FIELDS'])
+def test_master_fields_given_as_a_plain_string_fail_at_definition(attr):
+    attrs = {'__module__': __name__, 'CQRS_ID': 'throwaway_string_fields', attr: 'title',
+             'title': models.CharField(max_length=10), 'Meta': type('Meta', (), {'app_label': 'master_app'})}
+
+    with pytest.raises(ImproperlyConfigured, match=rf'master_app\.StringFieldsOriginal\.{attr}'):
+        type('StringFieldsOriginal', (MasterMixin,), attrs)
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('mapping', [['title'], 'title', (('title', 'title'),)], ids=['a-list', 'a-string', 'pairs'])
+def test_a_replica_mapping_that_is_not_a_dict_fails_at_definition(mapping):
+    with pytest.raises(ImproperlyConfigured, match=r'replica_app\.ListMappedCopy\.CQRS_MAPPING'):
+        class ListMappedCopy(ReplicaMixin):
+            CQRS_ID = 'throwaway_list_mapped'
+            CQRS_MAPPING = mapping
+            id = models.BigIntegerField(primary_key=True)
+            title = models.CharField(max_length=10)
+
+            class Meta:
+                app_label = 'replica_app'
+
