@@ -500,4 +500,3 @@ def test_a_replica_mapping_that_is_not_a_dict_fails_at_definition(mapping):
 
             class Meta:
                 app_label = 'replica_app'
-
