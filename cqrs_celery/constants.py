@@ -22,20 +22,6 @@ FIELD_REVISION = 'cqrs_revision'
 #: Field added to every master and replica model: time of the last change.
 FIELD_UPDATED = 'cqrs_updated'
 
-#: Only content type the replica task accepts.
-JSON_CONTENT_TYPE = 'application/json'
-
-
-class SignalType(str, enum.Enum):
-    """What happened to the master row an envelope describes."""
-
-    SAVE = 'SAVE'
-    DELETE = 'DELETE'
-    SYNC = 'SYNC'
-
-    def __str__(self) -> str:
-        return self.value
-
 
 # --- django-cqrs names (``dj_cqrs.constants``), for code moving from it --------------------------
 
@@ -53,3 +39,17 @@ DEFAULT_MASTER_AUTO_UPDATE_FIELDS = False
 
 #: Default of ``CQRS['master']['CQRS_MESSAGE_TTL']``: no expiry (django-cqrs: one day).
 DEFAULT_MASTER_MESSAGE_TTL = None
+
+#: Only content type the replica task accepts.
+JSON_CONTENT_TYPE = 'application/json'
+
+
+class SignalType(str, enum.Enum):
+    """What happened to the master row an envelope describes."""
+
+    SAVE = 'SAVE'
+    DELETE = 'DELETE'
+    SYNC = 'SYNC'
+
+    def __str__(self) -> str:
+        return self.value
