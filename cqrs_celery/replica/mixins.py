@@ -164,8 +164,10 @@ def _prepare_replica(sender: type[Any], **kwargs: Any) -> None:
     require_cqrs_id(sender)
     mapping = getattr(sender, 'CQRS_MAPPING', None)
     if mapping is not None and not isinstance(mapping, Mapping):
+        meta = getattr(sender, '_meta', None)
+        label = meta.label if meta is not None else sender.__qualname__
         raise ConfigurationError(
-            f'{sender.__qualname__}.CQRS_MAPPING must be a dict {{master field: replica field}}, not {mapping!r}.'
+            f'{label}.CQRS_MAPPING must be a dict {{master field: replica field}}, not {mapping!r}.'
         )
     ReplicaRegistry.register(sender)
 
