@@ -465,3 +465,17 @@ def test_prepare_replica_registers_a_proxy_and_a_raw_class_by_hand(registry_rest
     RawSink.CQRS_ID = 'compat_raw_sink'
     _prepare_replica(RawSink)
     assert ReplicaRegistry.get('compat_raw_sink') is RawSink
+
+
+@pytest.mark.django_db(transaction=True)
+def test_overridden_methods_decide_about_data_without_a_revision_as_in_django_cqrs(monkeypatch):
+    saved, deleted = [], []
+    monkeypatch.setattr(ReplicaItem, 'cqrs_save', classmethod(lambda cls, data, **kw: saved.append((data, kw)) or 1))
+    monkeypatch.setattr(ReplicaItem, 'cqrs_delete',
+                        classmethod(lambda cls, data, **kw: deleted.append((data, kw)) or 1))
+
+    apply(envelope('SAVE', {}, previous_data={}))
+    apply(envelope('DELETE', {'id': 1}))
+
+    assert saved == [({}, {'previous_data': {}})]
+    assert deleted == [({'id': 1}, {})]

@@ -135,7 +135,7 @@ def save_kwargs(model: Any, envelope: Envelope) -> dict[str, Any]:
     return kwargs
 
 
-def call_model(model: Any, envelope: Envelope, using: str | None = None) -> Any:
+def call_model(model: Any, envelope: Envelope, using: str | None = None) -> Result:
     """Call ``model.cqrs_save`` or ``model.cqrs_delete`` for ``envelope`` (already privately copied)."""
     state = Applying(model, envelope, using or 'default')
     token = _applying.set(state if using is not None else None)
@@ -158,8 +158,7 @@ def call_model(model: Any, envelope: Envelope, using: str | None = None) -> Any:
 
 def apply_custom(model: Any, envelope: Envelope) -> Result:
     """Hand the envelope to a table-less model's own ``cqrs_save``/``cqrs_delete``."""
-    result: Result = call_model(model, private_copy(envelope))
-    return result
+    return call_model(model, private_copy(envelope))
 
 
 def mapped_data(model: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +255,11 @@ def apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
     and tombstone rules have let the envelope through; its ``super().cqrs_save()`` applies the row.
     """
     envelope = private_copy(envelope)
-    if envelope.signal_type == SignalType.DELETE or not overrides(model, 'cqrs_save'):
+    if envelope.signal_type == SignalType.DELETE:
+        if envelope.revision is None and overrides(model, 'cqrs_delete'):
+            return call_model(model, envelope, using)  # no revision to check: the model's own code decides
+        return apply_rules(model, envelope, using)
+    if not overrides(model, 'cqrs_save'):
         return apply_rules(model, envelope, using)
     try:
         revision_of(envelope)
@@ -265,8 +268,7 @@ def apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
         skipped = None  # the model's own cqrs_save decides what to do with such data
     if skipped is not None:
         return skipped
-    result: Result = call_model(model, envelope, using)
-    return result
+    return call_model(model, envelope, using)
 
 
 def apply_rules(model: Any, envelope: Envelope, using: str, *, dispatch: bool = True,
@@ -351,7 +353,7 @@ def _apply_delete(model: Any, envelope: Envelope, using: str, instance: Any, log
     if not dispatch:
         model._default_manager.db_manager(using).filter(pk=instance.pk).delete()
         return Result(Outcome.DELETED)
-    result: Result = call_model(model, envelope, using)
+    result = call_model(model, envelope, using)
     if result.outcome == Outcome.HANDLED:
         return Result(Outcome.DELETED, result.instance)
     return result
