@@ -30,3 +30,4 @@ class CQRSCeleryConfig(AppConfig):
         worker_init.connect(queues.on_worker_init, dispatch_uid='cqrs_celery.worker_init', weak=False)
         checks.register(cqrs_checks.check_settings, 'cqrs_celery')
         checks.register(cqrs_checks.check_models, 'cqrs_celery', checks.Tags.models)
+        checks.register(cqrs_checks.check_migration_imports, 'cqrs_celery', checks.Tags.compatibility)

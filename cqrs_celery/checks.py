@@ -8,7 +8,7 @@ from typing import Any
 from django.core import checks
 from django.utils.module_loading import import_string
 
-from cqrs_celery import conf
+from cqrs_celery import conf, migration_imports
 from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
 from cqrs_celery.serialization import field_for_key
 
@@ -36,6 +36,8 @@ CHECK_IDS = {
     'cqrs_celery.E013': "CQRS['replica']['dead_letter_queue'] is the replica queue itself.",
     'cqrs_celery.E014': 'The Celery app sends task protocol 1 messages, which replicas refuse.',
     'cqrs_celery.W001': 'The Celery app accepts pickle.',
+    'cqrs_celery.W030': 'A migration imports dj_cqrs.mixins (django-cqrs); it breaks once django-cqrs is removed.',
+    'cqrs_celery.E030': 'A migration imports dj_cqrs.mixins but django-cqrs is not installed: migrate fails.',
 }
 
 #: Content types that let a message run code when it is decoded.
@@ -207,3 +209,20 @@ def _check_mapping(model: Any) -> list[checks.CheckMessage]:
             obj=model, id='cqrs_celery.E010',
         ))
     return errors
+
+
+def check_migration_imports(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Migrations written under django-cqrs that still import ``dj_cqrs.mixins``."""
+    labels = [config.label for config in app_configs] if app_configs else None
+    found = migration_imports.find(labels)
+    if not found:
+        return []
+    installed = migration_imports.django_cqrs_installed()
+    names = ', '.join(f'{item.app_label}/{item.path.name}' for item in found)
+    hint = ('Run "python manage.py cqrs_migrate_imports" (it rewrites dj_cqrs.mixins to cqrs_celery.mixins; '
+            '--dry-run shows the changes first) and commit the rewritten migrations.')
+    if installed:
+        return [checks.Warning(f'{len(found)} migration(s) import dj_cqrs.mixins: {names}. migrate will fail '
+                               'once django-cqrs is uninstalled.', hint=hint, id='cqrs_celery.W030')]
+    return [checks.Error(f'{len(found)} migration(s) import dj_cqrs.mixins, and django-cqrs is not installed: '
+                         f'{names}. migrate fails.', hint=hint, id='cqrs_celery.E030')]

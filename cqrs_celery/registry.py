@@ -19,8 +19,9 @@ class Registry:
     def register(self, model: Any) -> None:
         cqrs_id = model.CQRS_ID
         known = self._all[cqrs_id]
-        # re-declaring the same class path (tests, reloads) replaces it rather than duplicating
-        known[:] = [m for m in known if _path(m) != _path(model)] + [model]
+        # re-declaring the same class path (tests, reloads) replaces it rather than duplicating, and a
+        # subclass (a concrete model of an abstract replica, a proxy registered by hand) replaces its base
+        known[:] = [m for m in known if _path(m) != _path(model) and not _is_base(m, model)] + [model]
         self._models[cqrs_id] = model
 
     def get(self, cqrs_id: str) -> Any:
@@ -48,6 +49,11 @@ class Registry:
 
     def __contains__(self, cqrs_id: object) -> bool:
         return cqrs_id in self._models
+
+
+def _is_base(candidate: Any, model: Any) -> bool:
+    return isinstance(candidate, type) and isinstance(model, type) and candidate is not model \
+        and issubclass(model, candidate)
 
 
 def _path(model: Any) -> str:

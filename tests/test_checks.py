@@ -500,3 +500,38 @@ def test_a_replica_mapping_that_is_not_a_dict_fails_at_definition(mapping):
 
             class Meta:
                 app_label = 'replica_app'
+
+
+# --- migrations written under django-cqrs (issue 10; more in test_migrate_imports.py) ----------------
+
+
+@pytest.fixture
+def django_cqrs_migration(tmp_path, settings, monkeypatch):
+    """The replica app's migrations: one that django-cqrs 3.1.0's makemigrations wrote."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    package = tmp_path / 'checks_generated_migrations'
+    package.mkdir()
+    (package / '__init__.py').write_text('')
+    generated = Path(__file__).parent / 'djcqrs_project' / 'shop_replica' / 'migrations' / '0001_initial.py'
+    shutil.copy(generated, package / '0001_initial.py')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings.MIGRATION_MODULES = {'replica_app': 'checks_generated_migrations'}
+    yield
+    sys.modules.pop('checks_generated_migrations', None)
+
+
+@provokes('cqrs_celery.E030')
+def test_a_migration_importing_dj_cqrs_without_django_cqrs_installed_is_an_error(django_cqrs_migration):
+    assert reported_ids() == {'cqrs_celery.E030'}
+
+
+@provokes('cqrs_celery.W030')
+def test_a_migration_importing_dj_cqrs_while_django_cqrs_is_installed_is_a_warning(django_cqrs_migration,
+                                                                                    monkeypatch):
+    from cqrs_celery import migration_imports
+
+    monkeypatch.setattr(migration_imports, 'django_cqrs_installed', lambda: True)
+    assert reported_ids() == {'cqrs_celery.W030'}

@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import dataclasses
 import enum
 import hashlib
 import logging
 from typing import Any
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.envelope import Envelope
@@ -37,10 +39,43 @@ class Outcome(str, enum.Enum):
     NOT_FOR_ME = 'not_for_me'
 
 
+#: Outcomes that change nothing: a model method that returns a falsy value for them has not failed.
+NO_CHANGE = frozenset({Outcome.STALE, Outcome.DUPLICATE, Outcome.TOMBSTONED, Outcome.NOT_FOR_ME})
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     outcome: Outcome
     instance: Any = None
+
+
+@dataclasses.dataclass
+class Applying:
+    """The envelope being applied while a model's own ``cqrs_save``/``cqrs_delete`` runs.
+
+    The library's ``cqrs_save``/``cqrs_delete`` (what an override's ``super()`` reaches) find it
+    here, so they apply inside the apply path's transaction with the envelope's flags, and record
+    what happened: the apply path then reports that outcome, or raises the error they logged.
+    """
+
+    model: Any
+    envelope: Envelope
+    using: str
+    used: bool = False
+    result: Result | None = None
+    error: Exception | None = None
+
+
+_applying: contextvars.ContextVar[Applying | None] = contextvars.ContextVar('cqrs_celery_applying', default=None)
+
+
+def claim_applying(model: Any) -> Applying | None:
+    """The apply in progress for ``model`` if its library method has not run yet (then it has)."""
+    state = _applying.get()
+    if state is None or state.model is not model or state.used:
+        return None
+    state.used = True
+    return state
 
 
 def apply(envelope: Envelope, queue: str | None = None) -> Result:
@@ -54,9 +89,30 @@ def apply(envelope: Envelope, queue: str | None = None) -> Result:
     model = ReplicaRegistry.get(envelope.cqrs_id)
     if not is_for_me(model, envelope, queue):
         return Result(Outcome.NOT_FOR_ME)
-    if model.CQRS_NO_DB_OPERATIONS:
+    if has_no_table(model):
         return apply_custom(model, envelope)
     return apply_row(model, envelope)
+
+
+def has_no_table(model: Any) -> bool:
+    """True for models whose own code does all the work: RawReplicaMixin classes, abstract models
+    and models with ``CQRS_NO_DB_OPERATIONS``."""
+    meta = getattr(model, '_meta', None)
+    return bool(model.CQRS_NO_DB_OPERATIONS or meta is None or meta.abstract)
+
+
+def overrides(model: Any, name: str) -> bool:
+    """True when ``model`` replaces the library's ``cqrs_save``/``cqrs_create``/``cqrs_update``/``cqrs_delete``."""
+    from cqrs_celery.replica.mixins import LIBRARY_METHODS  # mixins imports this module
+
+    attribute = getattr(model, name)
+    return getattr(attribute, '__func__', attribute) is not LIBRARY_METHODS[name]
+
+
+def private_copy(envelope: Envelope) -> Envelope:
+    """The envelope with its dicts copied, so model code that mutates them cannot change a retry."""
+    return envelope.replace(instance_data=copy.deepcopy(envelope.instance_data),
+                            previous_data=copy.deepcopy(envelope.previous_data), meta=copy.deepcopy(envelope.meta))
 
 
 def is_for_me(model: Any, envelope: Envelope, queue: str | None) -> bool:
@@ -71,17 +127,38 @@ def _meta_kwargs(model: Any, envelope: Envelope) -> dict[str, Any]:
     return {'meta': envelope.meta} if model.CQRS_META else {}
 
 
-def apply_custom(model: Any, envelope: Envelope) -> Result:
-    kwargs = _meta_kwargs(model, envelope)
-    if envelope.signal_type == SignalType.DELETE:
-        done = model.cqrs_delete(envelope.instance_data, **kwargs)
-    else:
-        done = model.cqrs_save(envelope.instance_data, previous_data=envelope.previous_data,
-                               sync=envelope.signal_type == SignalType.SYNC, **kwargs)
+def save_kwargs(model: Any, envelope: Envelope) -> dict[str, Any]:
+    """Keywords for ``cqrs_save``, exactly as django-cqrs passes them (``sync`` only on a SYNC)."""
+    kwargs: dict[str, Any] = {'previous_data': envelope.previous_data, **_meta_kwargs(model, envelope)}
+    if envelope.signal_type == SignalType.SYNC:
+        kwargs['sync'] = True
+    return kwargs
+
+
+def call_model(model: Any, envelope: Envelope, using: str | None = None) -> Result:
+    """Call ``model.cqrs_save`` or ``model.cqrs_delete`` for ``envelope`` (already privately copied)."""
+    state = Applying(model, envelope, using or 'default')
+    token = _applying.set(state if using is not None else None)
+    try:
+        if envelope.signal_type == SignalType.DELETE:
+            done = model.cqrs_delete(envelope.instance_data, **_meta_kwargs(model, envelope))
+        else:
+            done = model.cqrs_save(envelope.instance_data, **save_kwargs(model, envelope))
+    finally:
+        _applying.reset(token)
+    if state.error is not None:
+        raise state.error
+    if state.result is not None and (done or state.result.outcome in NO_CHANGE):
+        return Result(state.result.outcome, done or state.result.instance)
     if not done:
         method = 'cqrs_delete' if envelope.signal_type == SignalType.DELETE else 'cqrs_save'
-        raise ApplyError(f'{model.__qualname__}.{method} returned {done!r}')
+        raise ApplyError(f'{getattr(model, "__qualname__", model)}.{method} returned {done!r}')
     return Result(Outcome.HANDLED, done)
+
+
+def apply_custom(model: Any, envelope: Envelope) -> Result:
+    """Hand the envelope to a table-less model's own ``cqrs_save``/``cqrs_delete``."""
+    return call_model(model, private_copy(envelope))
 
 
 def mapped_data(model: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -148,14 +225,20 @@ def lock_keys(using: str, keys: list[tuple[str, Any]]) -> None:
                            'AS t(k, n)', [numbers])
 
 
-def apply_row(model: Any, envelope: Envelope) -> Result:
-    """Apply a SAVE, SYNC or DELETE to ``model``'s table with the revision rules."""
+def apply_row(model: Any, envelope: Envelope, *, dispatch: bool = True) -> Result:
+    """Apply a SAVE, SYNC or DELETE to ``model``'s table with the revision rules.
+
+    With ``dispatch`` (the apply path), a model's own ``cqrs_save``/``cqrs_delete`` is called;
+    without it (the library's own ``cqrs_save`` called directly), only the rules run.
+    """
     using = router.db_for_write(model)
     for attempt in range(2):
         try:
             with transaction.atomic(using=using):
                 lock_keys(using, [(envelope.cqrs_id, envelope.instance_pk)])
-                return apply_locked(model, envelope, using)
+                if dispatch:
+                    return apply_locked(model, envelope, using)
+                return apply_rules(model, envelope, using, dispatch=False)
         except IntegrityError:
             # Two workers raced to create the same new pk: the loser follows the rules again.
             if attempt:
@@ -166,27 +249,54 @@ def apply_row(model: Any, envelope: Envelope) -> Result:
 
 
 def apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
-    """Apply one row inside the caller's transaction, which holds the row's lock (``lock_keys``)."""
+    """Apply one row inside the caller's transaction, which holds the row's lock (``lock_keys``).
+
+    A model that overrides ``cqrs_save`` has it called (as django-cqrs does) after the revision
+    and tombstone rules have let the envelope through; its ``super().cqrs_save()`` applies the row.
+    """
+    envelope = private_copy(envelope)
+    if envelope.signal_type == SignalType.DELETE:
+        if envelope.revision is None and overrides(model, 'cqrs_delete'):
+            return call_model(model, envelope, using)  # no revision to check: the model's own code decides
+        return apply_rules(model, envelope, using)
+    if not overrides(model, 'cqrs_save'):
+        return apply_rules(model, envelope, using)
+    try:
+        revision_of(envelope)
+        skipped = apply_rules(model, envelope, using, check_only=True)
+    except DataError:
+        skipped = None  # the model's own cqrs_save decides what to do with such data
+    if skipped is not None:
+        return skipped
+    return call_model(model, envelope, using)
+
+
+def apply_rules(model: Any, envelope: Envelope, using: str, *, dispatch: bool = True,
+                check_only: bool = False) -> Result | Any:
+    """The revision and tombstone rules for one row; with ``check_only``, None when the row would change."""
     data = envelope.instance_data
     pk = replica_pk(model, data, envelope.instance_pk)
     revision = revision_of(envelope)
-    queryset = model._default_manager.using(using)
-    if connections[using].features.has_select_for_update:
-        queryset = queryset.select_for_update()
-    instance = queryset.filter(pk=pk).first()
+    # always asked for (a no-op where the database has no row locks), as django-cqrs does
+    instance = model._default_manager.db_manager(using).select_for_update().filter(pk=pk).first()
     log = (envelope.cqrs_id, envelope.instance_pk, revision, envelope.correlation_id)
     if envelope.signal_type == SignalType.DELETE:
-        return _apply_delete(model, envelope, using, instance, log)
+        return _apply_delete(model, envelope, using, instance, log, dispatch)
     if instance is None:
         deleted_at = tombstone_revision(ReplicaTombstone, using, envelope.cqrs_id, envelope.instance_pk)
         if deleted_at is not None and deleted_at >= revision:
             logger.info('cqrs stale %s after delete, skipped: cqrs_id=%s pk=%s revision=%s correlation_id=%s'
                         ' deleted_revision=%s', envelope.signal_type, *log, deleted_at)
             return Result(Outcome.STALE)
+        if check_only:
+            return None
         if deleted_at is not None:
             _forget_tombstone(using, envelope)
-        created = model.cqrs_create(envelope.signal_type == SignalType.SYNC, mapped_data(model, data),
-                                    mapped_previous(model, envelope.previous_data), **_meta_kwargs(model, envelope))
+        values = mapped_data(model, data)
+        require_fields(model, values)
+        created = model.cqrs_create(envelope.signal_type == SignalType.SYNC, values,
+                                    previous_data=mapped_previous(model, envelope.previous_data),
+                                    **_meta_kwargs(model, envelope))
         if not created:
             raise ApplyError(f'{model._meta.label}.cqrs_create returned {created!r}')
         return Result(Outcome.CREATED, created)
@@ -197,10 +307,13 @@ def apply_locked(model: Any, envelope: Envelope, using: str) -> Result:
     if revision == stored and envelope.signal_type == SignalType.SAVE:
         logger.debug('cqrs duplicate skipped: cqrs_id=%s pk=%s revision=%s correlation_id=%s', *log)
         return Result(Outcome.DUPLICATE, instance)
+    if check_only:
+        return None
     if revision > stored + 1:
         log_gap(envelope, stored)
     updated = instance.cqrs_update(envelope.signal_type == SignalType.SYNC, mapped_data(model, data),
-                                   mapped_previous(model, envelope.previous_data), **_meta_kwargs(model, envelope))
+                                   previous_data=mapped_previous(model, envelope.previous_data),
+                                   **_meta_kwargs(model, envelope))
     if not updated:
         raise ApplyError(f'{model._meta.label}.cqrs_update returned {updated!r}')
     return Result(Outcome.UPDATED, updated)
@@ -227,7 +340,8 @@ def _forget_tombstone(using: str, envelope: Envelope) -> None:
     forget_tombstones(ReplicaTombstone, using, envelope.cqrs_id, [pk_key(envelope.instance_pk)])
 
 
-def _apply_delete(model: Any, envelope: Envelope, using: str, instance: Any, log: tuple[Any, ...]) -> Result:
+def _apply_delete(model: Any, envelope: Envelope, using: str, instance: Any, log: tuple[Any, ...],
+                  dispatch: bool) -> Result:
     revision = revision_of(envelope)
     if instance is not None and revision < instance.cqrs_revision:
         logger.info('cqrs stale DELETE skipped: cqrs_id=%s pk=%s revision=%s correlation_id=%s stored=%s',
@@ -236,7 +350,26 @@ def _apply_delete(model: Any, envelope: Envelope, using: str, instance: Any, log
     record_tombstone(ReplicaTombstone, using, envelope.cqrs_id, envelope.instance_pk, revision)
     if instance is None:
         return Result(Outcome.TOMBSTONED)
-    done = model.cqrs_delete(envelope.instance_data, **_meta_kwargs(model, envelope))
-    if not done:
-        raise ApplyError(f'{model._meta.label}.cqrs_delete returned {done!r}')
-    return Result(Outcome.DELETED)
+    if not dispatch:
+        model._default_manager.db_manager(using).filter(pk=instance.pk).delete()
+        return Result(Outcome.DELETED)
+    result = call_model(model, envelope, using)
+    if result.outcome == Outcome.HANDLED:
+        return Result(Outcome.DELETED, result.instance)
+    return result
+
+
+def require_fields(model: Any, values: dict[str, Any]) -> None:
+    """``DataError`` when a new row would lack a value for a column that needs one.
+
+    Required: NOT NULL, no default, not blank-able, not an auto-generated primary key. The data of
+    a custom-serialized model is the model's own business.
+    """
+    if model.CQRS_CUSTOM_SERIALIZATION:
+        return
+    missing = [field.name for field in model._meta.concrete_fields
+               if not (field.null or field.blank or field.has_default() or field.attname in values
+                       or getattr(field, 'db_default', None) not in (None, models.NOT_PROVIDED)
+                       or (field.primary_key and field.auto_created) or isinstance(field, models.AutoField))]
+    if missing:
+        raise DataError(f'{model._meta.label}: the data has no value for required field(s) {", ".join(missing)}')

@@ -53,7 +53,7 @@ def apply_many(envelopes: Sequence[Envelope], queue: str | None = None) -> list[
         by_model.setdefault(model, []).append(index)
     for model, indexes in by_model.items():
         group = [envelopes[i] for i in indexes]
-        if model.CQRS_NO_DB_OPERATIONS:
+        if single.has_no_table(model):
             outcomes = [_guarded(single.apply_custom, model, envelope) for envelope in group]
         else:
             outcomes = apply_rows(model, group)
@@ -96,21 +96,17 @@ def _in_savepoint(model: Any, envelope: Envelope, using: str) -> RowResult:
 
 
 def uses_bulk_path(model: Any) -> bool:
-    """True when writing rows in bulk skips nothing the model defines."""
-    from cqrs_celery.replica.mixins import ReplicaMixin
+    """True when writing rows in bulk skips nothing the model defines.
 
+    A model that overrides ``cqrs_save``, ``cqrs_create``, ``cqrs_update`` or ``cqrs_delete`` (or
+    ``save()``, or has save/delete signal receivers) goes row by row, so its code runs.
+    """
     if model.CQRS_CUSTOM_SERIALIZATION or model.save is not Model.save:
         return False
-    if any(_function(model, name) is not _function(ReplicaMixin, name)
-           for name in ('cqrs_create', 'cqrs_update', 'cqrs_delete', 'cqrs_save')):
+    if any(single.overrides(model, name) for name in ('cqrs_create', 'cqrs_update', 'cqrs_delete', 'cqrs_save')):
         return False
     return not any(signal.has_listeners(model) for signal in
                    (signals.pre_save, signals.post_save, signals.pre_delete, signals.post_delete))
-
-
-def _function(cls: Any, name: str) -> Any:
-    attribute = getattr(cls, name)
-    return getattr(attribute, '__func__', attribute)
 
 
 class _Rows:
@@ -178,7 +174,9 @@ def _create(model: Any, rows: _Rows, envelope: Envelope, pk: Any, key: str, revi
         rows.tombstones.pop(key)
         rows.new_tombstones.pop(key, None)
         rows.forgotten.add(key)
-    instance = model(**single.mapped_data(model, envelope.instance_data))
+    values = single.mapped_data(model, envelope.instance_data)
+    single.require_fields(model, values)
+    instance = model(**values)
     rows.created[pk] = instance
     rows.deleted.discard(pk)
     return Result(Outcome.CREATED, instance)

@@ -13,13 +13,14 @@ from django.db.models.signals import class_prepared
 from cqrs_celery.conf import get_settings
 from cqrs_celery.exceptions import ConfigurationError
 from cqrs_celery.registry import ReplicaRegistry, require_cqrs_id
+from cqrs_celery.replica.managers import ReplicaManager, delete_instance, save_instance
 
 
 class _ReplicaOptions:
     """Options and retry policy shared by table-backed and raw replicas."""
 
-    #: CQRS_ID of the master model this replicates.
-    CQRS_ID: ClassVar[str]
+    #: CQRS_ID of the master model this replicates (None until a subclass sets it).
+    CQRS_ID: ClassVar[str | None] = None
     #: Pass the envelope's metadata as ``meta=`` to cqrs_create / cqrs_update / cqrs_delete.
     CQRS_META: ClassVar[bool] = False
     #: Apply SYNCs only when sent to this service's queue; broadcast SYNCs are ignored.
@@ -66,14 +67,20 @@ class RawReplicaMixin(_ReplicaOptions):
             ReplicaRegistry.register(cls)
 
     @classmethod
-    def cqrs_save(cls, master_data: dict[str, Any], previous_data: dict[str, Any] | None = None,
-                  sync: bool = False, meta: dict[str, Any] | None = None) -> Any:
-        """Handle a SAVE or SYNC; return a truthy value on success (falsy or raising retries)."""
+    def cqrs_save(cls, master_data: dict[str, Any], **kwargs: Any) -> Any:
+        """Handle a SAVE or SYNC; return a truthy value on success (falsy or raising retries).
+
+        Called as django-cqrs calls it: ``cqrs_save(data, previous_data=…)``, plus ``sync=True``
+        on a SYNC and ``meta=…`` when ``CQRS_META`` is set.
+        """
         raise NotImplementedError(f'{cls.__qualname__} must implement cqrs_save().')
 
     @classmethod
-    def cqrs_delete(cls, master_data: dict[str, Any], meta: dict[str, Any] | None = None) -> bool:
-        """Handle a DELETE; return True on success (False or raising retries)."""
+    def cqrs_delete(cls, master_data: dict[str, Any], **kwargs: Any) -> Any:
+        """Handle a DELETE; return a truthy value on success (falsy or raising retries).
+
+        Called as ``cqrs_delete(data)``, plus ``meta=…`` when ``CQRS_META`` is set.
+        """
         raise NotImplementedError(f'{cls.__qualname__} must implement cqrs_delete().')
 
 
@@ -93,23 +100,29 @@ class ReplicaMixin(_ReplicaOptions, models.Model):
     cqrs_updated = models.DateTimeField(help_text='Master time of the last change (cqrs_celery).')
 
     objects = models.Manager()
+    #: django-cqrs's replica manager: ``save_instance``, ``create_instance``, ``update_instance``, ``delete_instance``.
+    cqrs = ReplicaManager()
 
     class Meta:
         abstract = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Abstract models get no class_prepared signal; one that names a CQRS_ID is a replica with
+        # no table (django-cqrs registers it too). A concrete subclass later takes its place.
+        if cls.__dict__.get('CQRS_ID'):
+            ReplicaRegistry.register(cls)
+
     @classmethod
     def cqrs_save(cls, master_data: dict[str, Any], previous_data: dict[str, Any] | None = None,
                   sync: bool = False, meta: dict[str, Any] | None = None) -> Any:
-        """Apply one row with the revision rules; returns the instance, or None when skipped."""
-        from cqrs_celery.constants import SignalType
-        from cqrs_celery.envelope import Envelope
-        from cqrs_celery.replica.apply import apply_row, master_pk
+        """Create or update the row with the revision and tombstone rules.
 
-        pk = master_pk(cls, master_data, master_data.get('id'))
-        envelope = Envelope(signal_type=SignalType.SYNC if sync else SignalType.SAVE, cqrs_id=cls.CQRS_ID,
-                            instance_pk=pk, instance_data=dict(master_data),
-                            previous_data=previous_data, meta=meta)
-        return apply_row(cls, envelope).instance
+        Returns the instance (also when the data is stale or a duplicate), or None after logging
+        when the data does not fit or the database fails. Override it freely: the apply path calls
+        the override and ``super().cqrs_save(...)`` applies the row.
+        """
+        return save_instance(cls, master_data, previous_data, sync, meta)
 
     @classmethod
     def cqrs_create(cls, sync: bool, mapped_data: dict[str, Any], previous_data: dict[str, Any] | None = None,
@@ -127,23 +140,42 @@ class ReplicaMixin(_ReplicaOptions, models.Model):
 
     @classmethod
     def cqrs_delete(cls, master_data: dict[str, Any], meta: dict[str, Any] | None = None) -> bool:
-        """Delete the row ``master_data`` names (override to customise); return True."""
-        from cqrs_celery.replica.apply import replica_pk
-
-        cls._default_manager.filter(pk=replica_pk(cls, master_data)).delete()
-        return True
+        """Delete the row ``master_data`` names (its pk or ``'id'``); True, or False after logging on failure."""
+        return delete_instance(cls, master_data)
 
 
-def _prepare_replica(sender: type[models.Model], **kwargs: Any) -> None:
-    if not issubclass(sender, ReplicaMixin) or sender._meta.abstract or sender._meta.proxy:
-        return
-    require_cqrs_id(sender)
-    mapping = sender.CQRS_MAPPING
-    if mapping is not None and not isinstance(mapping, Mapping):
+#: The library's own methods, as defined: the apply path calls a model's method when it differs.
+LIBRARY_METHODS: dict[str, Any] = {
+    name: getattr(ReplicaMixin.__dict__[name], '__func__', ReplicaMixin.__dict__[name])
+    for name in ('cqrs_save', 'cqrs_create', 'cqrs_update', 'cqrs_delete')
+}
+
+
+def _prepare_replica(sender: type[Any], **kwargs: Any) -> None:
+    """Register ``sender`` as this service's replica for its CQRS_ID (``ReplicaMeta.register`` calls it).
+
+    Works for any ReplicaMixin model (concrete, abstract, proxy) and any RawReplicaMixin class.
+    """
+    if not issubclass(sender, _ReplicaOptions):
         raise ConfigurationError(
-            f'{sender._meta.label}.CQRS_MAPPING must be a dict {{master field: replica field}}, not {mapping!r}.'
+            f'{sender.__qualname__} cannot be registered as a replica: add ReplicaMixin (a model) or '
+            f'RawReplicaMixin (no table) to its bases.'
+        )
+    require_cqrs_id(sender)
+    mapping = getattr(sender, 'CQRS_MAPPING', None)
+    if mapping is not None and not isinstance(mapping, Mapping):
+        meta = getattr(sender, '_meta', None)
+        label = meta.label if meta is not None else sender.__qualname__
+        raise ConfigurationError(
+            f'{label}.CQRS_MAPPING must be a dict {{master field: replica field}}, not {mapping!r}.'
         )
     ReplicaRegistry.register(sender)
 
 
-class_prepared.connect(_prepare_replica, dispatch_uid='cqrs_celery.replica.prepare')
+def _on_class_prepared(sender: type[models.Model], **kwargs: Any) -> None:
+    # proxies share their concrete model's CQRS_ID: registered only when asked (ReplicaMeta.register)
+    if issubclass(sender, ReplicaMixin) and not sender._meta.proxy:
+        _prepare_replica(sender)
+
+
+class_prepared.connect(_on_class_prepared, dispatch_uid='cqrs_celery.replica.prepare')
