@@ -8,9 +8,9 @@ import uuid
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
-from django.conf import settings
 
 from cqrs_celery import reconcile
 from cqrs_celery.constants import RECONCILE_TASK
@@ -172,10 +172,9 @@ def test_a_dry_run_reports_the_drift_with_pks_and_repairs_nothing():
 def test_a_row_that_still_differs_after_its_repair_is_not_sent_again_every_run(caplog):
     seed(50)
     ReplicaItem.objects.filter(sku='sku-0003').update(name='edited by hand')
-    with capture_envelopes():  # the repair is lost: the replica keeps differing
-        with reconcile.run_in_process():
-            first = ReconciliationRun.objects.get(run_id=reconcile.start('item', content=True, manual=True)[0],
-                                                  side='master')
+    with capture_envelopes(), reconcile.run_in_process():  # the repair is lost: the replica keeps differing
+        first = ReconciliationRun.objects.get(run_id=reconcile.start('item', content=True, manual=True)[0],
+                                              side='master')
     assert first.repaired == 1
     for _ in range(2):
         with capture_envelopes() as sent, reconcile.run_in_process():

@@ -227,7 +227,7 @@ def _envelopes(model: Any, using: str, run: ReconciliationRun, batch: list[Any])
 
 def _finish(run: ReconciliationRun, using: str) -> None:
     """Record the run, report it to the replica and send the ``reconciled`` signal."""
-    report = {'step': 'report', 'run': run.run_id, 'cqrs_id': run.cqrs_id, 'queue': run.queue}
+    report: dict[str, Any] = {'step': 'report', 'run': run.run_id, 'cqrs_id': run.cqrs_id, 'queue': run.queue}
     run.messages += 1
     run.finished_at = timezone.now()
     result = {name: getattr(run, name) for name in REPORTED}

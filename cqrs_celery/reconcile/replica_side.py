@@ -53,7 +53,7 @@ def start(body: dict[str, Any]) -> list[str]:
         content = bool(body.get('content')) and mode == tables.CONTENT
         fields = tables.field_kinds(model) if content else {}
         summary = tables.summarize(tables.replica_rows(model, fields), 1)
-        run = body.get('run') if cqrs_id and body.get('run') else uuid.uuid4().hex
+        run = str(body['run']) if cqrs_id and body.get('run') else uuid.uuid4().hex
         transport.to_master({'step': 'summary', 'run': run, 'cqrs_id': model.CQRS_ID, 'queue': queue,
                              'content': content, 'dry_run': bool(body.get('dry_run')), 'manual': manual,
                              'fields': fields, 'count': summary.count, 'digest': summary.digest,

@@ -99,7 +99,7 @@ def reconcile(body: Any = None) -> str:
     return handle(body if body is not None else {'step': 'start'}, REPLICA_STEPS)
 
 
-@shared_task(name=RECONCILE_MASTER_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+@shared_task(name=RECONCILE_MASTER_TASK, ignore_result=True)
 def reconcile_master(body: Any = None) -> str:
     """A master's reconciliation step (``summary`` and ``rows`` from a replica)."""
     return handle(body, MASTER_STEPS)
