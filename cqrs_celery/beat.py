@@ -100,7 +100,9 @@ def beat_schedule(relay_every: float = 2.0, cleanup_every: float = 3600.0, queue
         # To this service's replica queue through cqrs.direct, like a directed SYNC (no ``expires``
         # header: the replica queue's gate refuses it; a late start is harmless, the master's
         # minimum interval drops runs that come too close together).
-        route = {'exchange': topology.DIRECT_EXCHANGE_NAME, 'routing_key': topology.direct_routing_key(reconcile_queue)}
+        # (``declare: []``: Celery would otherwise declare its default queue on the way.)
+        route = {'exchange': topology.DIRECT_EXCHANGE_NAME, 'routing_key': topology.direct_routing_key(reconcile_queue),
+                 'declare': []}
         schedule['cqrs-reconcile'] = {'task': RECONCILE_TASK, 'schedule': reconcile_every,
                                       'args': [{'step': 'start', 'content': False}], 'options': route}
         if content_every:

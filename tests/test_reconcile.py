@@ -184,6 +184,7 @@ def test_a_row_that_still_differs_after_its_repair_is_not_sent_again_every_run(c
     assert caplog.text.count('still differs after its repair') == 1
 
 
+@override_settings(CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], 'reconcile_min_interval': 60}})
 def test_runs_closer_than_the_minimum_interval_are_ignored_unless_started_by_hand():
     seed(10)
     with reconcile.run_in_process():
@@ -286,6 +287,6 @@ def test_the_beat_entry_starts_on_the_replica_queue_through_the_direct_exchange(
     schedule = beat_schedule(reconcile_queue='replica_a', reconcile_every=60, content_every=600)
     entry = schedule['cqrs-reconcile']
     assert entry['task'] == RECONCILE_TASK and entry['schedule'] == 60
-    assert entry['options'] == {'exchange': 'cqrs.direct', 'routing_key': 'replica_a'}
+    assert entry['options'] == {'exchange': 'cqrs.direct', 'routing_key': 'replica_a', 'declare': []}
     assert schedule['cqrs-reconcile-content']['args'] == [{'step': 'start', 'content': True}]
     assert 'cqrs-reconcile' not in beat_schedule()
