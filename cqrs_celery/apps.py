@@ -21,6 +21,7 @@ class CQRSCeleryConfig(AppConfig):
         from cqrs_celery.conf import reset_settings
         from cqrs_celery.master import signals as master_signals
         from cqrs_celery.master import triggers
+        from cqrs_celery.reconcile import tasks as reconcile_tasks  # noqa: F401  (registers its Celery tasks)
         from cqrs_celery.replica import queues, tasks  # noqa: F401  (registers the Celery task)
 
         setting_changed.connect(reset_settings, dispatch_uid='cqrs_celery.reset_settings')

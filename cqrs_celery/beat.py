@@ -1,4 +1,4 @@
-"""Periodic tasks for Celery beat: the outbox relay and tombstone clean-up, with a schedule helper.
+"""Periodic tasks for Celery beat: outbox relay, tombstone clean-up, reconciliation; a schedule helper.
 
 Add them in one line to your Celery configuration::
 
@@ -7,7 +7,8 @@ Add them in one line to your Celery configuration::
 
 This module imports no models, so ``beat_schedule()`` can be called from ``settings.py``.
 The tasks run on whichever worker consumes the queue they are sent to (the master's workers for the
-relay; every service for the clean-up).
+relay; every service for the clean-up). Reconciliation starts on a replica service: its entry is sent
+to that service's own replica queue (``reconcile_queue``), see ``docs/reconciliation.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from celery import shared_task
 from django.db import router
 from django.utils import timezone
 
+from cqrs_celery import topology
 from cqrs_celery.conf import get_settings
+from cqrs_celery.constants import RECONCILE_TASK
 from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
 
 logger = logging.getLogger(__name__)
@@ -68,14 +71,21 @@ def clean_tombstones() -> int:
 
 
 def beat_schedule(relay_every: float = 2.0, cleanup_every: float = 3600.0, queue: str | None = None,
-                  relay: bool = True, cleanup: bool = True) -> dict[str, dict[str, Any]]:
+                  relay: bool = True, cleanup: bool = True, reconcile_queue: str | None = None,
+                  reconcile_every: float = 300.0, content_every: float | None = 3600.0
+                  ) -> dict[str, dict[str, Any]]:
     """Entries for ``app.conf.beat_schedule`` (or ``CELERY_BEAT_SCHEDULE``).
 
     Args:
         relay_every: seconds between outbox relay runs (master services).
         cleanup_every: seconds between tombstone clean-ups.
-        queue: queue the tasks are sent to (default: the app's default queue).
+        queue: queue the relay and clean-up are sent to (default: the app's default queue).
         relay / cleanup: leave an entry out (a replica-only service needs no relay).
+        reconcile_queue: a replica service's own queue (``CQRS['queue']``): adds the reconciliation
+            entries, sent to that queue (its replica worker starts them).
+        reconcile_every: seconds between reconciliations comparing revisions.
+        content_every: seconds between reconciliations that also compare field content (``None``:
+            never; they cost a read and a serialization of every row on both sides).
     """
     options: dict[str, Any] = {'queue': queue} if queue else {}
     schedule: dict[str, dict[str, Any]] = {}
@@ -86,4 +96,16 @@ def beat_schedule(relay_every: float = 2.0, cleanup_every: float = 3600.0, queue
     if cleanup:
         schedule['cqrs-tombstone-cleanup'] = {'task': CLEANUP_TASK, 'schedule': cleanup_every,
                                               'options': {**options, 'expires': cleanup_every}}
+    if reconcile_queue:
+        # To this service's replica queue through cqrs.direct, like a directed SYNC (no ``expires``
+        # header: the replica queue's gate refuses it; a late start is harmless, the master's
+        # minimum interval drops runs that come too close together).
+        # (``declare: []``: Celery would otherwise declare its default queue on the way.)
+        route = {'exchange': topology.DIRECT_EXCHANGE_NAME, 'routing_key': topology.direct_routing_key(reconcile_queue),
+                 'declare': []}
+        schedule['cqrs-reconcile'] = {'task': RECONCILE_TASK, 'schedule': reconcile_every,
+                                      'args': [{'step': 'start', 'content': False}], 'options': route}
+        if content_every:
+            schedule['cqrs-reconcile-content'] = {'task': RECONCILE_TASK, 'schedule': content_every,
+                                                  'args': [{'step': 'start', 'content': True}], 'options': route}
     return schedule

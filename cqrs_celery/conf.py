@@ -73,6 +73,13 @@ class MasterSettings:
     outbox_max_attempts: int = 50
     #: Seconds the master remembers the revision of a deleted pk (outlive the replicas' tombstones).
     tombstone_retention: int = 90 * 24 * 3600
+    #: Rows per repair message a reconciliation sends to a replica (a batch envelope).
+    reconcile_batch_size: int = 100
+    #: Seconds a reconciliation waits between two repair messages, so live changes go first.
+    reconcile_pause: float = 0.05
+    #: Seconds between two reconciliations of one CQRS_ID with one replica queue (more frequent
+    #: requests, e.g. from a second beat, are ignored).
+    reconcile_min_interval: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +114,19 @@ class ReplicaSettings:
     #: outer array (the envelope itself takes four levels); a deeper one is a dead letter, refused
     #: before it is decoded.
     max_nesting_depth: int = 100
+    #: Reconcile this service's replica models with their masters when beat asks (models opt out
+    #: with ``CQRS_RECONCILE = False``).
+    reconcile: bool = True
+    #: Queue the master's worker consumes for reconciliation requests: one name, a dict
+    #: ``{CQRS_ID: queue}`` (key ``'*'`` for the others), or ``None`` for Celery's default queue.
+    reconcile_master_queue: str | Mapping[str, str] | None = None
+
+    def master_queue(self, cqrs_id: str) -> str | None:
+        """The queue of the master worker that reconciles ``cqrs_id`` (``None``: Celery's default)."""
+        queue = self.reconcile_master_queue
+        if isinstance(queue, Mapping):
+            return queue.get(cqrs_id, queue.get('*'))
+        return queue
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +170,9 @@ _MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'publish_batch_size': ('publish_batch_size', (int,)),
     'outbox_max_attempts': ('outbox_max_attempts', (int,)),
     'tombstone_retention': ('tombstone_retention', (int,)),
+    'reconcile_batch_size': ('reconcile_batch_size', (int,)),
+    'reconcile_pause': ('reconcile_pause', (int, float)),
+    'reconcile_min_interval': ('reconcile_min_interval', (int, float)),
 }
 _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'CQRS_MAX_RETRIES': ('max_retries', (int, type(None))),
@@ -163,6 +186,8 @@ _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'tombstone_retention': ('tombstone_retention', (int,)),
     'max_message_size': ('max_message_size', (int,)),
     'max_nesting_depth': ('max_nesting_depth', (int,)),
+    'reconcile': ('reconcile', (bool,)),
+    'reconcile_master_queue': ('reconcile_master_queue', (str, dict, type(None))),
 }
 _TOP_KEYS = frozenset({'app', 'queue', 'master', 'replica'})
 
@@ -331,7 +356,7 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
 _MINIMUM: dict[str, float] = {
     'outbox_relay_batch': 1, 'publish_batch_size': 1, 'outbox_max_attempts': 1, 'retry_backoff': 1,
     'visibility_timeout': 1, 'publish_timeout': 1e-9,
-    'max_nesting_depth': 8, 'max_message_size': 1024,
+    'max_nesting_depth': 8, 'max_message_size': 1024, 'reconcile_batch_size': 1,
 }
 
 
@@ -341,7 +366,8 @@ _MAXIMUM: dict[str, float] = {'max_nesting_depth': 400}
 
 #: Keys counted in seconds: at most ten years, so that every date computed from them exists.
 _SECONDS = frozenset({'CQRS_MESSAGE_TTL', 'publish_timeout', 'outbox_relay_delay', 'tombstone_retention',
-                      'CQRS_RETRY_DELAY', 'retry_backoff_max', 'dead_message_ttl', 'visibility_timeout'})
+                      'CQRS_RETRY_DELAY', 'retry_backoff_max', 'dead_message_ttl', 'visibility_timeout',
+                      'reconcile_pause', 'reconcile_min_interval'})
 _MAX_SECONDS = 10 * 365 * 24 * 3600
 
 

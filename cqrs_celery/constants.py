@@ -53,3 +53,9 @@ class SignalType(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+#: The replica side's reconciliation task (admitted on replica queues next to ``TASK_NAME``).
+RECONCILE_TASK = 'cqrs_celery.reconcile'
+
+#: The master side's reconciliation task (runs on the master's worker).
+RECONCILE_MASTER_TASK = 'cqrs_celery.reconcile_master'

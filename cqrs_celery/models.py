@@ -114,3 +114,59 @@ def tombstone_revisions(model: type[_Tombstone], using: str, cqrs_id: str, pks: 
 def forget_tombstones(model: type[_Tombstone], using: str, cqrs_id: str, keys: list[str]) -> None:
     """Delete the tombstones of these pk texts (``pk_key``)."""
     model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_hash__in=[pk_hash(k) for k in keys]).delete()
+
+
+class ReconciliationRun(models.Model):
+    """One reconciliation of a CQRS_ID with one replica queue (see ``cqrs_celery.reconcile``).
+
+    The master records the run it led (drift found, rows repaired, traffic); the replica records the
+    report the master sends it at the end, so both sides can show the last run.
+    """
+
+    #: The run's id, shared by every message of the run and by the rows both sides record.
+    run_id = models.CharField(max_length=64)
+    #: ``'master'`` or ``'replica'``: which side recorded this row.
+    side = models.CharField(max_length=8)
+    cqrs_id = models.CharField(max_length=200)
+    queue = models.CharField(max_length=200)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    #: Field content compared (not only revisions).
+    content = models.BooleanField(default=False)
+    #: The drift was found and reported, nothing was repaired.
+    dry_run = models.BooleanField(default=False)
+    #: Buckets each side summarised, and those whose digests differed.
+    buckets = models.IntegerField(default=0)
+    buckets_differing = models.IntegerField(default=0)
+    #: Rows the master has and the replica lacks.
+    missing = models.IntegerField(default=0)
+    #: Rows at an older revision on the replica.
+    stale = models.IntegerField(default=0)
+    #: Rows at a higher revision on the replica than on the master (e.g. master restored).
+    ahead = models.IntegerField(default=0)
+    #: Rows whose fields differ at an equal revision.
+    changed = models.IntegerField(default=0)
+    #: Rows the replica has and the master does not.
+    extra = models.IntegerField(default=0)
+    #: Rows sent again (SYNC) or deleted (DELETE) on the replica.
+    repaired = models.IntegerField(default=0)
+    #: Differing rows not sent again: repaired recently and still differing (a repair loop).
+    held_back = models.IntegerField(default=0)
+    #: Messages and bytes (JSON task arguments) of the run, repairs included.
+    messages = models.IntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True, default='')
+    #: Row keys by kind of drift (capped), and rows repaired with their revisions (repair-loop guard).
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=['cqrs_id', 'queue', 'started_at'], name='cqrs_reconcile_last'),
+                   models.Index(fields=['run_id'], name='cqrs_reconcile_run')]
+
+    def __str__(self) -> str:
+        return f'{self.cqrs_id} → {self.queue} at {self.started_at:%Y-%m-%d %H:%M:%S}'
+
+    @property
+    def drift(self) -> int:
+        """Rows that differed, every kind together."""
+        return self.missing + self.stale + self.ahead + self.changed + self.extra

@@ -16,3 +16,11 @@ post_update = Signal()
 envelope_handled = Signal()
 
 __all__ = ['envelope_handled', 'post_bulk_create', 'post_update']
+
+#: Sent after each reconciliation run, by the master when it finishes the run and by the replica
+#: when the master's report arrives; arguments: ``sender`` (``ReconciliationRun``), ``run`` (the
+#: recorded row), ``cqrs_id``, ``queue``, ``side`` (``'master'`` or ``'replica'``), ``drift``
+#: (``{'missing', 'stale', 'ahead', 'changed', 'extra'}`` → rows).
+reconciled = Signal()
+
+__all__ += ['reconciled']

@@ -102,6 +102,15 @@ CQRS = {
 from cqrs_celery.beat import beat_schedule  # noqa: E402
 
 CELERY_BEAT_SCHEDULE = beat_schedule(relay_every=1.0, queue=os.environ.get('CQRS_TEST_MASTER_QUEUE') or None)
+
+# Reconciliation (broker tests): a replica service's beat starts it every few seconds, and sends
+# its requests to the master's queue; the master allows a run per second.
+CQRS['master']['reconcile_min_interval'] = 1.0
+CQRS['replica']['reconcile_master_queue'] = os.environ.get('CQRS_TEST_RECONCILE_MASTER_QUEUE') or None
+if os.environ.get('CQRS_TEST_RECONCILE_EVERY'):
+    CELERY_BEAT_SCHEDULE = beat_schedule(relay=False, cleanup=False, reconcile_queue=CQRS['queue'],
+                                         reconcile_every=float(os.environ['CQRS_TEST_RECONCILE_EVERY']),
+                                         content_every=float(os.environ['CQRS_TEST_RECONCILE_CONTENT_EVERY']))
 #: Where the fault-injecting replica model keeps its attempt counters (broker tests).
 CQRS_TEST_FAULT_DIR = os.environ.get('CQRS_TEST_FAULT_DIR', '')
 

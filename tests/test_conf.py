@@ -112,6 +112,17 @@ KEY_TABLE = {
                                 lambda s: s.replica.max_message_size, 65536),
     'replica.max_nesting_depth': ({'app': APP, 'replica': {'max_nesting_depth': 32}},
                                  lambda s: s.replica.max_nesting_depth, 32),
+    'master.reconcile_batch_size': ({'app': APP, 'master': {'reconcile_batch_size': 10}},
+                                    lambda s: s.master.reconcile_batch_size, 10),
+    'master.reconcile_pause': ({'app': APP, 'master': {'reconcile_pause': 0.5}},
+                               lambda s: s.master.reconcile_pause, 0.5),
+    'master.reconcile_min_interval': ({'app': APP, 'master': {'reconcile_min_interval': 5}},
+                                      lambda s: s.master.reconcile_min_interval, 5),
+    'replica.reconcile': ({'app': APP, 'replica': {'reconcile': False}}, lambda s: s.replica.reconcile, False),
+    'replica.reconcile_master_queue': ({'app': APP, 'replica': {'reconcile_master_queue': {'book': 'library',
+                                                                                           '*': 'main'}}},
+                                       lambda s: (s.replica.master_queue('book'), s.replica.master_queue('x')),
+                                       ('library', 'main')),
 }
 
 

@@ -32,6 +32,11 @@ TYPES = {
     'replica.tombstone_retention': ([3600.5, '3600', False, -1, None], [0, 3600]),
     'replica.max_message_size': ([65536.5, '65536', True, None, 1023], [1024, 65536]),
     'replica.max_nesting_depth': ([32.5, '32', True, None, 7, 401], [8, 100, 400]),
+    'master.reconcile_batch_size': ([10.5, '10', True, None, 0], [1, 100]),
+    'master.reconcile_pause': (['1', True, -1, None], [0, 0.05, 2]),
+    'master.reconcile_min_interval': (['30', True, -1, None], [0, 30.5]),
+    'replica.reconcile': (['yes', 1, None], [True, False]),
+    'replica.reconcile_master_queue': ([1, True, ['q']], [None, 'master', {'book': 'library'}]),
 }
 
 

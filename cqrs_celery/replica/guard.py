@@ -22,7 +22,10 @@ from celery.worker.request import Request
 from kombu.serialization import registry  # type: ignore[attr-defined]  # (not in kombu-stubs)
 
 from cqrs_celery.conf import get_settings
-from cqrs_celery.constants import JSON_CONTENT_TYPE, TASK_NAME
+from cqrs_celery.constants import JSON_CONTENT_TYPE, RECONCILE_TASK, TASK_NAME
+
+#: Tasks a replica queue admits, with what their one argument is.
+_TASKS = {TASK_NAME: 'the envelope', RECONCILE_TASK: 'a reconciliation step'}
 
 #: Content encodings of a JSON body (Celery writes ``utf-8``).
 _ENCODINGS = frozenset({'utf-8', 'utf8'})
@@ -71,9 +74,9 @@ def _check(message: Any) -> Refusal | None:
     task = headers.get('task')
     if task is None:
         return Refusal('invalid message', 'no task header: not a Celery task message of protocol 2')
-    if task != TASK_NAME:
+    if task not in _TASKS:
         return Refusal('invalid message', f'task {_short(task)} does not belong on a replica queue '
-                                          f'(only {TASK_NAME} does)')
+                                          f'(only {" and ".join(sorted(_TASKS))} do)')
     limits = get_settings().replica
     body = message.body
     data = body.encode('utf-8', 'surrogatepass') if isinstance(body, str) else bytes(body or b'')
@@ -83,7 +86,7 @@ def _check(message: Any) -> Refusal | None:
     parsed, refusal = _parse(data, limits.max_nesting_depth)
     if refusal is not None:
         return refusal
-    return _check_call(parsed) or _check_headers(headers)
+    return _check_call(parsed, task) or _check_headers(headers, task)
 
 
 def _parse(data: bytes, max_depth: int) -> tuple[Any, Refusal | None]:
@@ -136,23 +139,29 @@ def _is_text(value: str) -> bool:
     return True
 
 
-def _check_call(body: Any) -> Refusal | None:
-    """The body of a protocol 2 task message calling the cqrs task with one envelope, nothing else."""
+def _check_call(body: Any, task: str = TASK_NAME) -> Refusal | None:
+    """The body of a protocol 2 task message calling a cqrs task with one argument, nothing else.
+
+    The apply task's argument is the envelope; the reconciliation task's is a JSON object (a step,
+    checked by the task itself).
+    """
     if not isinstance(body, list) or len(body) != 3:
         return Refusal('invalid message', f'a task body is [args, kwargs, embed], not {_short(body)}')
     args, kwargs, embed = body
     if not isinstance(args, list) or len(args) != 1:
         count = len(args) if isinstance(args, list) else type(args).__name__
-        return Refusal('invalid message', f'{TASK_NAME} takes exactly one positional argument, the envelope '
+        return Refusal('invalid message', f'{task} takes exactly one positional argument, {_TASKS[task]} '
                                           f'(got {count})')
+    if task != TASK_NAME and not isinstance(args[0], dict):
+        return Refusal('invalid message', f'the argument of {task} must be an object, not {type(args[0]).__name__}')
     if kwargs != {}:
         keys = sorted(map(str, kwargs)) if isinstance(kwargs, dict) else type(kwargs).__name__
-        return Refusal('invalid message', f'{TASK_NAME} takes no keyword arguments (got {_short(keys)})')
+        return Refusal('invalid message', f'{task} takes no keyword arguments (got {_short(keys)})')
     if embed is not None and not isinstance(embed, dict):
         return Refusal('invalid message', f'the embed part must be an object, not {type(embed).__name__}')
     unexpected = sorted(key for key, value in (embed or {}).items() if key not in _EMBED_KEYS or value)
     if unexpected:
-        return Refusal('invalid message', f'callbacks, errbacks, chains and chords are not allowed on {TASK_NAME} '
+        return Refusal('invalid message', f'callbacks, errbacks, chains and chords are not allowed on {task} '
                                           f'(embed sets {", ".join(unexpected)})')
     return None
 
@@ -205,7 +214,7 @@ _HEADER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _check_headers(headers: Mapping[Any, Any]) -> Refusal | None:
+def _check_headers(headers: Mapping[Any, Any], task: str = TASK_NAME) -> Refusal | None:
     if 'id' not in headers:
         return Refusal('invalid message', 'the id header is missing')
     for key, (valid, shape) in _HEADER_RULES.items():
@@ -213,7 +222,7 @@ def _check_headers(headers: Mapping[Any, Any]) -> Refusal | None:
             return Refusal('invalid message', f'header {key} = {_short(headers[key])} must be {shape}')
     smuggled = sorted(str(key) for key in _FORBIDDEN_HEADERS if headers.get(key))
     if smuggled:
-        return Refusal('invalid message', f'headers {", ".join(smuggled)} are not allowed on {TASK_NAME}')
+        return Refusal('invalid message', f'headers {", ".join(smuggled)} are not allowed on {task}')
     return None
 
 

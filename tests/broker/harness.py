@@ -207,6 +207,20 @@ class Beat(CeleryProcess):
                          ['beat', '--loglevel=INFO', '-s', str(schedule)], f'{master_queue}-beat')
 
 
+class ReplicaBeat(CeleryProcess):
+    """``celery beat`` of a replica service: only the reconciliation entries, sent to its own queue."""
+
+    ready_marker = b'beat: Starting'
+
+    def __init__(self, broker_url: str, queue: str, database: str, master_queue: str, every: float,
+                 content_every: float) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        schedule = LOG_DIR / f'{queue}-beat-schedule'
+        env = {**service_env(broker_url, queue, database), 'CQRS_TEST_RECONCILE_MASTER_QUEUE': master_queue,
+               'CQRS_TEST_RECONCILE_EVERY': str(every), 'CQRS_TEST_RECONCILE_CONTENT_EVERY': str(content_every)}
+        super().__init__(env, ['beat', '--loglevel=INFO', '-s', str(schedule)], f'{queue}-beat')
+
+
 def stop_broker(kind: str) -> None:
     """Stop the local RabbitMQ (its application; the node stays) or Redis server."""
     if kind == 'amqp':
