@@ -20,6 +20,9 @@ from cqrs_celery.exceptions import ConfigurationError
 #: Values of ``CQRS['master']['publisher']``.
 PUBLISHER_MODES = ('thread', 'inline', 'relay')
 
+#: Values of ``CQRS['replica']['queue_type']`` (RabbitMQ queue types of the replica and dead-letter queues).
+QUEUE_TYPES = ('classic', 'quorum')
+
 #: Replica queue names: letters, digits and ``._-:``; they become broker names.
 QUEUE_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:-]{0,199}')
 
@@ -65,6 +68,9 @@ class MasterSettings:
     outbox_max_attempts: int = 50
     #: Seconds the master remembers the revision of a deleted pk (outlive the replicas' tombstones).
     tombstone_retention: int = 90 * 24 * 3600
+    #: Queue the master's worker consumes first-run sync requests of replicas from (bound to the
+    #: ``cqrs_bootstrap`` exchange at worker start); ``None``: the Celery app's default queue.
+    bootstrap_queue: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +105,13 @@ class ReplicaSettings:
     #: outer array (the envelope itself takes four levels); a deeper one is a dead letter, refused
     #: before it is decoded.
     max_nesting_depth: int = 100
+    #: At worker start, ask the master for a full directed sync of every replicated model whose
+    #: table is empty and which never received anything (a replica deployed after its master).
+    bootstrap: bool = True
+    #: RabbitMQ type of the replica and dead-letter queues: ``'classic'`` or ``'quorum'``.
+    queue_type: str = 'classic'
+    #: Quorum queues: deliveries of one message (worker crashes) before it goes to the dead-letter queue.
+    delivery_limit: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +155,7 @@ _MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'publish_batch_size': ('publish_batch_size', (int,)),
     'outbox_max_attempts': ('outbox_max_attempts', (int,)),
     'tombstone_retention': ('tombstone_retention', (int,)),
+    'bootstrap_queue': ('bootstrap_queue', (str, type(None))),
 }
 _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'CQRS_MAX_RETRIES': ('max_retries', (int, type(None))),
@@ -155,6 +169,9 @@ _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'tombstone_retention': ('tombstone_retention', (int,)),
     'max_message_size': ('max_message_size', (int,)),
     'max_nesting_depth': ('max_nesting_depth', (int,)),
+    'bootstrap': ('bootstrap', (bool,)),
+    'queue_type': ('queue_type', (str,)),
+    'delivery_limit': ('delivery_limit', (int,)),
 }
 _TOP_KEYS = frozenset({'app', 'queue', 'master', 'replica'})
 _CALLABLE_KEYS = frozenset({'correlation_function', 'meta_function'})
@@ -264,9 +281,15 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
                                     f"CQRS['master']['publisher'] = {value!r} must be one of "
                                     f"{', '.join(map(repr, PUBLISHER_MODES))}.",
                                     "Use 'thread' (the default) unless you know you need another."))
-        elif key == 'dead_letter_queue' and isinstance(value, str) and not QUEUE_NAME_RE.fullmatch(value):
+        elif key == 'queue_type' and value not in QUEUE_TYPES:
+            problems.append(Problem('cqrs_celery.E005',
+                                    f"CQRS['replica']['queue_type'] = {value!r} must be one of "
+                                    f"{', '.join(map(repr, QUEUE_TYPES))}.",
+                                    "Use 'quorum' on a RabbitMQ cluster, else leave 'classic'."))
+        elif key in {'dead_letter_queue', 'bootstrap_queue'} and isinstance(value, str) \
+                and not QUEUE_NAME_RE.fullmatch(value):
             problems.append(Problem('cqrs_celery.E007',
-                                    f"CQRS['replica']['dead_letter_queue'] = {value!r} is not a valid queue name.",
+                                    f"CQRS['{section}'][{key!r}] = {value!r} is not a valid queue name.",
                                     'Use letters, digits and . _ - : (at most 200 characters), or leave it '
                                     'out for dead_letter_<queue>.'))
         elif key in _CALLABLE_KEYS and value is not None:
@@ -283,7 +306,7 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
 _MINIMUM: dict[str, float] = {
     'outbox_relay_batch': 1, 'publish_batch_size': 1, 'outbox_max_attempts': 1, 'retry_backoff': 1,
     'visibility_timeout': 1, 'publish_timeout': 1e-9,
-    'max_nesting_depth': 8, 'max_message_size': 1024,
+    'max_nesting_depth': 8, 'max_message_size': 1024, 'delivery_limit': 1,
 }
 
 

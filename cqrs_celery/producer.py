@@ -11,9 +11,9 @@ seconds, and the publish counts as done (there was nobody to deliver to; the out
 it). A replica deployed later is made whole by its first-run sync (:mod:`cqrs_celery.bootstrap`)
 and by reconciliation. On RabbitMQ every publish is *mandatory* and the broker returns an unroutable
 message before it confirms it; on Redis and the filesystem broker kombu would drop it silently, so
-the binding table kombu keeps is read first (cached ``BINDING_CACHE`` seconds per exchange, not a
-round trip per message). A directed publish (``cqrs.direct``) to a queue that does not exist fails
-with :class:`~cqrs_celery.exceptions.PublishError` instead.
+the binding table kombu keeps is read first (on Redis a binding found is trusted for
+``BINDING_CACHE`` seconds: no round trip per message). A directed publish (``cqrs.direct``) to a
+queue that does not exist fails with :class:`~cqrs_celery.exceptions.PublishError` instead.
 """
 
 from __future__ import annotations
@@ -190,6 +190,38 @@ def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: 
         raise error(f'publishing {what} failed: {exc!r}') from exc
 
 
+def publish_task(name: str, args: list[Any], exchange: Any, routing_key: str) -> bool:
+    """Publish one plain Celery task message (not an envelope) through ``exchange``.
+
+    Returns False when no queue is bound to ``exchange`` for ``routing_key`` (nothing was delivered).
+
+    Raises:
+        PublishError: the broker could not be reached in time.
+    """
+    app = get_settings().celery_app()
+    family = transport_family(app)
+    timeout = get_settings().master.publish_timeout
+    amqp = family == topology.AMQP
+    try:
+        with producer_pool(app).acquire(block=True, timeout=timeout) as producer:
+            if amqp:
+                returned = _returns(producer)
+                returned.clear()
+            elif not _is_bound(producer.channel, str(app.conf.broker_url), exchange.name, routing_key):
+                return False
+            app.send_task(name, args=args, exchange=exchange.name, routing_key=routing_key,
+                          exchange_type=exchange.type, declare=[exchange], serializer='json', producer=producer,
+                          delivery_mode=topology.PERSISTENT, ignore_result=True, confirm_timeout=timeout,
+                          mandatory=amqp, retry=True, retry_policy={'max_retries': 1})
+            if amqp and returned:
+                returned.clear()
+                return False
+    except Exception as exc:
+        error = BrokerUnavailableError if is_broker_error(exc) else PublishError
+        raise error(f'publishing task {name} failed: {exc!r}') from exc
+    return True
+
+
 def is_broker_error(exc: BaseException) -> bool:
     """True for errors of the connection to the broker (refused, lost, timed out), not of a message."""
     from kombu.exceptions import OperationalError
@@ -229,25 +261,29 @@ def _returns(producer: Any) -> list[tuple[str, str]]:
     return returned
 
 
-_tables: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+_bound: dict[tuple[str, str, str], float] = {}
 
 
 def _is_bound(channel: Any, broker: str, exchange: str, routing_key: str) -> bool:
     """Whether kombu's binding table routes ``routing_key`` of ``exchange`` to a queue.
 
-    On Redis the table is a set on the server: a read is reused for ``BINDING_CACHE`` seconds. The
-    filesystem and memory transports read theirs locally, each time.
+    On Redis the table is a set on the server: a read that found a binding is trusted for
+    ``BINDING_CACHE`` seconds, so publishing adds no round trip per message. A read that found none
+    is not kept, so the first publish after a replica binds its queue reaches it. The filesystem and
+    memory transports read their tables locally, each time.
     """
-    key = (broker, exchange)
+    key = (broker, exchange, routing_key)
     now = time.monotonic()
-    cached = _tables.get(key)
-    if cached is None or now - cached[0] > BINDING_CACHE or channel.connection.driver_type != 'redis':
-        try:
-            table = channel.get_table(exchange)
-        except KeyError:  # the memory transport does not know an exchange nobody declared
-            table = []
-        cached = _tables[key] = (now, frozenset(str(row[0]) for row in table))
-    return routing_key in cached[1]
+    if now - _bound.get(key, float('-inf')) <= BINDING_CACHE:
+        return True
+    try:
+        table = channel.get_table(exchange)
+    except KeyError:  # the memory transport does not know an exchange nobody declared
+        table = []
+    found = any(row[0] == routing_key for row in table)
+    if found and channel.connection.driver_type == 'redis':
+        _bound[key] = now
+    return found
 
 
 _unroutable_lock = threading.Lock()

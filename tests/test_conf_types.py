@@ -32,6 +32,10 @@ TYPES = {
     'replica.tombstone_retention': ([3600.5, '3600', False, -1, None], [0, 3600]),
     'replica.max_message_size': ([65536.5, '65536', True, None, 1023], [1024, 65536]),
     'replica.max_nesting_depth': ([32.5, '32', True, None, 7, 401], [8, 100, 400]),
+    'master.bootstrap_queue': ([42, True, ['celery']], ['celery', None]),
+    'replica.bootstrap': (['yes', 1, None], [True, False]),
+    'replica.queue_type': (['Quorum', 'stream', None, 1, True], ['classic', 'quorum']),
+    'replica.delivery_limit': ([10.5, '10', True, None, 0, -1], [1, 10]),
 }
 
 
@@ -71,6 +75,12 @@ def test_a_value_of_the_right_type_passes_and_is_read(key, value):
         settings = get_settings()
 
     assert getattr(getattr(settings, section), name) == value
+
+
+@pytest.mark.parametrize('name', ['', 'has space', 'new\nline', '-leading-dash'])
+def test_a_bootstrap_queue_name_that_is_no_queue_name_is_reported_as_e007(name):
+    problems = validate({'app': 'tests.celery_app.app', 'master': {'bootstrap_queue': name}})
+    assert [p.id for p in problems] == ['cqrs_celery.E007']
 
 
 @pytest.mark.parametrize('name', ['', 'has space', 'new\nline', '-leading-dash'])
