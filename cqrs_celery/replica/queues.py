@@ -149,7 +149,8 @@ def queue_problems(app: Any) -> list[str]:
                 channel = conn.channel()
                 try:
                     channel.queue_declare(entity.name, passive=True)
-                    channel.queue_declare(entity.name, durable=True, arguments=entity.queue_arguments or {})
+                    channel.queue_declare(entity.name, durable=True, auto_delete=False,
+                                          arguments=entity.queue_arguments or {})
                 except NotFound:
                     continue  # not created yet: declared with the right arguments when the worker starts
                 except PreconditionFailed as exc:
