@@ -13,10 +13,13 @@ class CQRSCeleryConfig(AppConfig):
     default_auto_field = 'django.db.models.BigAutoField'
 
     def ready(self) -> None:
-        from celery.signals import celeryd_init, worker_init
+        from celery.signals import celeryd_init, worker_init, worker_ready
         from django.db.models.signals import post_migrate
 
-        from cqrs_celery import beat  # noqa: F401  (registers the periodic tasks)
+        from cqrs_celery import (
+            beat,  # noqa: F401  (registers the periodic tasks)
+            bootstrap,  # (also registers the first-run sync task)
+        )
         from cqrs_celery import checks as cqrs_checks
         from cqrs_celery.conf import reset_settings
         from cqrs_celery.master import signals as master_signals
@@ -29,6 +32,7 @@ class CQRSCeleryConfig(AppConfig):
         post_migrate.connect(triggers.on_post_migrate, dispatch_uid='cqrs_celery.outbox_triggers')
         celeryd_init.connect(queues.on_celeryd_init, dispatch_uid='cqrs_celery.celeryd_init', weak=False)
         worker_init.connect(queues.on_worker_init, dispatch_uid='cqrs_celery.worker_init', weak=False)
+        worker_ready.connect(bootstrap.on_worker_ready, dispatch_uid='cqrs_celery.bootstrap', weak=False)
         checks.register(cqrs_checks.check_settings, 'cqrs_celery')
         checks.register(cqrs_checks.check_models, 'cqrs_celery', checks.Tags.models)
         checks.register(cqrs_checks.check_migration_imports, 'cqrs_celery', checks.Tags.compatibility)

@@ -38,7 +38,11 @@ CHECK_IDS = {
     'cqrs_celery.W001': 'The Celery app accepts pickle.',
     'cqrs_celery.W030': 'A migration imports dj_cqrs.mixins (django-cqrs); it breaks once django-cqrs is removed.',
     'cqrs_celery.E030': 'A migration imports dj_cqrs.mixins but django-cqrs is not installed: migrate fails.',
+    'cqrs_celery.W060': "CQRS['replica']['queue_type'] is 'quorum' but the broker is not RabbitMQ.",
 }
+
+#: Broker URL schemes of RabbitMQ (where queue types exist).
+AMQP_SCHEMES = frozenset({'amqp', 'amqps', 'pyamqp', 'librabbitmq'})
 
 #: Content types that let a message run code when it is decoded.
 UNSAFE_CONTENT = frozenset({'pickle', 'application/x-python-serialize'})
@@ -75,6 +79,14 @@ def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
             'in the worker. Replica queues refuse every body that is not JSON, but other queues do not.',
             hint="Set CELERY_ACCEPT_CONTENT = ['json'] unless a task of yours truly needs pickle.",
             id='cqrs_celery.W001',
+        ))
+    scheme = str(app.conf.broker_url or 'amqp://').split('://', 1)[0].split('+', 1)[0].lower()
+    if settings.replica.queue_type != 'classic' and scheme not in AMQP_SCHEMES:
+        messages.append(checks.Warning(
+            f"CQRS['replica']['queue_type'] is {settings.replica.queue_type!r}, but the Celery app's broker is "
+            f'{scheme}://, which has no queue types: the setting is ignored.',
+            hint="Remove queue_type (or set 'classic'); quorum queues need RabbitMQ.",
+            id='cqrs_celery.W060',
         ))
     if int(app.conf.task_protocol or 2) < 2:
         messages.append(checks.Error(

@@ -20,6 +20,9 @@ from cqrs_celery.exceptions import ConfigurationError
 #: Values of ``CQRS['master']['publisher']``.
 PUBLISHER_MODES = ('thread', 'inline', 'relay')
 
+#: Values of ``CQRS['replica']['queue_type']`` (RabbitMQ queue types of the replica and dead-letter queues).
+QUEUE_TYPES = ('classic', 'quorum')
+
 #: Replica queue names: letters, digits and ``._-:``; they become broker names.
 QUEUE_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:-]{0,199}')
 
@@ -80,6 +83,9 @@ class MasterSettings:
     #: Seconds between two reconciliations of one CQRS_ID with one replica queue (more frequent
     #: requests, e.g. from a second beat, are ignored).
     reconcile_min_interval: float = 30.0
+    #: Queue the master's worker consumes first-run sync requests of replicas from (bound to the
+    #: ``cqrs_bootstrap`` exchange at worker start); ``None``: the Celery app's default queue.
+    bootstrap_queue: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +133,13 @@ class ReplicaSettings:
         if isinstance(queue, Mapping):
             return queue.get(cqrs_id, queue.get('*'))
         return queue
+    #: At worker start, ask the master for a full directed sync of every replicated model whose
+    #: table is empty and which never received anything (a replica deployed after its master).
+    bootstrap: bool = True
+    #: RabbitMQ type of the replica and dead-letter queues: ``'classic'`` or ``'quorum'``.
+    queue_type: str = 'classic'
+    #: Quorum queues: deliveries of one message (worker crashes) before it goes to the dead-letter queue.
+    delivery_limit: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +186,7 @@ _MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'reconcile_batch_size': ('reconcile_batch_size', (int,)),
     'reconcile_pause': ('reconcile_pause', (int, float)),
     'reconcile_min_interval': ('reconcile_min_interval', (int, float)),
+    'bootstrap_queue': ('bootstrap_queue', (str, type(None))),
 }
 _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'CQRS_MAX_RETRIES': ('max_retries', (int, type(None))),
@@ -188,6 +202,9 @@ _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'max_nesting_depth': ('max_nesting_depth', (int,)),
     'reconcile': ('reconcile', (bool,)),
     'reconcile_master_queue': ('reconcile_master_queue', (str, dict, type(None))),
+    'bootstrap': ('bootstrap', (bool,)),
+    'queue_type': ('queue_type', (str,)),
+    'delivery_limit': ('delivery_limit', (int,)),
 }
 _TOP_KEYS = frozenset({'app', 'queue', 'master', 'replica'})
 
@@ -337,9 +354,15 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
                                     f"CQRS['master']['publisher'] = {value!r} must be one of "
                                     f"{', '.join(map(repr, PUBLISHER_MODES))}.",
                                     "Use 'thread' (the default) unless you know you need another."))
-        elif key == 'dead_letter_queue' and isinstance(value, str) and not QUEUE_NAME_RE.fullmatch(value):
+        elif key == 'queue_type' and value not in QUEUE_TYPES:
+            problems.append(Problem('cqrs_celery.E005',
+                                    f"CQRS['replica']['queue_type'] = {value!r} must be one of "
+                                    f"{', '.join(map(repr, QUEUE_TYPES))}.",
+                                    "Use 'quorum' on a RabbitMQ cluster, else leave 'classic'."))
+        elif key in {'dead_letter_queue', 'bootstrap_queue'} and isinstance(value, str) \
+                and not QUEUE_NAME_RE.fullmatch(value):
             problems.append(Problem('cqrs_celery.E007',
-                                    f"CQRS['replica']['dead_letter_queue'] = {value!r} is not a valid queue name.",
+                                    f"CQRS['{section}'][{key!r}] = {value!r} is not a valid queue name.",
                                     'Use letters, digits and . _ - : (at most 200 characters), or leave it '
                                     'out for dead_letter_<queue>.'))
         elif key in _CALLABLE_KEYS and value is not None:
@@ -356,7 +379,7 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
 _MINIMUM: dict[str, float] = {
     'outbox_relay_batch': 1, 'publish_batch_size': 1, 'outbox_max_attempts': 1, 'retry_backoff': 1,
     'visibility_timeout': 1, 'publish_timeout': 1e-9,
-    'max_nesting_depth': 8, 'max_message_size': 1024, 'reconcile_batch_size': 1,
+    'max_nesting_depth': 8, 'max_message_size': 1024, 'reconcile_batch_size': 1, 'delivery_limit': 1,
 }
 
 

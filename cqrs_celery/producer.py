@@ -2,15 +2,27 @@
 
 Publishing uses a kombu producer pool of its own, built from the app's broker settings with a
 bounded connect timeout and, on RabbitMQ, publisher confirms: a publish returns only once the
-broker has stored the message. On Redis and the filesystem broker a broadcast publish first checks
-that at least one replica queue is bound (kombu would otherwise drop the message silently), so a
-publish that reached no queue fails and the outbox keeps the event.
+broker has stored the message.
+
+A broadcast that reaches no queue (no replica service has bound a queue for that CQRS_ID yet) is
+*unroutable*: it is detected, counted (:func:`unroutable_counts`), announced by the
+``cqrs_celery.signals.unroutable`` signal and logged once per CQRS_ID per ``UNROUTABLE_LOG_EVERY``
+seconds, and the publish counts as done (there was nobody to deliver to; the outbox does not keep
+it). A replica deployed later is made whole by its first-run sync (:mod:`cqrs_celery.bootstrap`)
+and by reconciliation. On RabbitMQ every publish is *mandatory* and the broker returns an unroutable
+message before it confirms it; on Redis and the filesystem broker kombu would drop it silently, so
+the binding table kombu keeps is read first (on Redis a binding found is trusted for
+``BINDING_CACHE`` seconds: no round trip per message). A directed publish (``cqrs.direct``) to a
+queue that does not exist fails with :class:`~cqrs_celery.exceptions.PublishError` instead.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +33,13 @@ from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope, encode_batch
 from cqrs_celery.exceptions import BrokerUnavailableError, PublishError
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a Redis/filesystem binding table read is reused for the next publishes to that exchange.
+BINDING_CACHE = 2.0
+#: Seconds between two log lines about unroutable publishes of one CQRS_ID.
+UNROUTABLE_LOG_EVERY = 60.0
 
 #: Replaced by ``cqrs_celery.testing`` to apply in-process or capture instead of using the broker.
 _sender: Callable[..., None] | None = None
@@ -109,7 +128,7 @@ def send_batch(envelopes: Sequence[Envelope]) -> None:
         return
     first = envelopes[0]
     _publish(encode_batch(envelopes), first.cqrs_id, first.queue, None,
-             f'{len(envelopes)} rows of {first.cqrs_id} (revisions {_revisions(envelopes)})')
+             f'{len(envelopes)} rows of {first.cqrs_id} (revisions {_revisions(envelopes)})', len(envelopes))
 
 
 def testing_sender_installed() -> bool:
@@ -133,7 +152,8 @@ def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countd
              f'{envelope.cqrs_id} pk={envelope.instance_pk!r} revision={envelope.revision}')
 
 
-def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: float | None, what: str) -> None:
+def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: float | None, what: str,
+             rows: int = 1) -> None:
     app = get_settings().celery_app()
     family = transport_family(app)
     timeout = get_settings().master.publish_timeout
@@ -143,23 +163,63 @@ def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: 
     else:
         exchange = topology.broadcast_exchange(cqrs_id, family)
         routing_key = topology.broadcast_routing_key(cqrs_id)
+    amqp = family == topology.AMQP
     try:
         with producer_pool(app).acquire(block=True, timeout=timeout) as producer:
-            if family == topology.VIRTUAL:
-                _require_bound_queue(producer.channel, exchange.name, routing_key)
+            if amqp:
+                returned = _returns(producer)
+                returned.clear()
+            elif not _is_bound(producer.channel, str(app.conf.broker_url), exchange.name, routing_key):
+                _unroutable(cqrs_id, exchange.name, routing_key, target, rows)
+                return
             app.send_task(
                 TASK_NAME, args=[body], exchange=exchange.name, routing_key=routing_key,
                 exchange_type=exchange.type, declare=[exchange], serializer='json', producer=producer,
                 delivery_mode=topology.PERSISTENT, countdown=countdown, ignore_result=True,
-                confirm_timeout=timeout, retry=True,
+                confirm_timeout=timeout, retry=True, mandatory=amqp,
                 retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': timeout / 2,
                               'interval_max': timeout / 2},
             )
+            if amqp and returned:
+                returned.clear()
+                _unroutable(cqrs_id, exchange.name, routing_key, target, rows)
     except PublishError:
         raise
     except Exception as exc:
         error = BrokerUnavailableError if is_broker_error(exc) else PublishError
         raise error(f'publishing {what} failed: {exc!r}') from exc
+
+
+def publish_task(name: str, args: list[Any], exchange: Any, routing_key: str) -> bool:
+    """Publish one plain Celery task message (not an envelope) through ``exchange``.
+
+    Returns False when no queue is bound to ``exchange`` for ``routing_key`` (nothing was delivered).
+
+    Raises:
+        PublishError: the broker could not be reached in time.
+    """
+    app = get_settings().celery_app()
+    family = transport_family(app)
+    timeout = get_settings().master.publish_timeout
+    amqp = family == topology.AMQP
+    try:
+        with producer_pool(app).acquire(block=True, timeout=timeout) as producer:
+            if amqp:
+                returned = _returns(producer)
+                returned.clear()
+            elif not _is_bound(producer.channel, str(app.conf.broker_url), exchange.name, routing_key):
+                return False
+            app.send_task(name, args=args, exchange=exchange.name, routing_key=routing_key,
+                          exchange_type=exchange.type, declare=[exchange], serializer='json', producer=producer,
+                          delivery_mode=topology.PERSISTENT, ignore_result=True, confirm_timeout=timeout,
+                          mandatory=amqp, retry=True, retry_policy={'max_retries': 1})
+            if amqp and returned:
+                returned.clear()
+                return False
+    except Exception as exc:
+        error = BrokerUnavailableError if is_broker_error(exc) else PublishError
+        raise error(f'publishing task {name} failed: {exc!r}') from exc
+    return True
 
 
 def is_broker_error(exc: BaseException) -> bool:
@@ -182,11 +242,86 @@ def is_broker_error(exc: BaseException) -> bool:
     return isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError)
 
 
-def _require_bound_queue(channel: Any, exchange: str, routing_key: str) -> None:
+def _returns(producer: Any) -> list[tuple[str, str]]:
+    """The (exchange, routing key) of messages RabbitMQ returned to this pooled producer as unroutable.
+
+    The handler is installed once per producer (kombu adds it again to a revived channel); with
+    publisher confirms, a return arrives before the confirm, so after a publish the list is final.
+    """
+    returned: list[tuple[str, str]] | None = getattr(producer, '_cqrs_returned', None)
+    if returned is None:
+        box: list[tuple[str, str]] = []
+
+        def on_return(exc: Any, exchange: str, routing_key: str, message: Any) -> None:
+            box.append((exchange, routing_key))
+
+        producer.on_return = on_return
+        producer._cqrs_returned = returned = box
+        producer.channel.events['basic_return'].add(on_return)
+    return returned
+
+
+_bound: dict[tuple[str, str, str], float] = {}
+
+
+def _is_bound(channel: Any, broker: str, exchange: str, routing_key: str) -> bool:
+    """Whether kombu's binding table routes ``routing_key`` of ``exchange`` to a queue.
+
+    On Redis the table is a set on the server: a read that found a binding is trusted for
+    ``BINDING_CACHE`` seconds, so publishing adds no round trip per message. A read that found none
+    is not kept, so the first publish after a replica binds its queue reaches it. The filesystem and
+    memory transports read their tables locally, each time.
+    """
+    key = (broker, exchange, routing_key)
+    now = time.monotonic()
+    if now - _bound.get(key, float('-inf')) <= BINDING_CACHE:
+        return True
     try:
         table = channel.get_table(exchange)
     except KeyError:  # the memory transport does not know an exchange nobody declared
         table = []
-    if not any(key == routing_key for key, _, _ in table):
-        raise PublishError(f'no replica queue is bound to {exchange} with routing key {routing_key!r}: '
-                           'the message would be dropped (start a replica worker or run cqrs_topology --declare)')
+    found = any(row[0] == routing_key for row in table)
+    if found and channel.connection.driver_type == 'redis':
+        _bound[key] = now
+    return found
+
+
+_unroutable_lock = threading.Lock()
+_unroutable_rows: dict[str, int] = {}
+_unroutable_logged: dict[str, tuple[float, int]] = {}
+
+
+def unroutable_counts() -> dict[str, int]:
+    """Rows published by this process, per CQRS_ID, that reached no replica queue (since it started)."""
+    with _unroutable_lock:
+        return dict(_unroutable_rows)
+
+
+def _unroutable(cqrs_id: str, exchange: str, routing_key: str, target: str | None, rows: int) -> None:
+    """Count, signal and (at most once per interval and CQRS_ID) log a broadcast nobody was bound to.
+
+    Raises:
+        PublishError: for a directed publish, whose named queue does not exist.
+    """
+    if target:
+        raise PublishError(f'no queue {target!r} is bound to {exchange} (routing key {routing_key!r}): '
+                           'the message would be dropped; check the queue name, or start that replica '
+                           'service\'s worker or run cqrs_topology --declare there')
+    from cqrs_celery.signals import unroutable
+
+    now = time.monotonic()
+    with _unroutable_lock:
+        total = _unroutable_rows[cqrs_id] = _unroutable_rows.get(cqrs_id, 0) + rows
+        last, logged_total = _unroutable_logged.get(cqrs_id, (float('-inf'), 0))
+        log = now - last >= UNROUTABLE_LOG_EVERY
+        if log:
+            _unroutable_logged[cqrs_id] = (now, total)
+    if log:
+        logger.warning('cqrs unroutable: cqrs_id=%s exchange=%s: no replica queue is bound, %s rows not delivered '
+                       'since the last report (%s in this process); a replica service deployed later gets them '
+                       'through its first-run sync or reconciliation', cqrs_id, exchange, total - logged_total,
+                       total)
+    try:
+        unroutable.send(sender=None, cqrs_id=cqrs_id, exchange=exchange, rows=rows)
+    except Exception:
+        logger.exception('cqrs: a receiver of the unroutable signal failed (cqrs_id=%s)', cqrs_id)

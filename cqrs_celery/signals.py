@@ -24,3 +24,12 @@ __all__ = ['envelope_handled', 'post_bulk_create', 'post_update']
 reconciled = Signal()
 
 __all__ += ['reconciled']
+
+#: Sent by the master when a broadcast publish reached no replica queue (no replica service has
+#: bound a queue for that CQRS_ID yet); the rows are not kept (a late replica gets them through
+#: its first-run sync or reconciliation). Arguments: ``sender`` (``None``), ``cqrs_id``,
+#: ``exchange``, ``rows`` (rows in the message). ``cqrs_celery.producer.unroutable_counts()``
+#: gives the totals of the process.
+unroutable = Signal()
+
+__all__ = [*__all__, 'unroutable']

@@ -22,6 +22,15 @@ EXCHANGE_PREFIX = 'cqrs.'
 #: The exchange that routes to one replica queue by name.
 DIRECT_EXCHANGE_NAME = 'cqrs.direct'
 
+#: The direct exchange replicas send first-run sync requests to, routed by CQRS_ID to the queue the
+#: master's worker consumes them from. Outside the ``cqrs.`` prefix on purpose: those requests are
+#: ordinary Celery tasks, not envelopes for a replica queue's gate.
+BOOTSTRAP_EXCHANGE_NAME = 'cqrs_bootstrap'
+
+#: RabbitMQ queue types of replica and dead-letter queues (``CQRS['replica']['queue_type']``).
+CLASSIC = 'classic'
+QUORUM = 'quorum'
+
 #: AMQP delivery mode for messages that survive a broker restart.
 PERSISTENT = 2
 
@@ -49,6 +58,34 @@ def dead_letter_queue_name(queue: str) -> str:
     return f'dead_letter_{queue}'
 
 
+def bootstrap_exchange() -> Exchange:
+    """Where first-run sync requests go (direct, routing key: the CQRS_ID)."""
+    return Exchange(BOOTSTRAP_EXCHANGE_NAME, type='direct', durable=True, delivery_mode=PERSISTENT)
+
+
+def bootstrap_routing_key(cqrs_id: str) -> str:
+    return cqrs_id
+
+
+def queue_arguments(queue_type: str, family: str, delivery_limit: int | None = None,
+                    dead_letter_queue: str | None = None) -> dict[str, Any]:
+    """RabbitMQ arguments of a replica (or dead-letter) queue of ``queue_type``; empty for classic ones.
+
+    A quorum queue counts deliveries: a message delivered more than ``delivery_limit`` times (its
+    workers died on it) is dead-lettered by RabbitMQ into ``dead_letter_queue`` through
+    ``cqrs.direct`` rather than dropped (the worker records it itself one delivery earlier).
+    """
+    if family != AMQP or queue_type != QUORUM:
+        return {}
+    arguments: dict[str, Any] = {'x-queue-type': QUORUM}
+    if delivery_limit is not None:
+        arguments['x-delivery-limit'] = delivery_limit
+    if dead_letter_queue:
+        arguments['x-dead-letter-exchange'] = DIRECT_EXCHANGE_NAME
+        arguments['x-dead-letter-routing-key'] = direct_routing_key(dead_letter_queue)
+    return arguments
+
+
 def transport_family(driver_type: str) -> str:
     """``amqp`` for RabbitMQ drivers, ``virtual`` for kombu's emulated ones (redis, filesystem…)."""
     return AMQP if driver_type in {'amqp', 'pyamqp', 'librabbitmq'} else VIRTUAL
@@ -68,14 +105,17 @@ def direct_exchange() -> Exchange:
     return Exchange(DIRECT_EXCHANGE_NAME, type='direct', durable=True, delivery_mode=PERSISTENT)
 
 
-def replica_queue(queue: str, cqrs_ids: Iterable[str], family: str) -> Queue:
-    """A replica service's durable queue, bound to ``cqrs.direct`` and to each model's exchange."""
+def replica_queue(queue: str, cqrs_ids: Iterable[str], family: str, arguments: dict[str, Any] | None = None) -> Queue:
+    """A replica service's durable queue, bound to ``cqrs.direct`` and to each model's exchange.
+
+    ``arguments``: RabbitMQ queue arguments (:func:`queue_arguments`, for a quorum queue).
+    """
     bindings = [binding(direct_exchange(), routing_key=direct_routing_key(queue))]
     bindings += [binding(broadcast_exchange(cqrs_id, family), routing_key=broadcast_routing_key(cqrs_id))
                  for cqrs_id in sorted(set(cqrs_ids))]
     # kombu ignores ``exchange`` when ``bindings`` are given, so every route is a binding; the
     # main exchange is set afterwards only so that Celery does not put its default one there.
-    entity = Queue(queue, bindings=bindings, durable=True)
+    entity = Queue(queue, bindings=bindings, durable=True, queue_arguments=arguments or None)
     entity.exchange, entity.routing_key = direct_exchange(), direct_routing_key(queue)
     return entity
 

@@ -88,6 +88,9 @@ CQRS = {
         'publish_timeout': 1.0,
         'outbox_relay_delay': 1.0,
         'publisher': os.environ.get('CQRS_TEST_PUBLISHER', 'thread'),
+        # The master worker of the bootstrap / scale-out broker tests takes first-run sync requests.
+        **({'bootstrap_queue': os.environ['CQRS_TEST_BOOTSTRAP_QUEUE']}
+           if os.environ.get('CQRS_TEST_BOOTSTRAP_QUEUE') else {}),
     },
     'replica': {
         'CQRS_RETRY_DELAY': 0.2,
@@ -95,6 +98,7 @@ CQRS = {
         'retry_backoff_max': 2,
         **({'visibility_timeout': int(os.environ['CQRS_TEST_VISIBILITY_TIMEOUT'])}
            if os.environ.get('CQRS_TEST_VISIBILITY_TIMEOUT') else {}),
+        **({'queue_type': os.environ['CQRS_TEST_QUEUE_TYPE']} if os.environ.get('CQRS_TEST_QUEUE_TYPE') else {}),
     },
 }
 

@@ -427,6 +427,19 @@ def test_w020_w022_django_cqrs_settings_are_ignored_with_a_warning(raw, check_id
     with override_settings(CQRS=raw):
         call_command('check', stdout=out, stderr=out)  # warnings do not fail the command
     assert check_id in out.getvalue()
+@provokes('cqrs_celery.W060')
+def test_w060_quorum_queues_are_configured_on_a_broker_that_is_not_rabbitmq():
+    with override_settings(CQRS={**GOOD, 'app': celery_app(), 'replica': {'queue_type': 'quorum'}}):
+        messages = cqrs_errors()
+
+    assert [(m.id, m.level) for m in messages] == [('cqrs_celery.W060', checks.WARNING)]
+
+
+def test_quorum_queues_on_rabbitmq_get_no_warning():
+    app = celery_app()
+    app.conf.broker_url = 'amqp://guest:guest@127.0.0.1:5672//'
+    with override_settings(CQRS={**GOOD, 'app': app, 'replica': {'queue_type': 'quorum'}}):
+        assert cqrs_errors() == []
 
 
 @pytest.mark.parametrize('check_id', sorted(CHECK_IDS))

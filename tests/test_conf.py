@@ -123,6 +123,14 @@ KEY_TABLE = {
                                                                                            '*': 'main'}}},
                                        lambda s: (s.replica.master_queue('book'), s.replica.master_queue('x')),
                                        ('library', 'main')),
+    'master.bootstrap_queue': ({'app': APP, 'master': {'bootstrap_queue': 'billing_master'}},
+                               lambda s: s.master.bootstrap_queue, 'billing_master'),
+    'replica.bootstrap': ({'app': APP, 'replica': {'bootstrap': False}},
+                          lambda s: s.replica.bootstrap, False),
+    'replica.queue_type': ({'app': APP, 'replica': {'queue_type': 'quorum'}},
+                           lambda s: s.replica.queue_type, 'quorum'),
+    'replica.delivery_limit': ({'app': APP, 'replica': {'delivery_limit': 5}},
+                               lambda s: s.replica.delivery_limit, 5),
 }
 
 

@@ -37,6 +37,10 @@ TYPES = {
     'master.reconcile_min_interval': (['30', True, -1, None], [0, 30.5]),
     'replica.reconcile': (['yes', 1, None], [True, False]),
     'replica.reconcile_master_queue': ([1, True, ['q']], [None, 'master', {'book': 'library'}]),
+    'master.bootstrap_queue': ([42, True, ['celery']], ['celery', None]),
+    'replica.bootstrap': (['yes', 1, None], [True, False]),
+    'replica.queue_type': (['Quorum', 'stream', None, 1, True], ['classic', 'quorum']),
+    'replica.delivery_limit': ([10.5, '10', True, None, 0, -1], [1, 10]),
 }
 
 
@@ -76,6 +80,12 @@ def test_a_value_of_the_right_type_passes_and_is_read(key, value):
         settings = get_settings()
 
     assert getattr(getattr(settings, section), name) == value
+
+
+@pytest.mark.parametrize('name', ['', 'has space', 'new\nline', '-leading-dash'])
+def test_a_bootstrap_queue_name_that_is_no_queue_name_is_reported_as_e007(name):
+    problems = validate({'app': 'tests.celery_app.app', 'master': {'bootstrap_queue': name}})
+    assert [p.id for p in problems] == ['cqrs_celery.E007']
 
 
 @pytest.mark.parametrize('name', ['', 'has space', 'new\nline', '-leading-dash'])

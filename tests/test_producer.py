@@ -1,11 +1,20 @@
 """How the master publishes: pooled producers, publisher confirms, bounded timeouts (no broker needed)."""
 
+import contextlib
+import logging
+import uuid
+
 import pytest
 from celery import Celery
 from django.conf import settings
 from django.test import override_settings
+from kombu import Queue
 
-from cqrs_celery.producer import producer_pool
+from cqrs_celery import PublishError, SignalType, signals, topology
+from cqrs_celery.envelope import Envelope
+from cqrs_celery.models import OutboxEvent
+from cqrs_celery.producer import producer_pool, send, unroutable_counts
+from tests.master_app.models import Publisher
 
 
 def pool_connection(url: str, **master):
@@ -35,3 +44,70 @@ def test_every_publish_of_one_app_shares_one_producer_pool():
     app = Celery('producer-test', broker='amqp://guest:guest@127.0.0.1:5672//', set_as_current=False)
     with override_settings(CQRS={**settings.CQRS, 'app': app}):
         assert producer_pool(app) is producer_pool(app)
+
+
+# --- unroutable publishes (tier ii: memory:// broker) -----------------------------------------
+
+
+@pytest.fixture
+def memory_app():
+    """The project's app on ``memory://``, publishing inline after commit."""
+    app = Celery('unroutable-test', broker='memory://', set_as_current=False)
+    master = {**settings.CQRS['master'], 'publisher': 'inline'}
+    with override_settings(CQRS={**settings.CQRS, 'app': app, 'master': master}):
+        yield app
+    app.close()
+
+
+@contextlib.contextmanager
+def unroutable_signals():
+    calls = []
+
+    def receiver(**kwargs):
+        calls.append(kwargs)
+
+    signals.unroutable.connect(receiver)
+    try:
+        yield calls
+    finally:
+        signals.unroutable.disconnect(receiver)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broadcast_no_replica_queue_is_bound_to_is_counted_signalled_logged_and_not_kept(memory_app, caplog):
+    before = unroutable_counts().get('publisher', 0)
+    with unroutable_signals() as calls, caplog.at_level(logging.WARNING, logger='cqrs_celery.producer'):
+        for name in ('a', 'b', 'c'):
+            Publisher.objects.create(name=name)
+        Publisher.cqrs.bulk_create([Publisher(name=f'bulk{i}') for i in range(4)])
+
+    assert unroutable_counts()['publisher'] - before == 7
+    assert [(c['cqrs_id'], c['exchange'], c['rows']) for c in calls] == [
+        ('publisher', 'cqrs.publisher', 1)] * 3 + [('publisher', 'cqrs.publisher', 4)]
+    lines = [r.getMessage() for r in caplog.records if 'unroutable' in r.getMessage()]
+    assert len(lines) <= 1  # once per CQRS_ID per interval (an earlier test may have logged it already)
+    assert OutboxEvent.objects.count() == 0  # nobody to deliver to: the outbox does not keep them
+
+
+def test_a_broadcast_reaches_a_bound_queue_and_is_not_counted(memory_app):
+    name = f'bound_{uuid.uuid4().hex[:8]}'
+    with memory_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        topology.replica_queue(name, ['author'], topology.VIRTUAL)(channel).declare()
+        try:
+            before = unroutable_counts().get('author', 0)
+            send(Envelope(signal_type=SignalType.SYNC, cqrs_id='author', instance_pk=1,
+                          instance_data={'id': 1, 'cqrs_revision': 0, 'cqrs_updated': None}))
+            assert unroutable_counts().get('author', 0) == before
+            assert Queue(name)(channel).get(no_ack=True) is not None
+        finally:
+            for exchange, routing_key, _ in list(channel.state.queue_bindings(name)):
+                channel.queue_unbind(name, exchange, routing_key)
+            channel.queue_delete(name)
+
+
+def test_a_directed_publish_to_a_queue_that_does_not_exist_fails(memory_app):
+    envelope = Envelope(signal_type=SignalType.SYNC, cqrs_id='author', instance_pk=1,
+                        instance_data={'id': 1, 'cqrs_revision': 0, 'cqrs_updated': None}, queue='no_such_queue')
+    with pytest.raises(PublishError, match="no queue 'no_such_queue' is bound to cqrs.direct"):
+        send(envelope)

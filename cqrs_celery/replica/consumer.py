@@ -34,6 +34,18 @@ def is_cqrs_message(message: Any) -> bool:
     return exchange.startswith(topology.EXCHANGE_PREFIX) or (queue is not None and info.get('routing_key') == queue)
 
 
+def over_delivery_limit(message: Any) -> int | None:
+    """Previous deliveries of a quorum queue message that reached ``delivery_limit``, else None.
+
+    RabbitMQ counts them in ``x-delivery-count`` (quorum queues); a message on which workers keep
+    dying is dead-lettered here, with its body, one delivery before RabbitMQ would drop it.
+    """
+    count = (getattr(message, 'headers', None) or {}).get('x-delivery-count')
+    if isinstance(count, int) and not isinstance(count, bool) and count >= get_settings().replica.delivery_limit:
+        return count
+    return None
+
+
 def _dead_letter(message: Any, error: BaseException | str, reason: str) -> None:
     """Dead-letter ``message`` with its raw body, then ack it; on failure put it back in its queue."""
     from cqrs_celery.replica import dead_letters
@@ -60,6 +72,12 @@ def guard_task_handler(create_task_handler: Callable[..., Any]) -> Callable[...,
         def on_message(message: Any) -> Any:
             if not is_cqrs_message(message):
                 return on_task_received(message)
+            delivered = over_delivery_limit(message)
+            if delivered is not None:
+                _dead_letter(message, f'delivered {delivered + 1} times without being acknowledged (its workers '
+                             f'died on it); delivery_limit is {get_settings().replica.delivery_limit}',
+                             'delivery limit')
+                return None
             refusal = guard.check(message)
             if refusal is not None:
                 _dead_letter(message, refusal.message, refusal.reason)

@@ -41,9 +41,11 @@ def dead_letter_queue(app: Any) -> Queue:
     if not name:
         raise ConfigurationError("CQRS['queue'] is not set, so this service has no dead-letter queue.")
     ttl = settings.replica.dead_message_ttl
-    arguments = {'x-message-ttl': ttl * 1000} if ttl and transport_family(app) == topology.AMQP else None
+    family = transport_family(app)
+    arguments = {'x-message-ttl': ttl * 1000} if ttl and family == topology.AMQP else {}
+    arguments.update(topology.queue_arguments(settings.replica.queue_type, family))
     queue = Queue(name, bindings=[binding(topology.direct_exchange(), routing_key=topology.direct_routing_key(name))],
-                  durable=True, queue_arguments=arguments)
+                  durable=True, queue_arguments=arguments or None)
     queue.exchange, queue.routing_key = topology.direct_exchange(), topology.direct_routing_key(name)
     return queue
 

@@ -7,6 +7,7 @@ model's exchange, and Celery declares it (again after every reconnection).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ from kombu import Exchange, Queue
 
 from cqrs_celery import topology
 from cqrs_celery.conf import get_settings
+from cqrs_celery.exceptions import ConfigurationError
 from cqrs_celery.producer import transport_family
 from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
 
@@ -22,10 +24,14 @@ logger = logging.getLogger(__name__)
 
 def replica_queue(app: Any) -> Queue | None:
     """This service's replica queue with its bindings, or None if it replicates nothing."""
-    queue = get_settings().queue
+    settings = get_settings()
+    queue = settings.queue
     if not queue or not ReplicaRegistry.ids():
         return None
-    return topology.replica_queue(queue, ReplicaRegistry.ids(), transport_family(app))
+    family = transport_family(app)
+    arguments = topology.queue_arguments(settings.replica.queue_type, family, settings.replica.delivery_limit,
+                                         settings.dead_letter_queue)
+    return topology.replica_queue(queue, ReplicaRegistry.ids(), family, arguments)
 
 
 def master_exchanges(app: Any) -> list[Exchange]:
@@ -104,9 +110,66 @@ def on_celeryd_init(sender: Any = None, instance: Any = None, **kwargs: Any) -> 
 
 
 def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
-    """``worker_init`` receiver: after ``-Q``; makes sure the selected queue has its bindings."""
+    """``worker_init`` receiver: after ``-Q``; makes sure the selected queue has its bindings.
+
+    A replica queue that exists on RabbitMQ with other arguments than configured (a classic queue
+    while ``queue_type`` is ``'quorum'``) would make every declaration fail: the worker stops at
+    once with the fix instead.
+    """
+    from cqrs_celery import bootstrap
+
     if install(sender.app) is not None:
+        problems = queue_problems(sender.app)
+        if problems:
+            for problem in problems:
+                logger.critical('cqrs %s', problem)
+            raise SystemExit(f'cqrs_celery: {problems[0]}')
         keep_database_connections(sender.app)
+    bootstrap.install_request_queue(sender.app)
+
+
+def queue_problems(app: Any) -> list[str]:
+    """RabbitMQ only: this service's replica / dead-letter queues that exist with other arguments.
+
+    Each queue that exists is declared again with the configured arguments (a no-op when they are
+    equal); RabbitMQ refuses that with PRECONDITION_FAILED when the queue was created otherwise —
+    typically a classic queue while ``CQRS['replica']['queue_type']`` is now ``'quorum'``. Nothing
+    is created. Returns one sentence per queue, with the fix; an unreachable broker gives none.
+    """
+    queue = replica_queue(app)
+    if queue is None or transport_family(app) != topology.AMQP:
+        return []
+    from amqp.exceptions import NotFound, PreconditionFailed
+
+    problems = []
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            for entity in (queue, dead_letter_queue(app)):
+                channel = conn.channel()
+                try:
+                    channel.queue_declare(entity.name, passive=True)
+                    channel.queue_declare(entity.name, durable=True, auto_delete=False,
+                                          arguments=entity.queue_arguments or {})
+                except NotFound:
+                    continue  # not created yet: declared with the right arguments when the worker starts
+                except PreconditionFailed as exc:
+                    problems.append(_mismatch(entity, exc))
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+    except Exception as exc:  # the broker cannot be reached: the worker reports that itself
+        logger.debug('cqrs could not check the queues on the broker: %r', exc)
+    return problems
+
+
+def _mismatch(entity: Queue, exc: BaseException) -> str:
+    wanted = get_settings().replica.queue_type
+    return (f'queue {entity.name} exists on RabbitMQ with other arguments than configured '
+            f"(CQRS['replica']['queue_type'] = {wanted!r}): {exc}. RabbitMQ cannot change a queue's type or "
+            f'arguments: stop its workers, let them drain it (or move its messages), delete it '
+            f'(rabbitmqctl delete_queue {entity.name}), then run manage.py cqrs_topology --declare '
+            f'(or start a worker) to create it as configured; or set queue_type back.')
 
 
 def keep_database_connections(app: Any) -> None:
@@ -147,7 +210,14 @@ def dead_letter_queue(app: Any) -> Queue:
 
 
 def declare(app: Any) -> list[str]:
-    """Declare this service's exchanges and replica queue on the broker; returns what was declared."""
+    """Declare this service's exchanges and replica queue on the broker; returns what was declared.
+
+    Raises:
+        ConfigurationError: a queue exists with other arguments (see :func:`queue_problems`).
+    """
+    problems = queue_problems(app)
+    if problems:
+        raise ConfigurationError(' '.join(problems))
     done = []
     with app.connection_for_write() as conn:
         channel = conn.default_channel
@@ -157,7 +227,8 @@ def declare(app: Any) -> list[str]:
         queue = replica_queue(app)
         if queue is not None:
             queue(channel).declare()
-            done.append(f'queue {queue.name}')
+            kind = (queue.queue_arguments or {}).get('x-queue-type', 'classic')
+            done.append(f'queue {queue.name}' + (f' ({kind})' if kind != 'classic' else ''))
             dead = dead_letter_queue(app)
             dead(channel).declare()
             done.append(f'queue {dead.name} (dead letters)')

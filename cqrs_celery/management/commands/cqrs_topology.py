@@ -37,9 +37,12 @@ class Command(BaseCommand):
         if queue is None:
             self.stdout.write('  (none)')
         else:
-            self.stdout.write(f'  {queue.name}  durable={queue.durable}')
+            kind = (queue.queue_arguments or {}).get('x-queue-type', 'classic')
+            self.stdout.write(f'  {queue.name}  durable={queue.durable}  type={kind}')
             for row in topology.describe(queue):
                 self.stdout.write(f"    <- {row['exchange']}  type={row['type']}  routing_key={row['routing_key']}")
+            for problem in queues.queue_problems(app):
+                self.stdout.write(self.style.ERROR(f'  problem: {problem}'))
         if not declare:
             return
         if dry_run:
