@@ -114,6 +114,19 @@ def test_clear_deletes_the_replica_rows_the_file_does_not_have(tmp_path):
     assert list(ReplicaItem.objects.values_list('sku', flat=True)) == ['kept']
 
 
+@pytest.mark.parametrize(('args', 'cleared'), [(['--clear', 'true'], True), (['-c', '1'], True),
+                                               (['--clear', 'false'], False)])
+def test_clear_takes_django_cqrs_value_form_too(tmp_path, args, cleared):
+    master_rows(Item, a={'sku': 'kept', 'name': 'n'})
+    ReplicaItem.objects.create(sku='stray', name='only here', quantity=0, cqrs_revision=3, cqrs_updated=timezone.now())
+    path = tmp_path / 'item.dump'
+    dump(path, '--cqrs-id', 'item')
+
+    load(path, *args)
+
+    assert ReplicaItem.objects.filter(sku='stray').exists() is not cleared
+
+
 def test_loading_follows_the_revision_rules(tmp_path):
     rows = master_rows(Item, a={'sku': 'newer-here', 'name': 'master'}, b={'sku': 'same', 'name': 'master'})
     now = timezone.now()

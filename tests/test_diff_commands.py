@@ -20,7 +20,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def run(name, *args, stdin=None):
     out = StringIO()
-    call_command(name, *args, stdout=out, stderr=StringIO(), **({'stdin': StringIO(stdin)} if stdin is not None else {}))
+    extra = {'stdin': StringIO(stdin)} if stdin is not None else {}
+    call_command(name, *args, stdout=out, stderr=StringIO(), **extra)
     return out.getvalue()
 
 
