@@ -226,3 +226,14 @@ def test_an_existing_file_is_overwritten_only_with_force(tmp_path):
     assert path.read_text() == 'keep me'
     dump(path, '--cqrs-id', 'item', '--force')
     assert path.read_text() == 'item\n'
+
+
+def test_progress_is_a_bar_when_asked_and_plain_lines_otherwise(tmp_path, capsys):
+    master_rows(Item, **{str(i): {'sku': f's{i}', 'name': 'n'} for i in range(5)})
+
+    lines = dump(tmp_path / 'plain.dump', '--cqrs-id', 'item', '--batch', '2')
+    assert [line for line in lines.splitlines() if 'read' in line] == ['2 rows read', '4 rows read', '5 rows read']
+
+    bar = dump(tmp_path / 'bar.dump', '--cqrs-id', 'item', '--batch', '2', '--progress')
+    assert 'rows read' not in bar
+    assert '5/5' in capsys.readouterr().err  # tqdm's bar, on stderr

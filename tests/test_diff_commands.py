@@ -169,6 +169,7 @@ def test_deleted_sync_leaves_a_row_that_changed_since_the_diff():
     ('cqrs_diff_replica', '', 'no input'),
     ('cqrs_diff_replica', 'nope,2020\n', "No replica model has CQRS_ID 'nope'"),
     ('cqrs_diff_replica', 'item,2020\nnot json\n', 'line 2 is not JSON'),
+    ('cqrs_diff_replica', 'manual_note,2020\n', 'keeps no table'),
     ('cqrs_diff_replica', 'item,2020\n["a", "b"]\n', r'\[\[pk, revision\]'),
     ('cqrs_diff_sync', 'nope,2020,q\n', "No master model has CQRS_ID 'nope'"),
     ('cqrs_deleted_diff_master', 'item,2020\n{"a": 1}\n', 'not a JSON array'),

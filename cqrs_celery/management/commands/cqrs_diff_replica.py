@@ -24,6 +24,8 @@ class Command(BaseCommand):
         stream = pipes.input_stream(options)
         cqrs_id, rest = pipes.header(stream, 'cqrs_diff_replica')
         model = pipes.replica_model(cqrs_id)
+        if model.CQRS_NO_DB_OPERATIONS:
+            raise CommandError(f'{cqrs_id}: {model.__qualname__} keeps no table, so it has no rows to compare.')
         using = database or router.db_for_read(model)
         queue = get_settings().queue or pipes.NO_QUEUE
         self.stdout.write(','.join([cqrs_id, *rest, queue]))
