@@ -176,10 +176,18 @@ class ReplicaTombstoneAdmin(MasterTombstoneAdmin):
 
 
 def _register_reconciliation_runs() -> None:
-    """Reconciliation runs, when this release records them."""
+    """Reconciliation runs, read-only, when this release records them."""
     model = apps.get_app_config('cqrs_celery').models.get('reconciliationrun')
-    if model is not None and not admin.site.is_registered(model):
-        admin.site.register(model, ReadOnlyAdmin)
+    if model is None or admin.site.is_registered(model):
+        return
+    admin_class: Any = ReadOnlyAdmin
+    try:
+        from cqrs_celery.reconcile import admin as reconcile_admin  # type: ignore[import-not-found,attr-defined,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        admin_class = reconcile_admin.ReconciliationRunAdmin
+    admin.site.register(model, admin_class)
 
 
 _register_reconciliation_runs()

@@ -99,10 +99,21 @@ def _reconciliation(cqrs_id: str) -> dict[str, Any]:
         return {'last_reconciliation': f'{UNKNOWN} ({exc})', 'drift_found': UNKNOWN}
     if run is None:
         return {'last_reconciliation': NEVER, 'drift_found': UNKNOWN}
-    when = _first(run, 'finished_at', 'finished', 'ended_at', 'started_at', 'started', 'created', 'at')
-    drift = _first(run, 'drift', 'drift_found', 'drifted', 'drifted_rows', 'repaired', 'resent')
-    return {'last_reconciliation': when.isoformat() if isinstance(when, datetime.datetime) else str(when or UNKNOWN),
+    finished = _first(run, 'finished_at', 'finished')
+    when = finished or _first(run, 'started_at', 'started', 'created')
+    text = when.isoformat() if isinstance(when, datetime.datetime) else str(when or UNKNOWN)
+    if finished is None and when is not None:
+        text += ' (running)'
+    if _first(run, 'error'):
+        text += f' (failed: {_first(run, "error")})'
+    kinds = [_first(run, name) for name in _DRIFT_KINDS]
+    drift = sum(kinds) if all(isinstance(k, int) for k in kinds) else _first(run, 'drift', 'drift_found')
+    return {'last_reconciliation': text,
             'drift_found': drift if isinstance(drift, int | float) else (UNKNOWN if drift is None else str(drift))}
+
+
+#: The kinds of drift a reconciliation run counts; the drift found is their sum.
+_DRIFT_KINDS = ('missing', 'stale', 'ahead', 'changed', 'extra')
 
 
 def _first(run: Any, *names: str) -> Any:

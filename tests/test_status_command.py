@@ -94,8 +94,9 @@ def test_without_the_reconciliation_and_unroutable_modules_it_says_never_and_n_a
 def test_the_last_reconciliation_and_unroutable_counts_are_shown_when_known(monkeypatch):
     from cqrs_celery import producer
 
-    run = types.SimpleNamespace(finished_at=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
-                                drift=7)
+    run = types.SimpleNamespace(started_at=datetime.datetime(2026, 1, 2, 3, 4, 0, tzinfo=datetime.timezone.utc),
+                                finished_at=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+                                missing=2, stale=1, ahead=0, changed=3, extra=1, repaired=7, error='')
     module = types.ModuleType('cqrs_celery.reconcile')
     module.last_run = lambda cqrs_id, queue=None: run if cqrs_id == 'author' else None
     monkeypatch.setitem(sys.modules, 'cqrs_celery.reconcile', module)
@@ -107,6 +108,20 @@ def test_the_last_reconciliation_and_unroutable_counts_are_shown_when_known(monk
     assert found['author']['unroutable'] == 4 and found['item']['unroutable'] == 0
     assert (found['item']['last_reconciliation'], found['item']['drift_found']) == ('never', 'n/a')
     assert '2026-01-02T03:04:05+00:00' in status()
+
+
+def test_a_run_still_going_or_failed_says_so(monkeypatch):
+    run = types.SimpleNamespace(started_at=datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc),
+                                finished_at=None, missing=0, stale=0, ahead=0, changed=0, extra=0,
+                                error='master unreachable')
+    module = types.ModuleType('cqrs_celery.reconcile')
+    module.last_run = lambda cqrs_id, queue=None: run
+    monkeypatch.setitem(sys.modules, 'cqrs_celery.reconcile', module)
+
+    row = by_id(json.loads(status('--json')))['author']
+
+    assert row['last_reconciliation'] == '2026-01-02T00:00:00+00:00 (running) (failed: master unreachable)'
+    assert row['drift_found'] == 0
 
 
 def test_dead_letters_are_counted_per_cqrs_id_on_request(letters):
