@@ -132,3 +132,17 @@ def test_tombstones_are_listed_read_only(client, model):
 
     assert '41' in page and 'author' in page
     assert client.get(reverse(f'admin:cqrs_celery_{model._meta.model_name}_add')).status_code == 403
+
+
+def test_reconciliation_runs_are_listed_read_only_when_recorded(client):
+    from django.apps import apps
+
+    run_model = apps.get_app_config('cqrs_celery').models.get('reconciliationrun')
+    if run_model is None:
+        pytest.skip('reconciliation runs are not in this release')
+    run_model.objects.create(run_id='r1', side='master', cqrs_id='author', queue='replica_q')
+
+    page = client.get(changelist(run_model)).content.decode()
+
+    assert 'replica_q' in page
+    assert client.get(reverse('admin:cqrs_celery_reconciliationrun_add')).status_code == 403

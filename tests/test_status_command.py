@@ -141,3 +141,18 @@ def test_dead_letters_are_counted_per_cqrs_id_on_request(letters):
     assert (found['author']['dead_letters'], found['item']['dead_letters']) == (2, 1)
     assert len(dead_letters.letters(app)) == 3  # put back
     dead_letters.purge(app)
+
+
+def test_a_recorded_reconciliation_run_is_shown():
+    pytest.importorskip('cqrs_celery.reconcile', reason='reconciliation is not in this release')
+    from django.apps import apps
+
+    run_model = apps.get_model('cqrs_celery', 'ReconciliationRun')
+    finished = datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=datetime.timezone.utc)
+    run_model.objects.create(run_id='r1', side='master', cqrs_id='author', queue='replica_a', finished_at=finished,
+                             missing=3, stale=2, extra=1)
+
+    row = by_id(json.loads(status('--json')))['author']
+
+    assert (row['last_reconciliation'], row['drift_found']) == ('2026-03-04T05:06:07+00:00', 6)
+    assert by_id(json.loads(status('--json')))['item']['last_reconciliation'] == 'never'
