@@ -129,7 +129,7 @@ def _queues() -> list[dict[str, Any]]:
     if not settings.queue:
         return []
     return [{'queue': name, 'kind': kind, 'messages': _depth(name)}
-            for name, kind in ((settings.queue, 'replica'), (settings.dead_letter_queue, 'dead letters')) if name]
+            for name, kind in ((settings.queue, 'replica'), (settings.dead_letter_queue, 'dead-letter')) if name]
 
 
 def _depth(name: str) -> Any:

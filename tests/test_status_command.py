@@ -55,7 +55,8 @@ def test_the_table_has_a_line_per_cqrs_id_and_the_queue_depths():
     header, *lines = text.splitlines()
     assert header.split()[:3] == ['CQRS_ID', 'master', 'rows']
     assert any(line.split()[:3] == ['item', '1', '0'] for line in lines)
-    assert 'replica queue replica_a:' in text and 'dead letters queue dead_letter_replica_a:' in text
+    assert 'replica queue replica_a: 0 messages waiting' in text
+    assert 'dead-letter queue dead_letter_replica_a: 0 letters' in text
 
 
 def test_queue_depth_counts_the_messages_waiting_on_the_broker():

@@ -74,3 +74,17 @@ def test_the_diff_pipes_repair_a_drifted_replica_through_its_worker(services, re
     for sku in ('sku-010', 'sku-020'):
         row = replica.get(sku=sku)
         assert (row.name, row.cqrs_revision) == (Item.objects.get(sku=sku).name, 0)
+
+
+def test_status_reads_the_replica_queue_depth_on_rabbitmq(services, replica_db):
+    queue = services.queue('replica_a')
+    env = services.replica_env(queue, replica_db('replica_a'))
+
+    before = json.loads(replica_command(env, 'cqrs_status', '--json'))
+    services.declare_topology(queue, replica_db('replica_a'))
+    Item.objects.create(sku='waiting', name='n')  # no worker: the message waits in the queue
+    wait_until(lambda: harness.queue_depth(services.broker_url, queue) == 1, timeout=30)
+    after = json.loads(replica_command(env, 'cqrs_status', '--json'))
+
+    assert {q['queue']: q['messages'] for q in before['queues']}[queue] == 'missing'  # never declared
+    assert {q['queue']: q['messages'] for q in after['queues']} == {queue: 1, f'dead_letter_{queue}': 0}

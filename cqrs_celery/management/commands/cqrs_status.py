@@ -47,7 +47,8 @@ class Command(BaseCommand):
                 self.stdout.write('  '.join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
                                   .rstrip())
         for queue in found['queues']:
-            self.stdout.write(f"{queue['kind']} queue {queue['queue']}: {_cell(queue['messages'])} messages")
+            what = 'letters' if queue['kind'] == 'dead-letter' else 'messages waiting'
+            self.stdout.write(f"{queue['kind']} queue {queue['queue']}: {_cell(queue['messages'])} {what}")
 
 
 def _cell(value: Any) -> str:
