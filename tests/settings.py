@@ -124,3 +124,27 @@ LOGGING = {
     'handlers': {'console': {'class': 'logging.StreamHandler'}},
     'loggers': {'cqrs_celery': {'handlers': ['console'], 'level': os.environ.get('CQRS_TEST_LOGLEVEL', 'INFO')}},
 }
+
+# Django admin (tests/test_admin.py): cqrs_celery's admin views and the resync actions.
+INSTALLED_APPS += [
+    'django.contrib.admin',
+    'django.contrib.sessions',
+    'django.contrib.messages',
+]
+MIDDLEWARE = [
+    'django.contrib.sessions.middleware.SessionMiddleware',
+    'django.middleware.common.CommonMiddleware',
+    'django.middleware.csrf.CsrfViewMiddleware',
+    'django.contrib.auth.middleware.AuthenticationMiddleware',
+    'django.contrib.messages.middleware.MessageMiddleware',
+]
+ROOT_URLCONF = 'tests.urls'
+TEMPLATES = [{
+    'BACKEND': 'django.template.backends.django.DjangoTemplates',
+    'APP_DIRS': True,
+    'OPTIONS': {'context_processors': [
+        'django.template.context_processors.request',
+        'django.contrib.auth.context_processors.auth',
+        'django.contrib.messages.context_processors.messages',
+    ]},
+}]

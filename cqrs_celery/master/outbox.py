@@ -357,6 +357,9 @@ def status(using: str = 'default') -> dict[str, Any]:
             'errors': list(errors.values_list('cqrs_id', 'pk_value', 'error')[:20])}
 
 
-def retry_set_aside(using: str = 'default') -> int:
-    """Put set-aside events back in line (attempts reset); returns how many."""
-    return int(_events(using).filter(set_aside=True).update(set_aside=False, attempts=0, available_at=timezone.now()))
+def retry_set_aside(using: str = 'default', ids: Sequence[int] | None = None) -> int:
+    """Put set-aside events (all, or those of ``ids``) back in line (attempts reset); returns how many."""
+    events = _events(using).filter(set_aside=True)
+    if ids is not None:
+        events = events.filter(id__in=list(ids))
+    return int(events.update(set_aside=False, attempts=0, available_at=timezone.now()))

@@ -1,22 +1,17 @@
 """Edit the library in Django admin; every save and delete made here reaches the replicas."""
 
-from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.contrib import admin
 
+from cqrs_celery.admin import CQRSAdminMasterSyncMixin
 from library.models import Author, Book, Stock
 
 REPLICATION_FIELDS = ('cqrs_revision', 'cqrs_updated')
 
 
-@admin.action(description='Send the selected rows to every replica again (SYNC)')
-def resync(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
-    sent = sum(1 for obj in queryset if obj.cqrs_sync())
-    modeladmin.message_user(request, f'{sent} rows sent to the replicas.', messages.SUCCESS)
+class ReplicatedAdmin(CQRSAdminMasterSyncMixin, admin.ModelAdmin):
+    """Actions: send the selected rows again to every replica, or to one replica service's queue."""
 
-
-class ReplicatedAdmin(admin.ModelAdmin):
-    actions = [resync]
+    cqrs_sync_queues = ('my_replica', 'analytics_replica')  # the replica services of docker-compose.yml
     readonly_fields = REPLICATION_FIELDS
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import ujson
@@ -12,6 +11,7 @@ from django.db import router
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import SignalType
 from cqrs_celery.exceptions import CQRSError, UnknownCQRSIdError
+from cqrs_celery.management.progress import progress_bar
 from cqrs_celery.master.publish import build_envelope
 from cqrs_celery.producer import send_batch
 from cqrs_celery.registry import MasterRegistry
@@ -94,8 +94,4 @@ class Command(BaseCommand):
                 self.stdout.write(f'{sent} rows sent')
 
     def _progress_bar(self, total: int, wanted: bool) -> Any:
-        if not (wanted or sys.stdout.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit='rows', file=sys.stderr)
+        return progress_bar(total, wanted)
