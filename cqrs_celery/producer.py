@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kombu import pools
 
-from cqrs_celery import topology
+from cqrs_celery import observability, topology
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope, encode_batch
@@ -108,8 +109,11 @@ def send_batch(envelopes: Sequence[Envelope]) -> None:
             _sender(envelope, route_to=None, countdown=None)
         return
     first = envelopes[0]
-    _publish(encode_batch(envelopes), first.cqrs_id, first.queue, None,
-             f'{len(envelopes)} rows of {first.cqrs_id} (revisions {_revisions(envelopes)})')
+    started = time.monotonic()
+    exchange, routing_key = _publish(encode_batch(envelopes), first.cqrs_id, first.queue, None,
+                                     f'{len(envelopes)} rows of {first.cqrs_id} (revisions {_revisions(envelopes)})')
+    observability.published(envelopes, queue=first.queue, exchange=exchange, routing_key=routing_key,
+                            duration=time.monotonic() - started)
 
 
 def testing_sender_installed() -> bool:
@@ -129,11 +133,16 @@ def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countd
         PublishError: the broker could not be reached in time, or (Redis, filesystem) no replica
             queue is bound to the model's exchange.
     """
-    _publish(envelope.to_wire(), envelope.cqrs_id, route_to or envelope.queue, countdown,
-             f'{envelope.cqrs_id} pk={envelope.instance_pk!r} revision={envelope.revision}')
+    started = time.monotonic()
+    exchange, routing_key = _publish(envelope.to_wire(), envelope.cqrs_id, route_to or envelope.queue, countdown,
+                                     f'{envelope.cqrs_id} pk={envelope.instance_pk!r} revision={envelope.revision}')
+    observability.published([envelope], queue=route_to or envelope.queue, exchange=exchange,
+                            routing_key=routing_key, duration=time.monotonic() - started)
 
 
-def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: float | None, what: str) -> None:
+def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: float | None, what: str
+             ) -> tuple[str, str]:
+    """Publish ``body``; returns the exchange name and routing key it went to."""
     app = get_settings().celery_app()
     family = transport_family(app)
     timeout = get_settings().master.publish_timeout
@@ -160,6 +169,7 @@ def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: 
     except Exception as exc:
         error = BrokerUnavailableError if is_broker_error(exc) else PublishError
         raise error(f'publishing {what} failed: {exc!r}') from exc
+    return exchange.name, routing_key
 
 
 def is_broker_error(exc: BaseException) -> bool:
