@@ -223,3 +223,15 @@ def test_the_dead_letter_log_names_the_cqrs_id_of_a_raw_body(raw):
     letter = dead_letters.record(error='refused', reason='bad input', attempts=0, raw=raw)
 
     assert dead_letters.named_in_letter(letter)['cqrs_id'] == 'book'
+
+
+# --- Flower -------------------------------------------------------------------------------------
+
+
+def test_the_librarys_tasks_are_ordinary_tasks_of_the_projects_app_under_stable_names():
+    from tests.celery_app import app
+
+    for name in ('cqrs_celery.apply', 'cqrs_celery.relay_outbox', 'cqrs_celery.clean_tombstones'):
+        assert name in app.tasks, name
+        assert app.tasks[name].name == name
+        assert app.tasks[name].app is app
