@@ -90,6 +90,7 @@ def dead_lettered(letter: dict[str, Any], envelope: Envelope | None, exception: 
     if not envelope_dead_lettered.has_listeners():
         return
     error = letter['error']
+    cqrs_id: Any
     if envelope is not None:
         cqrs_id, pk, revision = envelope.cqrs_id, envelope.instance_pk, envelope.revision
     else:

@@ -10,14 +10,13 @@ publish that reached no queue fails and the outbox keeps the event.
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kombu import pools
 
-from cqrs_celery import observability, topology
+from cqrs_celery import filesystem, observability, topology
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope, encode_batch
@@ -58,6 +57,7 @@ def transport_family(app: Any) -> str:
     """``amqp`` or ``virtual`` for the app's broker; cached per app and broker URL."""
     key = (id(app), str(app.conf.broker_url))
     if key not in _families:
+        filesystem.configure(app)  # before the first connection: shared folders for filesystem://
         with app.connection_for_write() as conn:
             driver = conn.transport.driver_type
         if driver == 'filesystem':
@@ -68,11 +68,7 @@ def transport_family(app: Any) -> str:
 
 def ensure_filesystem_folders(app: Any) -> None:
     """Create the folders of kombu's filesystem transport, which fails on missing ones."""
-    options = app.conf.broker_transport_options or {}
-    for key, default in (('data_folder_in', 'data_in'), ('data_folder_out', 'data_out'),
-                         ('control_folder', 'control'), ('processed_folder', 'processed')):
-        if key != 'processed_folder' or options.get('store_processed'):
-            os.makedirs(options.get(key, default), exist_ok=True)
+    filesystem.ensure_folders(app.conf.broker_transport_options or {})
 
 
 _pools: dict[tuple[int, str, float], Any] = {}

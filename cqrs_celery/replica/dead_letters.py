@@ -131,8 +131,8 @@ def _named_in(raw: Any, depth: int = 0) -> Mapping[str, Any] | None:
                 raise ValueError('too long to parse for a log line')
             raw = json.loads(raw)
         except Exception:  # not JSON, or nested too deep to parse: look for the name in the text
-            found = _CQRS_ID_IN_TEXT.search(raw[:RAW_PARSED_FOR_LOG])
-            return {'cqrs_id': found.group(1)} if found else None
+            match = _CQRS_ID_IN_TEXT.search(raw[:RAW_PARSED_FOR_LOG])
+            return {'cqrs_id': match.group(1)} if match else None
     if isinstance(raw, Mapping):
         return raw if isinstance(raw.get('cqrs_id'), str) else None
     if isinstance(raw, list) and depth < 3:  # a task body [args, kwargs, embed], its args, or a batch
