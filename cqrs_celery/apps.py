@@ -13,7 +13,7 @@ class CQRSCeleryConfig(AppConfig):
     default_auto_field = 'django.db.models.BigAutoField'
 
     def ready(self) -> None:
-        from celery.signals import celeryd_init, worker_init, worker_ready
+        from celery.signals import beat_init, celeryd_init, worker_init, worker_ready
         from django.db.models.signals import post_migrate
 
         from cqrs_celery import (
@@ -33,6 +33,24 @@ class CQRSCeleryConfig(AppConfig):
         celeryd_init.connect(queues.on_celeryd_init, dispatch_uid='cqrs_celery.celeryd_init', weak=False)
         worker_init.connect(queues.on_worker_init, dispatch_uid='cqrs_celery.worker_init', weak=False)
         worker_ready.connect(bootstrap.on_worker_ready, dispatch_uid='cqrs_celery.bootstrap', weak=False)
+        beat_init.connect(queues.on_beat_init, dispatch_uid='cqrs_celery.beat_init', weak=False)
+        worker_ready.connect(queues.on_worker_ready, dispatch_uid='cqrs_celery.worker_ready', weak=False)
+        _configure_broker()
         checks.register(cqrs_checks.check_settings, 'cqrs_celery')
         checks.register(cqrs_checks.check_models, 'cqrs_celery', checks.Tags.models)
+        checks.register(cqrs_checks.check_sqlite_replica, 'cqrs_celery')
         checks.register(cqrs_checks.check_migration_imports, 'cqrs_celery', checks.Tags.compatibility)
+
+
+def _configure_broker() -> None:
+    """``filesystem://``: shared folders for every process (web, worker, beat, commands) of the project.
+
+    Resolving the Celery app here is harmless when it cannot be done yet (a broken ``CQRS['app']``
+    is reported by the system checks; the app is configured again when the library first uses it).
+    """
+    from cqrs_celery.conf import get_settings
+
+    try:
+        get_settings().celery_app()
+    except Exception:  # reported by check_settings (E001-E005) with a hint
+        return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,9 @@ CHECK_IDS = {
     'cqrs_celery.W030': 'A migration imports dj_cqrs.mixins (django-cqrs); it breaks once django-cqrs is removed.',
     'cqrs_celery.E030': 'A migration imports dj_cqrs.mixins but django-cqrs is not installed: migrate fails.',
     'cqrs_celery.W060': "CQRS['replica']['queue_type'] is 'quorum' but the broker is not RabbitMQ.",
+    'cqrs_celery.W040': 'The filesystem broker uses a relative folder (each working directory gets its own broker).',
+    'cqrs_celery.W041': 'The filesystem broker reads messages from another folder than the one it writes them to.',
+    'cqrs_celery.W042': 'A replica model writes to SQLite without IMMEDIATE transactions (database is locked).',
 }
 
 #: Broker URL schemes of RabbitMQ (where queue types exist).
@@ -88,12 +92,84 @@ def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
             hint="Remove queue_type (or set 'classic'); quorum queues need RabbitMQ.",
             id='cqrs_celery.W060',
         ))
+    messages.extend(_check_filesystem_broker(app))
     if int(app.conf.task_protocol or 2) < 2:
         messages.append(checks.Error(
             f'The Celery app sends task protocol {app.conf.task_protocol} messages; replica queues accept '
             'protocol 2 only and would dead-letter every envelope.',
             hint='Remove task_protocol from the Celery configuration (2 is the default).',
             id='cqrs_celery.E014',
+        ))
+    return messages
+
+
+def _check_filesystem_broker(app: Any) -> list[checks.CheckMessage]:
+    """``filesystem://``: every project must name the same absolute folders, or they never meet."""
+    from cqrs_celery import filesystem
+
+    if not filesystem.is_filesystem(app):
+        return []
+    messages: list[checks.CheckMessage] = []
+    folders = filesystem.folders(app)
+    relative = {key: path for key, path in folders.items() if not os.path.isabs(path)}
+    if relative:
+        shown = ', '.join(f'{key}={path!r}' for key, path in relative.items())
+        messages.append(checks.Warning(
+            f'The filesystem broker uses relative folders ({shown}): they depend on the directory each '
+            'process starts in, so a master and a replica started in their own project folders never see '
+            "each other's messages.",
+            hint='Remove the folder keys from CELERY_BROKER_TRANSPORT_OPTIONS to use the shared default '
+                 f'({filesystem.default_folder()}, or $CQRS_FILESYSTEM_BROKER), or give absolute paths, the '
+                 'same in every project.',
+            id='cqrs_celery.W040',
+        ))
+    if os.path.abspath(folders['data_folder_in']) != os.path.abspath(folders['data_folder_out']):
+        messages.append(checks.Warning(
+            f"The filesystem broker writes messages to {folders['data_folder_out']!r} but reads them from "
+            f"{folders['data_folder_in']!r}: this project's own messages (retries, beat tasks) never reach "
+            'its workers, and other projects must cross their folders exactly.',
+            hint='Give data_folder_in and data_folder_out the same absolute folder in every project.',
+            id='cqrs_celery.W041',
+        ))
+    return messages
+
+
+def check_sqlite_replica(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Replica models on SQLite need IMMEDIATE transactions for a worker with more than one process.
+
+    Two worker processes that both start a deferred transaction and then write make SQLite refuse
+    one of them at once with ``database is locked`` (no busy timeout helps with that): retries,
+    then dead letters.
+    """
+    import django
+    from django.db import connections, router
+
+    raw = conf.raw_setting()
+    if not (ReplicaRegistry.ids() and isinstance(raw, Mapping) and raw.get('queue')):
+        return []
+    aliases = sorted({router.db_for_write(model) or 'default' for model in ReplicaRegistry.models()
+                      if getattr(model, '_meta', None) is not None})
+    messages: list[checks.CheckMessage] = []
+    for alias in aliases:
+        if alias not in connections.settings:
+            continue
+        database = connections.settings[alias]
+        name = str(database.get('NAME') or '')
+        if database.get('ENGINE') != 'django.db.backends.sqlite3' or name == ':memory:' or 'mode=memory' in name:
+            continue
+        options = database.get('OPTIONS') or {}
+        if str(options.get('transaction_mode', '')).upper() == 'IMMEDIATE':
+            continue
+        if django.VERSION >= (5, 1):
+            hint = (f"Set DATABASES[{alias!r}]['OPTIONS'] = {{'transaction_mode': 'IMMEDIATE', 'timeout': 20, "
+                    "'init_command': 'PRAGMA journal_mode=WAL;'}} (as example_replica does), or use PostgreSQL.")
+        else:
+            hint = 'Run the replica worker with -c 1 on SQLite (Django 5.1 adds transaction_mode), or use PostgreSQL.'
+        messages.append(checks.Warning(
+            f'Replica models write to SQLite database {alias!r} without transaction_mode IMMEDIATE: a worker '
+            "with more than one process (celery worker -c 2) fails with 'database is locked', retries and "
+            'dead-letters changes.',
+            hint=hint, id='cqrs_celery.W042',
         ))
     return messages
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
-from cqrs_celery import topology
+from cqrs_celery import filesystem, topology
 from cqrs_celery.exceptions import ConfigurationError
 
 #: Values of ``CQRS['master']['publisher']``.
@@ -157,9 +157,9 @@ class CQRSSettings:
             raise ConfigurationError(
                 "CQRS['app'] is not set: point it at your Celery app, e.g. 'proj.celery.app'."
             )
-        if isinstance(self.app, str):
-            return _resolve_app(self.app)
-        return self.app
+        app = _resolve_app(self.app) if isinstance(self.app, str) else self.app
+        filesystem.configure(app)  # filesystem://: shared folders before any connection (cheap after once)
+        return app
 
     @property
     def dead_letter_queue(self) -> str | None:

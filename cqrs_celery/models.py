@@ -6,8 +6,18 @@ import hashlib
 from typing import Any
 
 import ujson
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.utils import timezone
+
+# Without this, a project that forgot the app gets Django's generic "doesn't declare an explicit
+# app_label" RuntimeError about a table of ours, naming nothing the user wrote.
+if apps.apps_ready and not apps.is_installed('cqrs_celery'):
+    raise ImproperlyConfigured(
+        "cqrs_celery is not in INSTALLED_APPS: add 'cqrs_celery' to INSTALLED_APPS in the settings of every "
+        'service that uses cqrs_celery (master and replica), then run migrate.'
+    )
 
 
 def pk_key(pk: Any) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 from kombu import pools
 
-from cqrs_celery import topology
+from cqrs_celery import filesystem, observability, topology
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope, encode_batch
@@ -76,6 +76,7 @@ def transport_family(app: Any) -> str:
     """``amqp`` or ``virtual`` for the app's broker; cached per app and broker URL."""
     key = (id(app), str(app.conf.broker_url))
     if key not in _families:
+        filesystem.configure(app)  # before the first connection: shared folders for filesystem://
         with app.connection_for_write() as conn:
             driver = conn.transport.driver_type
         if driver == 'filesystem':
@@ -86,11 +87,7 @@ def transport_family(app: Any) -> str:
 
 def ensure_filesystem_folders(app: Any) -> None:
     """Create the folders of kombu's filesystem transport, which fails on missing ones."""
-    options = app.conf.broker_transport_options or {}
-    for key, default in (('data_folder_in', 'data_in'), ('data_folder_out', 'data_out'),
-                         ('control_folder', 'control'), ('processed_folder', 'processed')):
-        if key != 'processed_folder' or options.get('store_processed'):
-            os.makedirs(options.get(key, default), exist_ok=True)
+    filesystem.ensure_folders(app.conf.broker_transport_options or {})
 
 
 _pools: dict[tuple[int, str, float], Any] = {}
@@ -127,8 +124,12 @@ def send_batch(envelopes: Sequence[Envelope]) -> None:
             _sender(envelope, route_to=None, countdown=None)
         return
     first = envelopes[0]
-    _publish(encode_batch(envelopes), first.cqrs_id, first.queue, None,
-             f'{len(envelopes)} rows of {first.cqrs_id} (revisions {_revisions(envelopes)})', len(envelopes))
+    started = time.monotonic()
+    exchange, routing_key = _publish(encode_batch(envelopes), first.cqrs_id, first.queue, None,
+                                     f'{len(envelopes)} rows of {first.cqrs_id} (revisions {_revisions(envelopes)})',
+                                     len(envelopes))
+    observability.published(envelopes, queue=first.queue, exchange=exchange, routing_key=routing_key,
+                            duration=time.monotonic() - started)
 
 
 def testing_sender_installed() -> bool:
@@ -148,12 +149,16 @@ def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countd
         PublishError: the broker could not be reached in time, or (Redis, filesystem) no replica
             queue is bound to the model's exchange.
     """
-    _publish(envelope.to_wire(), envelope.cqrs_id, route_to or envelope.queue, countdown,
-             f'{envelope.cqrs_id} pk={envelope.instance_pk!r} revision={envelope.revision}')
+    started = time.monotonic()
+    exchange, routing_key = _publish(envelope.to_wire(), envelope.cqrs_id, route_to or envelope.queue, countdown,
+                                     f'{envelope.cqrs_id} pk={envelope.instance_pk!r} revision={envelope.revision}')
+    observability.published([envelope], queue=route_to or envelope.queue, exchange=exchange,
+                            routing_key=routing_key, duration=time.monotonic() - started)
 
 
 def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: float | None, what: str,
-             rows: int = 1) -> None:
+             rows: int = 1) -> tuple[str, str]:
+    """Publish ``body``; returns the exchange name and routing key it went to."""
     app = get_settings().celery_app()
     family = transport_family(app)
     timeout = get_settings().master.publish_timeout
@@ -171,7 +176,7 @@ def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: 
                 returned.clear()
             elif not _is_bound(producer.channel, str(app.conf.broker_url), exchange.name, routing_key):
                 _unroutable(cqrs_id, exchange.name, routing_key, target, rows)
-                return
+                return exchange.name, routing_key
             app.send_task(
                 TASK_NAME, args=[body], exchange=exchange.name, routing_key=routing_key,
                 exchange_type=exchange.type, declare=[exchange], serializer='json', producer=producer,
@@ -188,6 +193,7 @@ def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: 
     except Exception as exc:
         error = BrokerUnavailableError if is_broker_error(exc) else PublishError
         raise error(f'publishing {what} failed: {exc!r}') from exc
+    return exchange.name, routing_key
 
 
 def publish_task(name: str, args: list[Any], exchange: Any, routing_key: str) -> bool:

@@ -2,6 +2,7 @@
 declarations fail when the class is defined, naming model and attribute (tier i)."""
 
 import inspect
+import os
 import re
 from io import StringIO
 
@@ -548,3 +549,104 @@ def test_a_migration_importing_dj_cqrs_while_django_cqrs_is_installed_is_a_warni
 
     monkeypatch.setattr(migration_imports, 'django_cqrs_installed', lambda: True)
     assert reported_ids() == {'cqrs_celery.W030'}
+
+
+# --- first run: the embedded broker and SQLite replicas (issue 9, point 6) --------------------
+
+
+@pytest.fixture
+def filesystem_app(tmp_path, monkeypatch):
+    """A Celery app on ``filesystem://`` with the README's settings only; the shared folder in tmp_path."""
+    from celery import Celery
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('CQRS_FILESYSTEM_BROKER', str(tmp_path / 'shared'))
+    return Celery('first_run', broker='filesystem://', set_as_current=False)
+
+
+def test_filesystem_with_the_readmes_settings_alone_uses_the_shared_absolute_folder(filesystem_app, tmp_path):
+    with override_settings(CQRS={**GOOD, 'app': filesystem_app}):
+        assert not {'cqrs_celery.W040', 'cqrs_celery.W041'} & reported_ids()
+        conf.get_settings().celery_app()
+
+    options = filesystem_app.conf.broker_transport_options
+    assert options['data_folder_in'] == options['data_folder_out'] == str(tmp_path / 'shared' / 'messages')
+    assert options['control_folder'] == str(tmp_path / 'shared' / 'control')
+    assert filesystem_app.conf.broker_transport == 'cqrs_celery.filesystem:Transport'
+    assert (tmp_path / 'shared' / 'messages').is_dir() and (tmp_path / 'shared' / 'control').is_dir()
+
+
+def test_two_projects_with_the_readmes_settings_meet_in_the_same_folders(tmp_path, monkeypatch):
+    from celery import Celery
+
+    from cqrs_celery import filesystem
+
+    monkeypatch.delenv('CQRS_FILESYSTEM_BROKER', raising=False)
+    found = []
+    for project in ('shop', 'billing'):
+        monkeypatch.chdir(tmp_path.joinpath(project).mkdir() or tmp_path / project)
+        app = Celery(project, broker='filesystem://', set_as_current=False)
+        filesystem.configure(app)
+        found.append(filesystem.folders(app))
+
+    assert found[0] == found[1]
+    assert all(os.path.isabs(path) for path in found[0].values())
+    assert found[0]['data_folder_in'].startswith(filesystem.default_folder())
+
+
+@provokes('cqrs_celery.W040')
+def test_a_relative_filesystem_folder_is_reported(filesystem_app):
+    filesystem_app.conf.broker_transport_options = {'data_folder_in': 'broker', 'data_folder_out': 'broker'}
+    with override_settings(CQRS={**GOOD, 'app': filesystem_app}):
+        [warning] = [m for m in cqrs_errors() if m.id == 'cqrs_celery.W040']
+
+    assert warning.level == checks.WARNING
+    assert "data_folder_in='broker'" in warning.msg and 'control_folder' not in warning.msg
+    assert 'CELERY_BROKER_TRANSPORT_OPTIONS' in warning.hint
+
+
+@provokes('cqrs_celery.W041')
+def test_filesystem_folders_that_read_elsewhere_than_they_write_are_reported(filesystem_app, tmp_path):
+    filesystem_app.conf.broker_transport_options = {'data_folder_in': str(tmp_path / 'in'),
+                                                    'data_folder_out': str(tmp_path / 'out')}
+    with override_settings(CQRS={**GOOD, 'app': filesystem_app}):
+        ids = reported_ids()
+
+    assert 'cqrs_celery.W041' in ids and 'cqrs_celery.W040' not in ids
+
+
+class ToSqlite:
+    """Routes every replica model's writes to the ``cqrs_check_sqlite`` database."""
+
+    def db_for_write(self, model, **hints):
+        return 'cqrs_check_sqlite' if ReplicaRegistry.ids() and model in ReplicaRegistry.models() else None
+
+
+@pytest.fixture
+def sqlite_replica_database(monkeypatch, tmp_path):
+    from django.db import connections
+
+    def use(options):
+        monkeypatch.setitem(connections.settings, 'cqrs_check_sqlite', {
+            'ENGINE': 'django.db.backends.sqlite3', 'NAME': str(tmp_path / 'replica.sqlite3'), 'OPTIONS': options})
+
+    return use
+
+
+@provokes('cqrs_celery.W042')
+@override_settings(DATABASE_ROUTERS=['tests.test_checks.ToSqlite'])
+def test_a_sqlite_replica_database_without_immediate_transactions_is_reported(sqlite_replica_database):
+    sqlite_replica_database({'timeout': 20})
+
+    [warning] = [m for m in cqrs_errors() if m.id == 'cqrs_celery.W042']
+
+    assert "'cqrs_check_sqlite'" in warning.msg and 'database is locked' in warning.msg
+    assert 'IMMEDIATE' in warning.hint
+
+
+@override_settings(DATABASE_ROUTERS=['tests.test_checks.ToSqlite'])
+def test_a_sqlite_replica_database_set_up_as_the_example_does_passes(sqlite_replica_database):
+    sqlite_replica_database({'timeout': 20, 'transaction_mode': 'IMMEDIATE',
+                             'init_command': 'PRAGMA journal_mode=WAL;'})
+
+    assert 'cqrs_celery.W042' not in reported_ids()

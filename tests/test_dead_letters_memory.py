@@ -87,7 +87,7 @@ def item_envelope(revision, sku='A', retries=0):
 
 def envelope_letter(revision, sku='A', retries=3, died=None):
     letter = dead_letters.record(error=RuntimeError(f'boom {sku}@{revision}'), reason=f'failed after {retries} retries',
-                                 attempts=retries, envelope=item_envelope(revision, sku, retries))
+                                 attempts=retries + 1, envelope=item_envelope(revision, sku, retries))
     if died is not None:
         letter['error']['time'] = died.isoformat()
     return letter
@@ -126,7 +126,7 @@ def test_a_dead_letter_is_logged_with_the_envelopes_fields_and_the_error(service
     [record] = [r for r in caplog.records if r.name == 'cqrs_celery.replica.dead_letters']
     text = record.getMessage()
     assert 'cqrs_id=item pk=B revision=4 correlation_id=None' in text
-    assert f'queue={service.queue} reason=failed after 2 retries error=RuntimeError: boom B@4 retries=2' in text
+    assert f'queue={service.queue} reason=failed after 2 retries error=RuntimeError: boom B@4 attempts=3' in text
 
 
 def test_a_configured_dead_letter_queue_name_is_used(service):

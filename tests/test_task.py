@@ -152,7 +152,7 @@ def test_an_unknown_cqrs_id_is_dead_lettered_with_its_envelope(letters, retries)
     assert apply_envelope.run(wire(envelope)) == 'dead_lettered'
 
     [letter] = letters
-    assert_letter(letter, error_type='UnknownCQRSIdError', reason='bad input', attempts=2,
+    assert_letter(letter, error_type='UnknownCQRSIdError', reason='bad input', attempts=3,
                   message="CQRS_ID 'no_such_model'")
     assert letter['envelope'] == envelope.to_wire()
     assert letter['raw'] is None
@@ -168,7 +168,7 @@ def test_a_value_of_the_wrong_type_is_dead_lettered_not_retried(letters, retries
     assert apply_envelope.run(wire(envelope)) == 'dead_lettered'
 
     [letter] = letters
-    assert_letter(letter, error_type='DataError', reason='bad input', message=f'ReplicaItem.{field}')
+    assert_letter(letter, error_type='DataError', reason='bad input', attempts=1, message=f'ReplicaItem.{field}')
     assert letter['envelope'] == wire(envelope)
     assert retries == []
     assert stored() is None
@@ -286,7 +286,7 @@ def test_a_failing_replica_is_retried_on_its_own_queue_until_the_limit_then_dead
     # a retry is the same envelope with the attempt count: not a directed sync, nothing else changed
     assert all(envelope == original.replace(retries=n) for n, (envelope, _, _) in enumerate(retries, 1))
     [letter] = letters
-    assert_letter(letter, error_type='ReplicaDown', reason='failed after 5 retries', attempts=5,
+    assert_letter(letter, error_type='ReplicaDown', reason='failed after 5 retries', attempts=6,
                   message='replica database is read-only')
     assert letter['envelope'] == wire(original.replace(retries=5))
     assert stored() is None
@@ -338,7 +338,7 @@ def test_the_models_own_should_retry_cqrs_decides(letters, retries, failing_crea
 
     assert seen == [(1, ReplicaDown)]
     assert retries == []
-    assert_letter(letters[0], error_type='ReplicaDown', reason='failed after 1 retries', attempts=1)
+    assert_letter(letters[0], error_type='ReplicaDown', reason='failed after 1 retries', attempts=2)
 
 
 def test_a_falsy_result_from_cqrs_create_is_retried(letters, retries, monkeypatch):

@@ -254,3 +254,35 @@ def test_declaring_a_replica_queue_twice_does_not_double_deliveries(broker, name
     broker.direct(queue_name, {'n': 2})
 
     assert broker.drain(replica) == [{'n': 1}, {'n': 2}]
+
+
+# --- a replica worker that does not consume its queue (issue 9, point 6) ----------------------
+
+
+class FakeConsumer:
+    """What ``worker_ready`` hands its receivers: the worker's consumer and the queues it reads."""
+
+    def __init__(self, *names):
+        from kombu import Queue
+
+        self.task_consumer = type('TaskConsumer', (), {'queues': [Queue(name) for name in names]})()
+
+
+def test_a_replica_worker_without_its_queue_warns_at_start_naming_the_fix(caplog):
+    import logging
+
+    from django.conf import settings
+
+    from cqrs_celery.replica import queues
+
+    own = settings.CQRS['queue']
+    with caplog.at_level(logging.WARNING, logger='cqrs_celery.replica.queues'):
+        queues.on_worker_ready(sender=FakeConsumer('celery'))
+        warned = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        queues.on_worker_ready(sender=FakeConsumer(own, 'celery'))
+
+    [line] = warned
+    assert f'does not consume the replica queue {own}' in line
+    assert f'-Q {own} ' in line and f'-Q {own},celery' in line
+    assert not caplog.records, 'a worker that consumes its queue is not warned'

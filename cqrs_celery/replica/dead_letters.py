@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import math
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -98,21 +99,42 @@ def send(letter: dict[str, Any]) -> None:
                          delivery_mode=topology.PERSISTENT, declare=[queue], retry=True,
                          retry_policy=_PUBLISH_RETRY)
     error = letter['error']
-    named = letter.get('envelope') or _named_in(letter.get('raw')) or {}
+    named = named_in_letter(letter)
     data = named.get('instance_data')
     logger.error('cqrs dead letter: cqrs_id=%s pk=%s revision=%s correlation_id=%s queue=%s reason=%s '
-                 'error=%s: %s retries=%s', named.get('cqrs_id'), named.get('instance_pk'),
+                 'error=%s: %s attempts=%s', named.get('cqrs_id'), named.get('instance_pk'),
                  data.get('cqrs_revision') if isinstance(data, Mapping) else None, named.get('correlation_id'),
                  error['queue'], error['reason'], error['type'], error['message'], error['attempts'])
 
 
+def named_in_letter(letter: Mapping[str, Any]) -> dict[str, Any]:
+    """What a dead letter names (``cqrs_id``, ``instance_pk``…): its envelope, else what its raw body shows."""
+    envelope = letter.get('envelope')
+    if isinstance(envelope, Mapping):
+        return dict(envelope)
+    return dict(_named_in(letter.get('raw')) or {})
+
+
+#: ``"cqrs_id": "<name>"`` in a body that cannot be parsed (cut off, nested too deep, not JSON).
+_CQRS_ID_IN_TEXT = re.compile(r'"cqrs_id"\s*:\s*"([^"\\]{1,200})"')
+
+
 def _named_in(raw: Any, depth: int = 0) -> Mapping[str, Any] | None:
-    """The envelope-like object a raw body names (it has a ``cqrs_id``), for the log line."""
-    if isinstance(raw, str) and len(raw) <= RAW_PARSED_FOR_LOG and depth == 0:
+    """The envelope-like object a raw body names (it has a ``cqrs_id``), for the log line.
+
+    A body kept as text, as ``{'text': …}`` or in base64 is read as JSON; one that cannot be parsed
+    still names its ``cqrs_id`` when the text shows it.
+    """
+    if isinstance(raw, Mapping) and not isinstance(raw.get('cqrs_id'), str) and depth == 0:
+        raw = raw.get('text', _base64_text(raw.get('base64')) if 'base64' in raw else raw)
+    if isinstance(raw, str) and depth < 3:
         try:
+            if len(raw) > RAW_PARSED_FOR_LOG:
+                raise ValueError('too long to parse for a log line')
             raw = json.loads(raw)
-        except Exception:  # not JSON, or nested too deep to parse: nothing to name
-            return None
+        except Exception:  # not JSON, or nested too deep to parse: look for the name in the text
+            match = _CQRS_ID_IN_TEXT.search(raw[:RAW_PARSED_FOR_LOG])
+            return {'cqrs_id': match.group(1)} if match else None
     if isinstance(raw, Mapping):
         return raw if isinstance(raw.get('cqrs_id'), str) else None
     if isinstance(raw, list) and depth < 3:  # a task body [args, kwargs, embed], its args, or a batch
@@ -121,6 +143,15 @@ def _named_in(raw: Any, depth: int = 0) -> Mapping[str, Any] | None:
             if found is not None:
                 return found
     return None
+
+
+def _base64_text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value[:RAW_PARSED_FOR_LOG // 3 * 4]).decode('utf-8', 'replace')
+    except ValueError:
+        return None
 
 
 @contextmanager

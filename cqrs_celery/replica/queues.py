@@ -13,7 +13,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from cqrs_celery import topology
+from cqrs_celery import filesystem, topology
 from cqrs_celery.conf import get_settings
 from cqrs_celery.exceptions import ConfigurationError
 from cqrs_celery.producer import transport_family
@@ -105,6 +105,7 @@ def configure_worker(app: Any) -> None:
 
 def on_celeryd_init(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
     """``celeryd_init`` receiver: runs before ``-Q`` is applied and before any connection."""
+    filesystem.configure(instance.app)
     configure_worker(instance.app)
     install(instance.app)
 
@@ -233,3 +234,43 @@ def declare(app: Any) -> list[str]:
             dead(channel).declare()
             done.append(f'queue {dead.name} (dead letters)')
     return done
+
+
+def on_beat_init(sender: Any = None, **kwargs: Any) -> None:
+    """``beat_init`` receiver: a ``filesystem://`` beat sends to the same shared folders as the workers."""
+    app = getattr(sender, 'app', None)
+    if app is not None:
+        filesystem.configure(app)
+
+
+def on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    """``worker_ready`` receiver: say so when this worker will never apply a change of this service.
+
+    A replica worker started without ``-Q <queue>`` consumes only the app's default queues, so its
+    replica queue fills up unread; a SQLite replica database without IMMEDIATE transactions makes
+    two worker processes fail each other with ``database is locked``.
+    """
+    from cqrs_celery.checks import check_sqlite_replica
+
+    queue = get_settings().queue
+    if not queue or not ReplicaRegistry.ids():
+        return
+    consumed = consumed_queues(sender)
+    if consumed is not None and queue not in consumed:
+        logger.warning('cqrs this worker does not consume the replica queue %s (it consumes: %s): the changes of %s '
+                       'wait there unapplied. Start it with -Q %s (more queues after a comma: -Q %s,%s).',
+                       queue, ', '.join(sorted(consumed)) or 'nothing', ', '.join(ReplicaRegistry.ids()), queue, queue,
+                       ','.join(sorted(consumed)) or 'celery')
+    for message in check_sqlite_replica():
+        logger.warning('cqrs %s %s (%s)', message.msg, message.hint, message.id)
+
+
+def consumed_queues(consumer: Any) -> set[str] | None:
+    """Names of the queues a worker's consumer reads (None when it cannot be told)."""
+    task_consumer = getattr(consumer, 'task_consumer', None)
+    if task_consumer is not None:
+        return {queue.name for queue in task_consumer.queues}
+    app = getattr(consumer, 'app', None)
+    if app is None:
+        return None
+    return set(app.amqp.queues.consume_from)

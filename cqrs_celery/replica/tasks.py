@@ -20,6 +20,7 @@ from celery import shared_task
 from celery.exceptions import Reject
 from django import db
 
+from cqrs_celery import observability
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope, decode_message
@@ -45,18 +46,20 @@ def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str
     queue = get_settings().queue
     if args or kwargs:
         return _dead(None, EnvelopeError('the task takes exactly one argument, the envelope', raw),
-                     'bad input', raw=[raw, *args, kwargs])
+                     'bad input', raw=[raw, *args, kwargs], attempts=0)
     try:
         rows = decode_message(raw)
     except EnvelopeError as exc:
-        return _handled(self, None, _dead(None, exc, 'bad input', raw=raw), queue, raw)
+        return _handled(self, None, _dead(None, exc, 'bad input', raw=raw, attempts=0), queue, raw)
     envelopes: list[Envelope] = []
     outcomes: list[str] = []
     for row in rows:
         if isinstance(row, EnvelopeError):
-            outcomes.append(_handled(self, None, _dead(None, row, 'bad input', raw=row.raw), queue, row.raw))
+            outcomes.append(_handled(self, None, _dead(None, row, 'bad input', raw=row.raw, attempts=0), queue,
+                                     row.raw))
         elif row.expires is not None and row.is_expired():
-            outcome = _dead(row, EnvelopeError(f'expired at {row.expires.isoformat()}'), 'expired')
+            outcome = _dead(row, EnvelopeError(f'expired at {row.expires.isoformat()}'), 'expired',
+                            attempts=row.retries)
             outcomes.append(_handled(self, row, outcome, queue))
         elif row.not_before is not None and queue and _wait(row, queue):
             outcomes.append(_handled(self, row, 'waiting', queue))
@@ -75,6 +78,8 @@ def _handled(task: Any, envelope: Envelope | None, outcome: str, queue: str | No
         envelope_handled.send(sender=task, envelope=envelope, outcome=outcome, queue=queue, raw=raw)
     except Exception:
         logger.exception('cqrs envelope_handled receiver failed (ignored)')
+    if envelope is not None:
+        observability.handled(envelope, outcome, queue)
     return outcome
 
 
@@ -89,7 +94,7 @@ def _settle(envelope: Envelope, queue: str | None, result: Result | Exception) -
     """Map one row's result to its outcome name, or to a dead letter or a retry."""
     if isinstance(result, UnknownCQRSIdError | DataError | db.DataError):
         # db.DataError: a value the database refuses (too long, malformed); retrying cannot help.
-        return _dead(envelope, result, 'bad input')
+        return _dead(envelope, result, 'bad input', attempts=envelope.retries + 1)
     if isinstance(result, Exception):
         return _retry(envelope, queue, result)
     logger.debug('cqrs %s: cqrs_id=%s pk=%s revision=%s correlation_id=%s queue=%s',
@@ -97,11 +102,21 @@ def _settle(envelope: Envelope, queue: str | None, result: Result | Exception) -
     return result.outcome.value
 
 
-def _dead(envelope: Envelope | None, exc: BaseException, reason: str, raw: Any = None) -> str:
-    letter = dead_letters.record(error=exc, reason=reason, attempts=envelope.retries if envelope else 0,
-                                 envelope=envelope, raw=raw)
+def _dead(envelope: Envelope | None, exc: BaseException, reason: str, *, attempts: int, raw: Any = None,
+          traceback: bool = False) -> str:
+    """Publish the dead letter; ``attempts``: how many times the change was tried (0: never applied).
+
+    ``traceback``: the exception came from applying (the model's own code, the database), so the
+    log line carries its traceback.
+    """
+    if traceback and envelope is not None:
+        logger.error('cqrs apply failed at attempt %s, no retry left: cqrs_id=%s pk=%s revision=%s '
+                     'correlation_id=%s queue=%s error=%r', attempts, *envelope.log_fields().values(),
+                     get_settings().queue, exc, exc_info=exc)
+    letter = dead_letters.record(error=exc, reason=reason, attempts=attempts, envelope=envelope, raw=raw)
     with _requeue_on_failure('dead-letter', envelope):
         dead_letters.send(letter)
+    observability.dead_lettered(letter, envelope, exc, dead_letters.named_in_letter(letter))
     return 'dead_lettered'
 
 
@@ -130,16 +145,21 @@ def _retry(envelope: Envelope, queue: str | None, exc: Exception) -> str:
     """
     model = ReplicaRegistry.get(envelope.cqrs_id)
     if not queue or not model.should_retry_cqrs(envelope.retries, exc):
-        return _dead(envelope, exc, f'failed after {envelope.retries} retries')
+        return _dead(envelope, exc, f'failed after {envelope.retries} retries', attempts=envelope.retries + 1,
+                     traceback=True)
     delay = float(model.get_cqrs_retry_delay(envelope.retries))
     if not math.isfinite(delay) or delay < 0:
         delay = get_settings().replica.retry_backoff_max
     hop = min(delay, max_retry_delay())
     not_before = _now() + datetime.timedelta(seconds=delay) if hop < delay else None
+    # The traceback is logged once, at the first failure (and again with the dead letter): a
+    # change that keeps failing does not repeat it at every retry.
     logger.warning('cqrs apply failed, retry %s in %.1fs: cqrs_id=%s pk=%s revision=%s correlation_id=%s '
-                   'queue=%s error=%r', envelope.retries + 1, delay, *envelope.log_fields().values(), queue, exc)
+                   'queue=%s error=%r', envelope.retries + 1, delay, *envelope.log_fields().values(), queue, exc,
+                   exc_info=exc if envelope.retries == 0 else None)
     with _requeue_on_failure('send a retry', envelope):
         send(envelope.replace(retries=envelope.retries + 1, not_before=not_before), route_to=queue, countdown=hop)
+    observability.retried(envelope, queue, attempt=envelope.retries + 1, delay=delay, exception=exc)
     return 'retrying'
 
 
