@@ -40,8 +40,7 @@ def mode(model: Any) -> str:
     ``CQRS_CUSTOM_SERIALIZATION``); ``True`` compares fields even with methods of its own.
     Models without a table (``RawReplicaMixin``, ``CQRS_NO_DB_OPERATIONS``) are never reconciled.
     """
-    from cqrs_celery.replica.group import _function
-    from cqrs_celery.replica.mixins import ReplicaMixin
+    from cqrs_celery.replica.apply import overrides
 
     setting = getattr(model, 'CQRS_RECONCILE', None)
     if setting is False or getattr(model, 'CQRS_NO_DB_OPERATIONS', False) or not hasattr(model, '_meta'):
@@ -50,7 +49,7 @@ def mode(model: Any) -> str:
         return REVISION
     if setting is True:
         return CONTENT
-    if model.CQRS_CUSTOM_SERIALIZATION or any(_function(model, name) is not _function(ReplicaMixin, name)
+    if model.CQRS_CUSTOM_SERIALIZATION or any(overrides(model, name)
                                              for name in ('cqrs_create', 'cqrs_update', 'cqrs_save')):
         return REVISION
     return CONTENT
