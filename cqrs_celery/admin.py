@@ -7,6 +7,7 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.db import router
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -35,7 +36,8 @@ class CQRSAdminMasterSyncMixin:
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         found: dict[str, Any] = super().get_actions(request)  # type: ignore[misc]
-        if self.actions is None or not self.has_change_permission(request):  # type: ignore[attr-defined]
+        if (self.actions is None or IS_POPUP_VAR in request.GET
+                or not self.has_change_permission(request)):  # type: ignore[attr-defined]
             return found
         for name in ('sync_items', 'sync_items_to_queue'):
             if name not in found:

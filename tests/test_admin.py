@@ -92,6 +92,13 @@ def test_the_sync_actions_need_the_change_permission(client):
     assert 'sync_items' not in page
 
 
+def test_the_sync_actions_are_offered_on_the_changelist_but_not_in_a_popup(client):
+    authors(1)
+
+    assert 'value="sync_items_to_queue"' in client.get(changelist(Author)).content.decode()
+    assert 'sync_items' not in client.get(changelist(Author) + '?_popup=1').content.decode()
+
+
 def test_the_outbox_is_listed_read_only_with_pending_and_set_aside_views(client):
     OutboxEvent.objects.create(cqrs_id='author', pk_value='1')
     OutboxEvent.objects.create(cqrs_id='author', pk_value='2', set_aside=True, attempts=9, error='broker said no')

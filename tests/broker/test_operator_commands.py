@@ -1,5 +1,6 @@
 """The diff pipes of django-cqrs's runbooks, run as separate master and replica processes against a
-real RabbitMQ and a real replica worker (tier iii): they make a drifted replica equal to its master."""
+real broker and a real replica worker (tier iii): they make a drifted replica equal to its master.
+``cqrs_status`` reads a replica queue's depth on RabbitMQ."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from tests.broker.harness import wait_until
 from tests.master_app.models import Item
 from tests.replica_app.models import ReplicaItem
 
-pytestmark = pytest.mark.parametrize('broker_url', ['amqp'], indirect=True)
-
 
 def replica_command(env: dict[str, str], *args: str, stdin: str = '') -> str:
     """``python -m django <args>`` as the replica service, ``stdin`` piped in; returns its stdout."""
@@ -36,6 +35,7 @@ def master_command(*args: str, stdin: str | None = None) -> str:
     return out.getvalue()
 
 
+@pytest.mark.parametrize('broker_url', ['amqp', 'redis'], indirect=True)
 def test_the_diff_pipes_repair_a_drifted_replica_through_its_worker(services, replica_db):
     queue = services.queue('replica_a')
     database = replica_db('replica_a')
@@ -76,6 +76,7 @@ def test_the_diff_pipes_repair_a_drifted_replica_through_its_worker(services, re
         assert (row.name, row.cqrs_revision) == (Item.objects.get(sku=sku).name, 0)
 
 
+@pytest.mark.parametrize('broker_url', ['amqp'], indirect=True)
 def test_status_reads_the_replica_queue_depth_on_rabbitmq(services, replica_db):
     queue = services.queue('replica_a')
     env = services.replica_env(queue, replica_db('replica_a'))
