@@ -123,6 +123,13 @@ class RawMasterMixin(models.Model):
         """True until this instance's second save in the current transaction."""
         return self.cqrs_saves_count < 2
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The transaction markers hold the connection's on-commit callbacks: never pickle or copy them.
+        state: dict[str, Any] = super().__getstate__()
+        state.pop('_cqrs_saves', None)
+        state.pop('_cqrs_bumped', None)
+        return state
+
     def reset_cqrs_saves_count(self) -> None:
         """Forget this instance's saves in the current transaction: its next save bumps the revision again.
 
