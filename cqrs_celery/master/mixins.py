@@ -157,7 +157,7 @@ class RawMasterMixin(models.Model):
             if fields and flag:
                 kwargs['update_fields'] = fields | {FIELD_REVISION, FIELD_UPDATED}
             elif FIELD_REVISION in fields:
-                self._cqrs_save_as_given(connection, using, *args, **kwargs)
+                self._cqrs_save_as_given(using, *args, **kwargs)
                 return
             else:
                 self._cqrs_skip = True
@@ -192,7 +192,7 @@ class RawMasterMixin(models.Model):
         if connection.in_atomic_block:
             self.__dict__['_cqrs_bumped'] = (using, connection.run_on_commit)
 
-    def _cqrs_save_as_given(self, connection: Any, using: str, *args: Any, **kwargs: Any) -> None:
+    def _cqrs_save_as_given(self, using: str, *args: Any, **kwargs: Any) -> None:
         """A save whose ``update_fields`` name ``cqrs_revision``: the caller set the revision; publish it."""
         tracker.capture(self, merge=not self.is_initial_cqrs_save)
         self._cqrs_by_trigger = triggers.active(using, type(self))
