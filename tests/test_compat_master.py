@@ -668,3 +668,12 @@ def test_an_instance_saved_in_a_transaction_still_pickles_and_copies():
         twin = copy.deepcopy(row)
 
     assert (clone.pk, clone.cqrs_saves_count, twin.pk, twin.cqrs_saves_count) == (1, 0, 1, 0)
+
+
+def test_the_registries_answer_under_django_cqrs_method_name(caplog):
+    from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
+
+    assert MasterRegistry.get_model_by_cqrs_id('cm_simple') is CompatSimple
+    assert ReplicaRegistry.get_model_by_cqrs_id('item') is ReplicaItem
+    assert ReplicaRegistry.get_model_by_cqrs_id('invalid') is None
+    assert 'No replica model with such CQRS_ID: invalid.' in caplog.text
