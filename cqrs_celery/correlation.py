@@ -21,7 +21,7 @@ def get_correlation_id(signal_type: Any, cqrs_id: str | None, instance_pk: Any, 
         return None
     if _takes_four_positional(function):
         return function(signal_type, cqrs_id, instance_pk, queue)
-    from cqrs_celery.master.mixins import call_accepting
+    from cqrs_celery.master.hooks import call_accepting
 
     return call_accepting(function, signal_type=signal_type, cqrs_id=cqrs_id, instance_pk=instance_pk, queue=queue)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
 from cqrs_celery.exceptions import ConfigurationError, UnknownCQRSIdError
+
+logger = logging.getLogger(__name__)
 
 
 class Registry:
@@ -37,6 +40,13 @@ class Registry:
                 f'No {self.side} model has CQRS_ID {cqrs_id!r} in this service '
                 f'(known: {", ".join(sorted(self._models)) or "none"}).'
             ) from None
+
+    def get_model_by_cqrs_id(self, cqrs_id: str) -> Any | None:
+        """django-cqrs's name for :meth:`get`: the model, or ``None`` (logged as an error) when unknown."""
+        model = self._models.get(cqrs_id)
+        if model is None:
+            logger.error('No %s model with such CQRS_ID: %s.', self.side, cqrs_id)
+        return model
 
     def models(self) -> list[Any]:
         return list(self._models.values())

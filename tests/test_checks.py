@@ -243,6 +243,95 @@ def test_e011_the_master_names_a_field_it_does_not_have(attr):
     assert 'subtitle' in errors[0].msg
 
 
+# --- declarations and settings a project moving from django-cqrs brings (issue 10) ----------
+
+
+def _throwaway_master(**attrs):
+    return type('DjangoCqrsOriginal', (MasterMixin,), {
+        '__module__': __name__, 'CQRS_ID': 'throwaway_djcqrs', 'title': models.CharField(max_length=10),
+        'Meta': type('Meta', (), {'app_label': 'master_app'}), **attrs})
+
+
+@provokes('cqrs_celery.E020')
+@pytest.mark.usefixtures('throwaway_apps')
+def test_e020_cqrs_fields_without_the_primary_key():
+    model = _throwaway_master(CQRS_FIELDS=['title'])
+
+    errors = cqrs_errors()
+
+    assert [(m.id, m.obj) for m in errors] == [('cqrs_celery.E020', model)]
+    assert "'id'" in errors[0].msg
+
+
+@provokes('cqrs_celery.E021')
+@pytest.mark.usefixtures('throwaway_apps')
+@pytest.mark.parametrize('attr', ['CQRS_FIELDS', 'CQRS_TRACKED_FIELDS', 'CQRS_MAPPING'])
+def test_e021_a_field_named_twice(attr):
+    if attr == 'CQRS_MAPPING':
+        class TwiceCopy(ReplicaMixin):
+            CQRS_ID = 'throwaway_twice'
+            CQRS_MAPPING = {'id': 'id', 'title': 'title', 'name': 'title'}
+            id = models.BigIntegerField(primary_key=True)
+            title = models.CharField(max_length=10)
+
+            class Meta:
+                app_label = 'replica_app'
+    else:
+        _throwaway_master(**{attr: ['id', 'title', 'title']})
+
+    assert reported_ids() == {'cqrs_celery.E021'}
+
+
+@provokes('cqrs_celery.E022')
+@pytest.mark.usefixtures('throwaway_apps')
+def test_e022_cqrs_fields_together_with_a_serializer():
+    _throwaway_master(CQRS_FIELDS=['id', 'title'], CQRS_SERIALIZER='tests.master_app.serializers.ShelfSerializer')
+
+    assert reported_ids() == {'cqrs_celery.E022'}
+
+
+@provokes('cqrs_celery.E023')
+@pytest.mark.usefixtures('throwaway_apps')
+def test_e023_a_mapping_that_gives_the_replica_no_primary_key():
+    class KeylessCopy(ReplicaMixin):
+        CQRS_ID = 'throwaway_keyless'
+        CQRS_MAPPING = {'title': 'title'}
+        id = models.BigIntegerField(primary_key=True)
+        title = models.CharField(max_length=10)
+
+        class Meta:
+            app_label = 'replica_app'
+
+    errors = cqrs_errors()
+
+    assert [(m.id, m.obj) for m in errors] == [('cqrs_celery.E023', KeylessCopy)]
+
+
+@provokes('cqrs_celery.W020')
+@provokes('cqrs_celery.W021')
+@provokes('cqrs_celery.W022')
+@pytest.mark.parametrize(('raw', 'check_id'), [
+    ({**GOOD, 'transport': 'dj_cqrs.transport.RabbitMQTransport'}, 'cqrs_celery.W020'),
+    ({**GOOD, 'url': 'amqp://localhost'}, 'cqrs_celery.W020'),
+    ({**GOOD, 'host': 'localhost', 'port': 5672, 'user': 'u', 'password': 'p', 'exchange': 'cqrs'}, 'cqrs_celery.W020'),
+    ({**GOOD, 'consumer_prefetch_count': 5}, 'cqrs_celery.W021'),
+    ({**GOOD, 'replica': {'delay_queue_max_size': 100}}, 'cqrs_celery.W021'),
+    ({**GOOD, 'replica': {'CQRS_QUERY_TIMEOUT': 1000}}, 'cqrs_celery.W022'),
+    ({**GOOD, 'replica': {'CQRS_LOG_TIMED_OUT_QUERIES': True, 'CQRS_QUERY_LOGGER': 'x'}}, 'cqrs_celery.W022'),
+])
+def test_w020_w022_django_cqrs_settings_are_ignored_with_a_warning(raw, check_id):
+    with override_settings(CQRS=raw):
+        messages = cqrs_errors()
+        conf.get_settings()  # the settings still build
+
+    assert {m.id for m in messages} == {check_id}
+    assert all(m.level == checks.WARNING and m.hint for m in messages)
+    out = StringIO()
+    with override_settings(CQRS=raw):
+        call_command('check', stdout=out, stderr=out)  # warnings do not fail the command
+    assert check_id in out.getvalue()
+
+
 @provokes('cqrs_celery.E012')
 @pytest.mark.usefixtures('throwaway_apps')
 def test_e012_the_master_serializer_cannot_be_imported():
@@ -339,108 +428,6 @@ def test_a_celery_app_that_accepts_json_and_yaml_gets_no_warning():
 def test_e014_the_celery_app_sends_task_protocol_1():
     with override_settings(CQRS={**GOOD, 'app': celery_app(task_protocol=1)}):
         assert reported_ids() == {'cqrs_celery.E014'}
-
-
-# --- declarations and settings a project moving from django-cqrs brings (issue 10) ----------
-
-
-def _throwaway_master(**attrs):
-    return type('DjangoCqrsOriginal', (MasterMixin,), {
-        '__module__': __name__, 'CQRS_ID': 'throwaway_djcqrs', 'title': models.CharField(max_length=10),
-        'Meta': type('Meta', (), {'app_label': 'master_app'}), **attrs})
-
-
-@provokes('cqrs_celery.E020')
-@pytest.mark.usefixtures('throwaway_apps')
-def test_e020_cqrs_fields_without_the_primary_key():
-    model = _throwaway_master(CQRS_FIELDS=['title'])
-
-    errors = cqrs_errors()
-
-    assert [(m.id, m.obj) for m in errors] == [('cqrs_celery.E020', model)]
-    assert "'id'" in errors[0].msg
-
-
-@provokes('cqrs_celery.E021')
-@pytest.mark.usefixtures('throwaway_apps')
-@pytest.mark.parametrize('attr', ['CQRS_FIELDS', 'CQRS_TRACKED_FIELDS', 'CQRS_MAPPING'])
-def test_e021_a_field_named_twice(attr):
-    if attr == 'CQRS_MAPPING':
-        class TwiceCopy(ReplicaMixin):
-            CQRS_ID = 'throwaway_twice'
-            CQRS_MAPPING = {'id': 'id', 'title': 'title', 'name': 'title'}
-            id = models.BigIntegerField(primary_key=True)
-            title = models.CharField(max_length=10)
-
-            class Meta:
-                app_label = 'replica_app'
-    else:
-        _throwaway_master(**{attr: ['id', 'title', 'title']})
-
-    assert reported_ids() == {'cqrs_celery.E021'}
-
-
-@provokes('cqrs_celery.E022')
-@pytest.mark.usefixtures('throwaway_apps')
-def test_e022_cqrs_fields_together_with_a_serializer():
-    _throwaway_master(CQRS_FIELDS=['id', 'title'], CQRS_SERIALIZER='tests.master_app.serializers.ShelfSerializer')
-
-    assert reported_ids() == {'cqrs_celery.E022'}
-
-
-@provokes('cqrs_celery.E023')
-@pytest.mark.usefixtures('throwaway_apps')
-def test_e023_a_mapping_that_gives_the_replica_no_primary_key():
-    class KeylessCopy(ReplicaMixin):
-        CQRS_ID = 'throwaway_keyless'
-        CQRS_MAPPING = {'title': 'title'}
-        id = models.BigIntegerField(primary_key=True)
-        title = models.CharField(max_length=10)
-
-        class Meta:
-            app_label = 'replica_app'
-
-    errors = cqrs_errors()
-
-    assert [(m.id, m.obj) for m in errors] == [('cqrs_celery.E023', KeylessCopy)]
-
-
-@provokes('cqrs_celery.W020')
-@provokes('cqrs_celery.W021')
-@provokes('cqrs_celery.W022')
-@pytest.mark.parametrize(('raw', 'check_id'), [
-    ({**GOOD, 'transport': 'dj_cqrs.transport.RabbitMQTransport'}, 'cqrs_celery.W020'),
-    ({**GOOD, 'url': 'amqp://localhost'}, 'cqrs_celery.W020'),
-    ({**GOOD, 'host': 'localhost', 'port': 5672, 'user': 'u', 'password': 'p', 'exchange': 'cqrs'}, 'cqrs_celery.W020'),
-    ({**GOOD, 'consumer_prefetch_count': 5}, 'cqrs_celery.W021'),
-    ({**GOOD, 'replica': {'delay_queue_max_size': 100}}, 'cqrs_celery.W021'),
-    ({**GOOD, 'replica': {'CQRS_QUERY_TIMEOUT': 1000}}, 'cqrs_celery.W022'),
-    ({**GOOD, 'replica': {'CQRS_LOG_TIMED_OUT_QUERIES': True, 'CQRS_QUERY_LOGGER': 'x'}}, 'cqrs_celery.W022'),
-])
-def test_w020_w022_django_cqrs_settings_are_ignored_with_a_warning(raw, check_id):
-    with override_settings(CQRS=raw):
-        messages = cqrs_errors()
-        conf.get_settings()  # the settings still build
-
-    assert {m.id for m in messages} == {check_id}
-    assert all(m.level == checks.WARNING and m.hint for m in messages)
-    out = StringIO()
-    with override_settings(CQRS=raw):
-        call_command('check', stdout=out, stderr=out)  # warnings do not fail the command
-    assert check_id in out.getvalue()
-@provokes('cqrs_celery.W060')
-def test_w060_quorum_queues_are_configured_on_a_broker_that_is_not_rabbitmq():
-    with override_settings(CQRS={**GOOD, 'app': celery_app(), 'replica': {'queue_type': 'quorum'}}):
-        messages = cqrs_errors()
-
-    assert [(m.id, m.level) for m in messages] == [('cqrs_celery.W060', checks.WARNING)]
-
-
-def test_quorum_queues_on_rabbitmq_get_no_warning():
-    app = celery_app()
-    app.conf.broker_url = 'amqp://guest:guest@127.0.0.1:5672//'
-    with override_settings(CQRS={**GOOD, 'app': app, 'replica': {'queue_type': 'quorum'}}):
-        assert cqrs_errors() == []
 
 
 @pytest.mark.parametrize('check_id', sorted(CHECK_IDS))

@@ -652,3 +652,28 @@ def test_with_triggers_saves_in_one_transaction_bump_once_and_replicas_converge(
     master, replica = Item.objects.get(pk='T'), ReplicaItem.objects.get(pk='T')
     assert (master.name, master.quantity, master.cqrs_revision) == ('four', 3, 2)
     assert (replica.name, replica.quantity, replica.cqrs_revision) == ('four', 3, 2)
+
+
+def test_an_instance_saved_in_a_transaction_still_pickles_and_copies():
+    import copy
+    import pickle
+
+    with transaction.atomic():
+        row = CompatSimple.objects.create(id=1)
+        transaction.on_commit(lambda: None)  # an unpicklable callback waits for the commit
+        row.save()
+        assert row.cqrs_saves_count == 2
+
+        clone = pickle.loads(pickle.dumps(row))
+        twin = copy.deepcopy(row)
+
+    assert (clone.pk, clone.cqrs_saves_count, twin.pk, twin.cqrs_saves_count) == (1, 0, 1, 0)
+
+
+def test_the_registries_answer_under_django_cqrs_method_name(caplog):
+    from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
+
+    assert MasterRegistry.get_model_by_cqrs_id('cm_simple') is CompatSimple
+    assert ReplicaRegistry.get_model_by_cqrs_id('item') is ReplicaItem
+    assert ReplicaRegistry.get_model_by_cqrs_id('invalid') is None
+    assert 'No replica model with such CQRS_ID: invalid.' in caplog.text

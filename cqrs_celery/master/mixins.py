@@ -4,81 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from django.db import connections, models, router, transaction
 from django.db.models.expressions import Combinable, RawSQL
 from django.db.models.signals import class_prepared
-from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.exceptions import ConfigurationError, MetaError
 from cqrs_celery.master import tracker, triggers
-from cqrs_celery.models import MasterTombstone, pk_hash, pk_key, tombstone_revision, tombstone_revisions
+from cqrs_celery.master.hooks import call_accepting, name_of, names_parameter, wants_keyword
+from cqrs_celery.master.managers import MasterManager
+from cqrs_celery.models import MasterTombstone, pk_hash, pk_key, tombstone_revision
 from cqrs_celery.registry import MasterRegistry, require_cqrs_id
 from cqrs_celery.serialization import field_value, instance_to_dict, to_json
-
-
-class MasterManager(models.Manager):  # type: ignore[type-arg]
-    """``Model.cqrs``: bulk operations that publish one event per row."""
-
-    def bulk_create(self, objs: Sequence[models.Model], **kwargs: Any) -> list[Any]:  # type: ignore[override]
-        """Insert ``objs`` in bulk and publish a SAVE for each after commit (``post_bulk_create`` is sent)."""
-        using = self.db
-        objs = list(objs)
-        with transaction.atomic(using=using, savepoint=False):
-            now = timezone.now()
-            explicit = [obj for obj in objs if obj.pk is not None]
-            last = tombstone_revisions(MasterTombstone, using, self.model.CQRS_ID,
-                                       [to_json(obj.pk) for obj in explicit]) if explicit else {}
-            for obj in objs:
-                deleted = None if obj.pk is None else last.get(pk_key(to_json(obj.pk)))
-                obj.cqrs_revision = 0 if deleted is None else deleted + 1  # type: ignore[attr-defined]
-                obj.cqrs_updated = now  # type: ignore[attr-defined]
-            tracker.capture_created(objs)
-            created = super().bulk_create(objs, **kwargs)
-            if created:
-                self.model.call_post_bulk_create(created, using=using)
-                _publish_unconnected(self.model, created, using)
-        return created
-
-    def bulk_update(self, queryset: models.QuerySet[Any], **values: Any) -> int:  # type: ignore[override]
-        """``queryset.update(**values)`` that bumps revisions and publishes a SAVE per row.
-
-        With tracked fields, each row's ``previous_data`` is the value of every tracked column before
-        the update (as django-cqrs sends it). ``post_update`` is sent with the updated rows.
-        """
-        using = queryset.db
-        tracked = tracker.has_tracker(self.model)
-        with transaction.atomic(using=using, savepoint=False):
-            locked = queryset.select_for_update()
-            if tracked:
-                before = {obj.pk: getattr(obj, tracker.TRACKER_NAME).current_json() for obj in locked}
-                pks = list(before)
-            else:
-                pks = list(locked.values_list('pk', flat=True))
-            rows = self.model._base_manager.using(using).filter(pk__in=pks)
-            count: int = rows.update(cqrs_revision=models.F(FIELD_REVISION) + 1, cqrs_updated=timezone.now(),
-                                     **values)
-            updated = list(rows)
-            if tracked:
-                for obj in updated:
-                    setattr(obj, tracker.TRACKED_DATA_ATTR, before.get(obj.pk))
-            self.model.call_post_update(updated, using=using)
-            _publish_unconnected(self.model, updated, using)
-        return count
-
-
-def _publish_unconnected(model: Any, instances: list[Any], using: str) -> None:
-    """Publish rows of a model whose signals are not connected (``RawMasterMixin``): bulk operations always publish."""
-    from cqrs_celery.master import publish
-
-    if not model._cqrs_auto_publish:
-        publish.schedule_many(instances, SignalType.SAVE, using)
 
 
 class RawMasterMixin(models.Model):
@@ -123,6 +65,13 @@ class RawMasterMixin(models.Model):
         """True until this instance's second save in the current transaction."""
         return self.cqrs_saves_count < 2
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The transaction markers hold the connection's on-commit callbacks: never pickle or copy them.
+        state: dict[str, Any] = super().__getstate__()
+        state.pop('_cqrs_saves', None)
+        state.pop('_cqrs_bumped', None)
+        return state
+
     def reset_cqrs_saves_count(self) -> None:
         """Forget this instance's saves in the current transaction: its next save bumps the revision again.
 
@@ -150,7 +99,7 @@ class RawMasterMixin(models.Model):
             if fields and flag:
                 kwargs['update_fields'] = fields | {FIELD_REVISION, FIELD_UPDATED}
             elif FIELD_REVISION in fields:
-                self._cqrs_save_as_given(connection, using, *args, **kwargs)
+                self._cqrs_save_as_given(using, *args, **kwargs)
                 return
             else:
                 self._cqrs_skip = True
@@ -185,7 +134,7 @@ class RawMasterMixin(models.Model):
         if connection.in_atomic_block:
             self.__dict__['_cqrs_bumped'] = (using, connection.run_on_commit)
 
-    def _cqrs_save_as_given(self, connection: Any, using: str, *args: Any, **kwargs: Any) -> None:
+    def _cqrs_save_as_given(self, using: str, *args: Any, **kwargs: Any) -> None:
         """A save whose ``update_fields`` name ``cqrs_revision``: the caller set the revision; publish it."""
         tracker.capture(self, merge=not self.is_initial_cqrs_save)
         self._cqrs_by_trigger = triggers.active(using, type(self))
@@ -315,11 +264,11 @@ class RawMasterMixin(models.Model):
         if 'instance_data' not in kwargs and wants_keyword(meta_function, 'instance_data'):
             kwargs['instance_data'] = self.to_cqrs_dict()  # serialized only for a function that asks for it
         meta = call_accepting(meta_function, obj=self, **kwargs, **(
-            {'instance': self} if _names_parameter(meta_function, 'instance') else {}))
+            {'instance': self} if names_parameter(meta_function, 'instance') else {}))
         if meta is None:
             return {}
         if not isinstance(meta, Mapping):
-            raise MetaError(f"CQRS['master']['meta_function'] ({_name(meta_function)}) must return a dict or None, "
+            raise MetaError(f"CQRS['master']['meta_function'] ({name_of(meta_function)}) must return a dict or None, "
                             f'not {type(meta).__name__}')
         return dict(meta)
 
@@ -373,43 +322,6 @@ class RawMasterMixin(models.Model):
         return True
 
 
-def call_accepting(function: Callable[..., Any], **kwargs: Any) -> Any:
-    """Call ``function`` with those of ``kwargs`` its signature takes (all of them if it takes ``**kwargs``)."""
-    accepted = _accepted(function)
-    return function(**(kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}))
-
-
-def wants_keyword(function: Callable[..., Any], name: str) -> bool:
-    """True when ``function`` would receive keyword ``name`` from :func:`call_accepting`."""
-    accepted = _accepted(function)
-    return accepted is None or name in accepted
-
-
-def _names_parameter(function: Callable[..., Any], name: str) -> bool:
-    """True when ``function``'s signature names ``name`` (``**kwargs`` alone does not count)."""
-    return name in _parameters(function)
-
-
-@functools.lru_cache(maxsize=256)
-def _accepted(function: Callable[..., Any]) -> frozenset[str] | None:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: give it everything
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-
-
-@functools.lru_cache(maxsize=256)
-def _parameters(function: Callable[..., Any]) -> frozenset[str]:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return frozenset()
-    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-
-
 def _same_transaction(alias: str, hooks: Any) -> bool:
     """True while the transaction that had on-commit list ``hooks`` is still the current one.
 
@@ -418,10 +330,6 @@ def _same_transaction(alias: str, hooks: Any) -> bool:
     """
     connection = connections[alias]
     return bool(connection.in_atomic_block) and connection.run_on_commit is hooks
-
-
-def _name(function: Any) -> str:
-    return f'{getattr(function, "__module__", "?")}.{getattr(function, "__qualname__", function)}'
 
 
 _REVISION_SQL: dict[str, str] = {}

@@ -29,7 +29,8 @@ from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.correlation import get_correlation_id
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import MetaError
-from cqrs_celery.master.mixins import RawMasterMixin, wants_keyword
+from cqrs_celery.master.hooks import wants_keyword
+from cqrs_celery.master.mixins import RawMasterMixin
 from cqrs_celery.models import MasterTombstone, tombstone_revision
 from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import to_json

@@ -95,7 +95,8 @@ class StockWatch(RawReplicaMixin):
                   sync: bool = False, meta: dict[str, Any] | None = None) -> bool:
         title = master_data.get('book_title') or f"book #{master_data.get('book')}"
         quantity = master_data.get('quantity')
-        if previous_data and 'quantity' in previous_data:
+        # A created row's previous_data names its tracked fields with None (as django-cqrs sends it).
+        if previous_data and previous_data.get('quantity') is not None:
             text = f"stock of '{title}' changed from {previous_data['quantity']} to {quantity}"
         else:
             text = f"stock of '{title}' is {quantity}" + (' (sync)' if sync else '')
