@@ -6,10 +6,6 @@
 
 from __future__ import annotations
 
-import contextvars
-import copy
-import dataclasses
-import enum
 import hashlib
 import logging
 from typing import Any
@@ -21,61 +17,12 @@ from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import ApplyError, DataError
 from cqrs_celery.models import ReplicaTombstone, forget_tombstones, pk_key, record_tombstone, tombstone_revision
 from cqrs_celery.registry import ReplicaRegistry
+from cqrs_celery.replica.hooks import call_model, has_no_table, meta_kwargs, overrides, private_copy
+from cqrs_celery.replica.outcomes import Outcome as Outcome
+from cqrs_celery.replica.outcomes import Result as Result
 from cqrs_celery.serialization import from_json, python_value
 
 logger = logging.getLogger(__name__)
-
-
-class Outcome(str, enum.Enum):
-    """What applying an envelope did."""
-
-    CREATED = 'created'
-    UPDATED = 'updated'
-    DELETED = 'deleted'
-    TOMBSTONED = 'tombstoned'  # DELETE of a row this replica never had: remembered, nothing to delete
-    HANDLED = 'handled'  # a RawReplicaMixin / CQRS_NO_DB_OPERATIONS model's own code ran
-    STALE = 'stale'
-    DUPLICATE = 'duplicate'
-    NOT_FOR_ME = 'not_for_me'
-
-
-#: Outcomes that change nothing: a model method that returns a falsy value for them has not failed.
-NO_CHANGE = frozenset({Outcome.STALE, Outcome.DUPLICATE, Outcome.TOMBSTONED, Outcome.NOT_FOR_ME})
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    outcome: Outcome
-    instance: Any = None
-
-
-@dataclasses.dataclass
-class Applying:
-    """The envelope being applied while a model's own ``cqrs_save``/``cqrs_delete`` runs.
-
-    The library's ``cqrs_save``/``cqrs_delete`` (what an override's ``super()`` reaches) find it
-    here, so they apply inside the apply path's transaction with the envelope's flags, and record
-    what happened: the apply path then reports that outcome, or raises the error they logged.
-    """
-
-    model: Any
-    envelope: Envelope
-    using: str
-    used: bool = False
-    result: Result | None = None
-    error: Exception | None = None
-
-
-_applying: contextvars.ContextVar[Applying | None] = contextvars.ContextVar('cqrs_celery_applying', default=None)
-
-
-def claim_applying(model: Any) -> Applying | None:
-    """The apply in progress for ``model`` if its library method has not run yet (then it has)."""
-    state = _applying.get()
-    if state is None or state.model is not model or state.used:
-        return None
-    state.used = True
-    return state
 
 
 def apply(envelope: Envelope, queue: str | None = None) -> Result:
@@ -94,66 +41,12 @@ def apply(envelope: Envelope, queue: str | None = None) -> Result:
     return apply_row(model, envelope)
 
 
-def has_no_table(model: Any) -> bool:
-    """True for models whose own code does all the work: RawReplicaMixin classes, abstract models
-    and models with ``CQRS_NO_DB_OPERATIONS``."""
-    meta = getattr(model, '_meta', None)
-    return bool(model.CQRS_NO_DB_OPERATIONS or meta is None or meta.abstract)
-
-
-def overrides(model: Any, name: str) -> bool:
-    """True when ``model`` replaces the library's ``cqrs_save``/``cqrs_create``/``cqrs_update``/``cqrs_delete``."""
-    from cqrs_celery.replica.mixins import LIBRARY_METHODS  # mixins imports this module
-
-    attribute = getattr(model, name)
-    return getattr(attribute, '__func__', attribute) is not LIBRARY_METHODS[name]
-
-
-def private_copy(envelope: Envelope) -> Envelope:
-    """The envelope with its dicts copied, so model code that mutates them cannot change a retry."""
-    return envelope.replace(instance_data=copy.deepcopy(envelope.instance_data),
-                            previous_data=copy.deepcopy(envelope.previous_data), meta=copy.deepcopy(envelope.meta))
-
-
 def is_for_me(model: Any, envelope: Envelope, queue: str | None) -> bool:
     """False for a directed SYNC meant for another queue, or a broadcast SYNC an only-direct model ignores."""
     if envelope.is_directed and queue is not None and envelope.queue != queue:
         return False
     return not (envelope.signal_type == SignalType.SYNC and model.CQRS_ONLY_DIRECT_SYNCS
                 and not envelope.is_directed)
-
-
-def _meta_kwargs(model: Any, envelope: Envelope) -> dict[str, Any]:
-    return {'meta': envelope.meta} if model.CQRS_META else {}
-
-
-def save_kwargs(model: Any, envelope: Envelope) -> dict[str, Any]:
-    """Keywords for ``cqrs_save``, exactly as django-cqrs passes them (``sync`` only on a SYNC)."""
-    kwargs: dict[str, Any] = {'previous_data': envelope.previous_data, **_meta_kwargs(model, envelope)}
-    if envelope.signal_type == SignalType.SYNC:
-        kwargs['sync'] = True
-    return kwargs
-
-
-def call_model(model: Any, envelope: Envelope, using: str | None = None) -> Result:
-    """Call ``model.cqrs_save`` or ``model.cqrs_delete`` for ``envelope`` (already privately copied)."""
-    state = Applying(model, envelope, using or 'default')
-    token = _applying.set(state if using is not None else None)
-    try:
-        if envelope.signal_type == SignalType.DELETE:
-            done = model.cqrs_delete(envelope.instance_data, **_meta_kwargs(model, envelope))
-        else:
-            done = model.cqrs_save(envelope.instance_data, **save_kwargs(model, envelope))
-    finally:
-        _applying.reset(token)
-    if state.error is not None:
-        raise state.error
-    if state.result is not None and (done or state.result.outcome in NO_CHANGE):
-        return Result(state.result.outcome, done or state.result.instance)
-    if not done:
-        method = 'cqrs_delete' if envelope.signal_type == SignalType.DELETE else 'cqrs_save'
-        raise ApplyError(f'{getattr(model, "__qualname__", model)}.{method} returned {done!r}')
-    return Result(Outcome.HANDLED, done)
 
 
 def apply_custom(model: Any, envelope: Envelope) -> Result:
@@ -296,7 +189,7 @@ def apply_rules(model: Any, envelope: Envelope, using: str, *, dispatch: bool = 
         require_fields(model, values)
         created = model.cqrs_create(envelope.signal_type == SignalType.SYNC, values,
                                     previous_data=mapped_previous(model, envelope.previous_data),
-                                    **_meta_kwargs(model, envelope))
+                                    **meta_kwargs(model, envelope))
         if not created:
             raise ApplyError(f'{model._meta.label}.cqrs_create returned {created!r}')
         return Result(Outcome.CREATED, created)
@@ -313,7 +206,7 @@ def apply_rules(model: Any, envelope: Envelope, using: str, *, dispatch: bool = 
         log_gap(envelope, stored)
     updated = instance.cqrs_update(envelope.signal_type == SignalType.SYNC, mapped_data(model, data),
                                    previous_data=mapped_previous(model, envelope.previous_data),
-                                   **_meta_kwargs(model, envelope))
+                                   **meta_kwargs(model, envelope))
     if not updated:
         raise ApplyError(f'{model._meta.label}.cqrs_update returned {updated!r}')
     return Result(Outcome.UPDATED, updated)

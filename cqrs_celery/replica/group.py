@@ -29,6 +29,7 @@ from cqrs_celery.envelope import Envelope
 from cqrs_celery.models import ReplicaTombstone, forget_tombstones, pk_key, record_tombstone, tombstone_revisions
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica import apply as single
+from cqrs_celery.replica import hooks
 from cqrs_celery.replica.apply import Outcome, Result
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def apply_many(envelopes: Sequence[Envelope], queue: str | None = None) -> list[
         by_model.setdefault(model, []).append(index)
     for model, indexes in by_model.items():
         group = [envelopes[i] for i in indexes]
-        if single.has_no_table(model):
+        if hooks.has_no_table(model):
             outcomes = [_guarded(single.apply_custom, model, envelope) for envelope in group]
         else:
             outcomes = apply_rows(model, group)
@@ -103,7 +104,7 @@ def uses_bulk_path(model: Any) -> bool:
     """
     if model.CQRS_CUSTOM_SERIALIZATION or model.save is not Model.save:
         return False
-    if any(single.overrides(model, name) for name in ('cqrs_create', 'cqrs_update', 'cqrs_delete', 'cqrs_save')):
+    if any(hooks.overrides(model, name) for name in ('cqrs_create', 'cqrs_update', 'cqrs_delete', 'cqrs_save')):
         return False
     return not any(signal.has_listeners(model) for signal in
                    (signals.pre_save, signals.post_save, signals.pre_delete, signals.post_delete))

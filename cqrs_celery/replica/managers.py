@@ -18,16 +18,9 @@ from django.db import Error, models, router, transaction
 from cqrs_celery.constants import FIELD_REVISION, SignalType
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import CQRSError, DataError
-from cqrs_celery.replica.apply import (
-    Outcome,
-    Result,
-    apply_row,
-    apply_rules,
-    claim_applying,
-    has_no_table,
-    master_pk,
-    replica_pk,
-)
+from cqrs_celery.replica.apply import apply_row, apply_rules, master_pk, replica_pk
+from cqrs_celery.replica.hooks import claim_applying, has_no_table
+from cqrs_celery.replica.outcomes import Outcome, Result
 
 logger = logging.getLogger(__name__)
 

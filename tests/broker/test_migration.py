@@ -27,7 +27,8 @@ import pytest
 from tests.broker import harness
 from tests.broker.conftest import require_postgres
 
-EXAMPLE = Path(__file__).resolve().parents[1] / 'djcqrs_project'
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / 'tests' / 'djcqrs_project'
 PREFIX = os.environ.get('CQRS_TEST_DB_PREFIX', 'cqrs_test_')
 
 #: The guide's settings translation of the example's django-cqrs block.
@@ -146,8 +147,9 @@ def test_a_django_cqrs_project_moved_by_the_guide_replicates_with_its_overrides(
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns('__pycache__'))
     move_by_the_guide(project)
     base = {k: v for k, v in os.environ.items() if not k.startswith(('DJANGO_', 'CQRS_TEST_'))}
-    base.update(DJANGO_SETTINGS_MODULE='djcqrs_project.settings', PYTHONPATH=str(tmp_path), EXAMPLE_BROKER=broker,
-                EXAMPLE_QUEUE=queue)
+    # the copied project first, then this checkout's cqrs_celery (as harness.service_env does)
+    base.update(DJANGO_SETTINGS_MODULE='djcqrs_project.settings', EXAMPLE_BROKER=broker, EXAMPLE_QUEUE=queue,
+                PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
     master_env = {**base, 'EXAMPLE_DB': master_db}
     replica_env = {**base, 'EXAMPLE_DB': replica_db}
 
