@@ -12,9 +12,11 @@ Steps (each a ``cqrs_celery.reconcile_master`` message on the master worker's qu
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.db import router, transaction
@@ -56,6 +58,11 @@ def summary(body: dict[str, Any]) -> None:
     if run is None:
         return
     run.messages, run.bytes = 2, body.get('trigger', 0) + transport.size(body)
+    with _recorded(run, using):
+        _compare(model, using, run, body)
+
+
+def _compare(model: Any, using: str, run: ReconciliationRun, body: dict[str, Any]) -> None:
     fields = tables.agreed_fields(model, body['fields'], using) if body['content'] else {}
     count = model._base_manager.using(using).count()
     buckets = bucket_count(max(count, body['count']))
@@ -105,6 +112,22 @@ def rows(body: dict[str, Any]) -> None:
     run.messages += 1
     run.bytes += transport.size(body)
     run.buckets_differing = len(body['differing'])
+    with _recorded(run, using):
+        _repair_drift(model, using, run, body)
+
+
+@contextlib.contextmanager
+def _recorded(run: ReconciliationRun, using: str) -> Iterator[None]:
+    """A step that fails ends its run with the error recorded (and reported to the replica)."""
+    try:
+        yield
+    except Exception as exc:
+        run.error = f'{type(exc).__name__}: {exc}'[:2000]
+        _finish(run, using)
+        raise
+
+
+def _repair_drift(model: Any, using: str, run: ReconciliationRun, body: dict[str, Any]) -> None:
     plan = diff(model, using, body)
     for kind in KINDS:
         setattr(run, kind, sum(1 for item in plan if item[0] == kind))
