@@ -293,11 +293,11 @@ def test_the_beat_entry_starts_on_the_replica_queue_through_the_direct_exchange(
 
 
 def test_every_field_type_replicated_as_it_is_shows_no_drift_and_a_changed_value_does():
+    from django.db import connection
+
     from tests.master_app.models import AllFields
     from tests.replica_app.models import ReplicaAllFields
     from tests.test_field_types import VALUES, full_row_values
-
-    from django.db import connection
 
     # (SQLite rounds long decimals so that Django cannot read some back even on the master)
     sqlite = connection.vendor == 'sqlite'
