@@ -169,8 +169,9 @@ def diff(model: Any, using: str, body: dict[str, Any]) -> list[tuple[str, Any, i
 
 def _hold_back(run: ReconciliationRun, using: str, plan: list[Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """Split ``plan`` into rows to send and rows held back: repaired recently, still differing the same way."""
+    # (the previous run of the same kind: a revision-only run in between must not reset a content loop)
     previous = (ReconciliationRun._default_manager.using(using)
-                .filter(side='master', cqrs_id=run.cqrs_id, queue=run.queue, dry_run=False)
+                .filter(side='master', cqrs_id=run.cqrs_id, queue=run.queue, dry_run=False, content=run.content)
                 .exclude(pk=run.pk).exclude(finished_at=None).order_by('-started_at').first())
     before: dict[str, Any] = (previous.details or {}).get('repaired', {}) if previous else {}
     now = time.time()
