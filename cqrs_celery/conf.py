@@ -72,6 +72,9 @@ class MasterSettings:
     #: Seconds between two reconciliations of one CQRS_ID with one replica queue (more frequent
     #: requests, e.g. from a second beat, are ignored).
     reconcile_min_interval: float = 30.0
+    #: Seconds after a master change during which a reconciliation leaves the row alone: its own
+    #: message is on its way (the next run checks it again).
+    reconcile_grace: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +168,7 @@ _MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'reconcile_batch_size': ('reconcile_batch_size', (int,)),
     'reconcile_pause': ('reconcile_pause', (int, float)),
     'reconcile_min_interval': ('reconcile_min_interval', (int, float)),
+    'reconcile_grace': ('reconcile_grace', (int, float)),
 }
 _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'CQRS_MAX_RETRIES': ('max_retries', (int, type(None))),
@@ -319,7 +323,7 @@ _MAXIMUM: dict[str, float] = {'max_nesting_depth': 400}
 #: Keys counted in seconds: at most ten years, so that every date computed from them exists.
 _SECONDS = frozenset({'CQRS_MESSAGE_TTL', 'publish_timeout', 'outbox_relay_delay', 'tombstone_retention',
                       'CQRS_RETRY_DELAY', 'retry_backoff_max', 'dead_message_ttl', 'visibility_timeout',
-                      'reconcile_pause', 'reconcile_min_interval'})
+                      'reconcile_pause', 'reconcile_min_interval', 'reconcile_grace'})
 _MAX_SECONDS = 10 * 365 * 24 * 3600
 
 

@@ -24,6 +24,17 @@ from tests.replica_app.models import ReplicaAuthor, ReplicaBook, ReplicaItem, Re
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def with_master(**values):
+    return override_settings(CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], **values}})
+
+
+@pytest.fixture(autouse=True)
+def _no_grace():
+    """Rows seeded a moment ago are repaired at once (no grace for changes in flight)."""
+    with with_master(reconcile_grace=0):
+        yield
+
+
 # --- digests -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(('kind', 'a', 'b'), [
@@ -169,7 +180,10 @@ def test_a_dry_run_reports_the_drift_with_pks_and_repairs_nothing():
     assert not same_tables()
 
 
-def test_a_row_that_still_differs_after_its_repair_is_not_sent_again_every_run(caplog):
+def test_a_row_that_still_differs_after_its_repair_is_not_sent_again_every_run(caplog, monkeypatch):
+    from cqrs_celery.reconcile import master_side
+
+    monkeypatch.setattr(master_side, 'LOOP_AFTER', 0)  # (a minute after its repair, in production)
     seed(50)
     ReplicaItem.objects.filter(sku='sku-0003').update(name='edited by hand')
     with capture_envelopes(), reconcile.run_in_process():  # the repair is lost: the replica keeps differing
@@ -186,7 +200,7 @@ def test_a_row_that_still_differs_after_its_repair_is_not_sent_again_every_run(c
     assert caplog.text.count('still differs after its repair') == 1
 
 
-@override_settings(CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], 'reconcile_min_interval': 60}})
+@with_master(reconcile_min_interval=60)
 def test_runs_closer_than_the_minimum_interval_are_ignored_unless_started_by_hand():
     seed(10)
     with reconcile.run_in_process():
@@ -372,3 +386,14 @@ def test_runs_older_than_the_retention_are_removed_by_the_clean_up():
     clean_tombstones()
     assert not ReconciliationRun.objects.filter(pk=old.pk).exists()
     assert ReconciliationRun.objects.filter(pk=recent.pk).exists()
+
+
+def test_rows_changed_on_the_master_moments_ago_are_left_to_their_own_messages():
+    seed(30)
+    ReplicaItem.objects.filter(sku='sku-0001').delete()        # drift, but the row changed just now
+    with capture_envelopes():
+        Item.objects.filter(sku='sku-0002').delete()            # its DELETE is on its way
+    with with_master(reconcile_grace=60), capture_envelopes() as sent:
+        done, _ = run()
+    assert (done.missing, done.extra, done.in_flight, done.repaired) == (1, 1, 2, 0)
+    assert sent == []
