@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 RELAY_TASK = 'cqrs_celery.relay_outbox'
 CLEANUP_TASK = 'cqrs_celery.clean_tombstones'
 
+#: Seconds reconciliation runs are kept (removed by the tombstone clean-up).
+RUN_RETENTION = 30 * 24 * 3600
+
 
 def _master_databases() -> list[str]:
     from cqrs_celery.models import OutboxEvent
@@ -49,8 +52,9 @@ def relay_outbox() -> int:
 
 @shared_task(name=CLEANUP_TASK, ignore_result=True)
 def clean_tombstones() -> int:
-    """Forget tombstones older than the retention periods (the master's outlive the replicas')."""
-    from cqrs_celery.models import MasterTombstone, ReplicaTombstone
+    """Forget tombstones older than the retention periods (the master's outlive the replicas'), and
+    reconciliation runs older than ``RUN_RETENTION``."""
+    from cqrs_celery.models import MasterTombstone, ReconciliationRun, ReplicaTombstone
 
     settings = get_settings()
     removed = 0
@@ -67,6 +71,11 @@ def clean_tombstones() -> int:
             removed += ReplicaTombstone._default_manager.using(using).filter(deleted_at__lt=cutoff).delete()[0]
     if removed:
         logger.info('cqrs removed %s expired tombstones', removed)
+    aliases = {router.db_for_write(model) for model in [*MasterRegistry.models(), *ReplicaRegistry.models()]
+               if hasattr(model, '_meta')}
+    cutoff = now - datetime.timedelta(seconds=RUN_RETENTION)
+    for using in sorted(aliases):
+        ReconciliationRun._default_manager.using(using).filter(started_at__lt=cutoff).delete()
     return removed
 
 

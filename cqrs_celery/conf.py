@@ -86,6 +86,9 @@ class MasterSettings:
     #: Queue the master's worker consumes first-run sync requests of replicas from (bound to the
     #: ``cqrs_bootstrap`` exchange at worker start); ``None``: the Celery app's default queue.
     bootstrap_queue: str | None = None
+    #: Seconds after a master change during which a reconciliation leaves the row alone: its own
+    #: message is on its way (the next run checks it again).
+    reconcile_grace: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +190,7 @@ _MASTER_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'reconcile_pause': ('reconcile_pause', (int, float)),
     'reconcile_min_interval': ('reconcile_min_interval', (int, float)),
     'bootstrap_queue': ('bootstrap_queue', (str, type(None))),
+    'reconcile_grace': ('reconcile_grace', (int, float)),
 }
 _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'CQRS_MAX_RETRIES': ('max_retries', (int, type(None))),
@@ -390,7 +394,7 @@ _MAXIMUM: dict[str, float] = {'max_nesting_depth': 400}
 #: Keys counted in seconds: at most ten years, so that every date computed from them exists.
 _SECONDS = frozenset({'CQRS_MESSAGE_TTL', 'publish_timeout', 'outbox_relay_delay', 'tombstone_retention',
                       'CQRS_RETRY_DELAY', 'retry_backoff_max', 'dead_message_ttl', 'visibility_timeout',
-                      'reconcile_pause', 'reconcile_min_interval'})
+                      'reconcile_pause', 'reconcile_min_interval', 'reconcile_grace'})
 _MAX_SECONDS = 10 * 365 * 24 * 3600
 
 

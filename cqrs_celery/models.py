@@ -162,6 +162,9 @@ class ReconciliationRun(models.Model):
     repaired = models.IntegerField(default=0)
     #: Differing rows not sent again: repaired recently and still differing (a repair loop).
     held_back = models.IntegerField(default=0)
+    #: Differing rows not sent because they changed on the master moments ago: their own message is
+    #: on its way (``reconcile_grace``); the next run checks them again.
+    in_flight = models.IntegerField(default=0)
     #: Messages and bytes (JSON task arguments) of the run, repairs included.
     messages = models.IntegerField(default=0)
     bytes = models.BigIntegerField(default=0)

@@ -110,6 +110,7 @@ CELERY_BEAT_SCHEDULE = beat_schedule(relay_every=1.0, queue=os.environ.get('CQRS
 # Reconciliation (broker tests): a replica service's beat starts it every few seconds, and sends
 # its requests to the master's queue; the master allows a run per second.
 CQRS['master']['reconcile_min_interval'] = 1.0
+CQRS['master']['reconcile_grace'] = float(os.environ.get('CQRS_TEST_RECONCILE_GRACE', '2'))
 CQRS['replica']['reconcile_master_queue'] = os.environ.get('CQRS_TEST_RECONCILE_MASTER_QUEUE') or None
 if os.environ.get('CQRS_TEST_RECONCILE_EVERY'):
     CELERY_BEAT_SCHEDULE = beat_schedule(relay=False, cleanup=False, reconcile_queue=CQRS['queue'],

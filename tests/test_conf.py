@@ -118,6 +118,8 @@ KEY_TABLE = {
                                lambda s: s.master.reconcile_pause, 0.5),
     'master.reconcile_min_interval': ({'app': APP, 'master': {'reconcile_min_interval': 5}},
                                       lambda s: s.master.reconcile_min_interval, 5),
+    'master.reconcile_grace': ({'app': APP, 'master': {'reconcile_grace': 0}},
+                               lambda s: s.master.reconcile_grace, 0),
     'replica.reconcile': ({'app': APP, 'replica': {'reconcile': False}}, lambda s: s.replica.reconcile, False),
     'replica.reconcile_master_queue': ({'app': APP, 'replica': {'reconcile_master_queue': {'book': 'library',
                                                                                            '*': 'main'}}},

@@ -35,6 +35,7 @@ TYPES = {
     'master.reconcile_batch_size': ([10.5, '10', True, None, 0], [1, 100]),
     'master.reconcile_pause': (['1', True, -1, None], [0, 0.05, 2]),
     'master.reconcile_min_interval': (['30', True, -1, None], [0, 30.5]),
+    'master.reconcile_grace': (['10', True, -1, None], [0, 2.5]),
     'replica.reconcile': (['yes', 1, None], [True, False]),
     'replica.reconcile_master_queue': ([1, True, ['q']], [None, 'master', {'book': 'library'}]),
     'master.bootstrap_queue': ([42, True, ['celery']], ['celery', None]),

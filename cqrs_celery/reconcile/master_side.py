@@ -12,9 +12,11 @@ Steps (each a ``cqrs_celery.reconcile_master`` message on the master worker's qu
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.db import router, transaction
@@ -24,7 +26,13 @@ from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.envelope import Envelope, encode_batch
 from cqrs_celery.master.publish import build_envelope
-from cqrs_celery.models import MasterTombstone, ReconciliationRun, record_tombstone, tombstone_revisions
+from cqrs_celery.models import (
+    MasterTombstone,
+    ReconciliationRun,
+    pk_hash,
+    record_tombstone,
+    tombstone_revisions,
+)
 from cqrs_celery.producer import send_batch
 from cqrs_celery.reconcile import tables, transport
 from cqrs_celery.reconcile.digest import bucket_count, encode_sums, key_of
@@ -38,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 #: A row repaired by a run and found differing the same way again is not sent again for this long.
 HOLD_BACK = 3600.0
+
+#: Seconds after its repair a row still differing the same way is logged as a repair loop.
+LOOP_AFTER = 60.0
 
 #: Row keys kept per kind of drift in a run's details.
 DETAILS_CAP = 1000
@@ -56,6 +67,11 @@ def summary(body: dict[str, Any]) -> None:
     if run is None:
         return
     run.messages, run.bytes = 2, body.get('trigger', 0) + transport.size(body)
+    with _recorded(run, using):
+        _compare(model, using, run, body)
+
+
+def _compare(model: Any, using: str, run: ReconciliationRun, body: dict[str, Any]) -> None:
     fields = tables.agreed_fields(model, body['fields'], using) if body['content'] else {}
     count = model._base_manager.using(using).count()
     buckets = bucket_count(max(count, body['count']))
@@ -105,6 +121,22 @@ def rows(body: dict[str, Any]) -> None:
     run.messages += 1
     run.bytes += transport.size(body)
     run.buckets_differing = len(body['differing'])
+    with _recorded(run, using):
+        _repair_drift(model, using, run, body)
+
+
+@contextlib.contextmanager
+def _recorded(run: ReconciliationRun, using: str) -> Iterator[None]:
+    """A step that fails ends its run with the error recorded (and reported to the replica)."""
+    try:
+        yield
+    except Exception as exc:
+        run.error = f'{type(exc).__name__}: {exc}'[:2000]
+        _finish(run, using)
+        raise
+
+
+def _repair_drift(model: Any, using: str, run: ReconciliationRun, body: dict[str, Any]) -> None:
     plan = diff(model, using, body)
     for kind in KINDS:
         setattr(run, kind, sum(1 for item in plan if item[0] == kind))
@@ -146,10 +178,14 @@ def diff(model: Any, using: str, body: dict[str, Any]) -> list[tuple[str, Any, i
 
 def _hold_back(run: ReconciliationRun, using: str, plan: list[Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """Split ``plan`` into rows to send and rows held back: repaired recently, still differing the same way."""
-    previous = (ReconciliationRun._default_manager.using(using)
-                .filter(side='master', cqrs_id=run.cqrs_id, queue=run.queue, dry_run=False)
-                .exclude(pk=run.pk).exclude(finished_at=None).order_by('-started_at').first())
-    before: dict[str, Any] = (previous.details or {}).get('repaired', {}) if previous else {}
+    # The last run of each kind (revision-only, content): a content run right after a revision-only
+    # one does not send its repairs again, and a revision-only run in between does not reset a content loop.
+    before: dict[str, Any] = {}
+    for content in (not run.content, run.content):
+        previous = (ReconciliationRun._default_manager.using(using)
+                    .filter(side='master', cqrs_id=run.cqrs_id, queue=run.queue, dry_run=False, content=content)
+                    .exclude(pk=run.pk).exclude(finished_at=None).order_by('-started_at').first())
+        before.update((previous.details or {}).get('repaired', {}) if previous else {})
     now = time.time()
     send, held, repaired = [], [], {}
     for item in plan:
@@ -158,8 +194,10 @@ def _hold_back(run: ReconciliationRun, using: str, plan: list[Any]) -> tuple[lis
         last = before.get(key)
         if last and last[:3] == [kind, master_revision, replica_revision] and now - last[3] < HOLD_BACK:
             held.append(item)
-            repaired[key] = [*last[:4], True]
-            if len(last) < 5:  # logged once, when first held back
+            # (a repair sent moments ago may simply not be applied yet: a loop is logged once, later)
+            looping = now - last[3] >= LOOP_AFTER
+            repaired[key] = [*last[:4], looping or len(last) > 4]
+            if looping and len(last) < 5:
                 logger.warning('cqrs reconcile: row still differs after its repair, not sent again for %ss: '
                                'cqrs_id=%s pk=%s revision=%s queue=%s kind=%s replica_revision=%s', HOLD_BACK,
                                run.cqrs_id, pk, master_revision, run.queue, kind, replica_revision)
@@ -188,7 +226,16 @@ def repair(model: Any, using: str, run: ReconciliationRun, plan: list[Any]) -> N
 
 def _envelopes(model: Any, using: str, run: ReconciliationRun, batch: list[Any]) -> list[Envelope]:
     """Envelopes of one batch, built from the rows as committed now."""
+    cutoff = timezone.now() - datetime.timedelta(seconds=get_settings().master.reconcile_grace)
     extra = [item for item in batch if item[0] == 'extra']
+    if extra:
+        # a row deleted on the master moments ago: its DELETE is on its way
+        recent = set(MasterTombstone._default_manager.using(using).filter(
+            cqrs_id=run.cqrs_id, pk_hash__in=[pk_hash(key_of(item[1])) for item in extra], deleted_at__gt=cutoff,
+        ).values_list('pk_value', flat=True))
+        run.in_flight += sum(1 for item in extra if key_of(item[1]) in recent)
+        batch = [item for item in batch if item[0] != 'extra' or key_of(item[1]) not in recent]
+        extra = [item for item in extra if key_of(item[1]) not in recent]
     known: dict[str, int] = {}
     if extra:
         with transaction.atomic(using=using):
@@ -216,6 +263,10 @@ def _envelopes(model: Any, using: str, run: ReconciliationRun, batch: list[Any])
         else:
             if instance is None or not instance.is_sync_instance():
                 continue  # deleted meanwhile (its DELETE is on its way), or not replicated
+            if kind in ('missing', 'stale') and getattr(instance, FIELD_UPDATED, None) and \
+                    getattr(instance, FIELD_UPDATED) > cutoff:
+                run.in_flight += 1  # changed moments ago: its own message is on its way
+                continue
             forced = replica_revision is not None and replica_revision > instance.cqrs_revision
             envelope = build_envelope(instance, SignalType.SYNC, using, queue=run.queue, forced=forced)
         logger.info('cqrs reconcile repair: cqrs_id=%s pk=%s revision=%s queue=%s kind=%s replica_revision=%s '
@@ -241,8 +292,9 @@ def _finish(run: ReconciliationRun, using: str) -> None:
     except Exception:
         logger.exception('cqrs reconcile could not send its report: cqrs_id=%s queue=%s', run.cqrs_id, run.queue)
     logger.info('cqrs reconcile finished: cqrs_id=%s queue=%s buckets=%s differing=%s missing=%s stale=%s ahead=%s '
-                'changed=%s extra=%s repaired=%s held_back=%s messages=%s bytes=%s dry_run=%s', run.cqrs_id,
-                run.queue, run.buckets, run.buckets_differing, run.missing, run.stale, run.ahead, run.changed,
-                run.extra, run.repaired, run.held_back, run.messages, run.bytes, run.dry_run)
+                'changed=%s extra=%s repaired=%s held_back=%s in_flight=%s messages=%s bytes=%s dry_run=%s',
+                run.cqrs_id, run.queue, run.buckets, run.buckets_differing, run.missing, run.stale, run.ahead,
+                run.changed, run.extra, run.repaired, run.held_back, run.in_flight, run.messages, run.bytes,
+                run.dry_run)
     reconciled.send(sender=ReconciliationRun, run=run, cqrs_id=run.cqrs_id, queue=run.queue, side='master',
                     drift=drift_counts(run))

@@ -79,7 +79,7 @@ def buckets(body: dict[str, Any]) -> None:
 
 #: Fields of a run the master's report carries.
 REPORTED = ('content', 'dry_run', 'buckets', 'buckets_differing', 'missing', 'stale', 'ahead', 'changed', 'extra',
-            'repaired', 'held_back', 'messages', 'bytes', 'error', 'details')
+            'repaired', 'held_back', 'in_flight', 'messages', 'bytes', 'error', 'details')
 
 
 def report(body: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ which starts reconciliation every few seconds) run as real processes on RabbitMQ
 from __future__ import annotations
 
 import datetime
+import itertools
 import time
 
 from django.db.models import Sum
@@ -112,3 +113,54 @@ def test_beat_reconciliation_repairs_every_kind_of_drift_with_traffic_about_the_
     last = runs(queue=queue).exclude(finished_at=None).order_by('-started_at').first()
     wait_until(lambda: ReconciliationRun.objects.using('replica_a').filter(run_id=last.run_id, side='replica')
                .exists(), timeout=30, message='the report of the last run on the replica')
+
+
+def test_two_beats_and_two_worker_nodes_reconcile_safely_while_changes_keep_flowing(services, replica_db):
+    import random
+
+    master_queue = services.master()
+    queue = services.queue('drift2')
+    database = replica_db('replica_a')
+    for node in ('one', 'two'):
+        services.worker(queue, database, node=node, CQRS_TEST_RECONCILE_MASTER_QUEUE=master_queue).start()
+    Item.cqrs.bulk_create([Item(sku=f'live-{i:04d}', name=f'item {i}', quantity=i) for i in range(2000)])
+    wait_until(lambda: in_step('replica_a', 'item'), timeout=90, interval=1,
+               message=lambda: describe('replica_a', 'item'))
+    for name in ('a', 'b'):  # two beats of the same replica service, started together
+        beat = ReplicaBeat(services.broker_url, queue, database, master_queue, every=1.0, content_every=1.5)
+        beat.name = f'{queue}-beat-{name}'
+        beat.log_path = beat.log_path.with_name(f'{beat.name}.log')
+        beat.arguments[-1] = str(beat.log_path.with_name(f'{beat.name}-schedule'))
+        services.workers.append(beat.start())
+
+    replica = ReplicaItem.objects.using('replica_a')
+    replica.filter(sku__in=[f'live-{i:04d}' for i in range(0, 40)]).delete()
+    replica.filter(sku__in=[f'live-{i:04d}' for i in range(40, 80)]).update(name='edited by hand')
+    Item.objects.filter(sku__in=[f'live-{i:04d}' for i in range(80, 100)])._raw_delete('default')
+    # Changes keep flowing through the library while the runs compare and repair.
+    rng = random.Random(7)
+    deadline = time.monotonic() + 8
+    created = 0
+    while time.monotonic() < deadline:
+        for item in Item.objects.filter(sku__in=[f'live-{rng.randrange(100, 2000):04d}' for _ in range(20)]):
+            item.quantity += 1
+            item.save()
+        Item.objects.create(sku=f'new-{created:04d}', name='new', quantity=created)
+        created += 1
+        Item.objects.filter(sku=f'live-{rng.randrange(100, 2000):04d}').delete()
+        time.sleep(0.05)
+    wait_until(lambda: in_step('replica_a', 'item'), timeout=90, interval=0.5,
+               message=lambda: describe('replica_a', 'item'))
+
+    started = list(runs(queue=queue).order_by('started_at').values_list('started_at', 'content'))
+    total = figures(runs(queue=queue))
+    print(f'\n[{services.kind}] two beats, two nodes, changes flowing: {len(started)} runs, '
+          f'{total["repaired"]} rows re-sent, {total["messages"]} messages, {total["bytes"]} bytes')
+    assert len(started) >= 3
+    for content in (False, True):
+        moments = [moment for moment, flag in started if flag == content]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(moments)]
+        assert all(gap >= 0.9 for gap in gaps), f'runs closer than the minimum interval: {gaps}'
+    in_flight = sum(runs(queue=queue).values_list('in_flight', flat=True))
+    print(f'[{services.kind}] rows left to their own messages (changed moments ago): {in_flight}')
+    assert total['repaired'] < 3 * 100
