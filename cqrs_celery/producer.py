@@ -195,4 +195,5 @@ def _require_bound_queue(channel: Any, exchange: str, routing_key: str) -> None:
         table = []
     if not any(key == routing_key for key, _, _ in table):
         raise PublishError(f'no replica queue is bound to {exchange} with routing key {routing_key!r}: '
-                           'the message would be dropped (start a replica worker or run cqrs_topology --declare)')
+                           'the message would be dropped (start a replica worker or run cqrs_topology --declare; '
+                           'on the filesystem broker, every project must use the same folders: see manage.py check)')
