@@ -325,7 +325,8 @@ def _unroutable(cqrs_id: str, exchange: str, routing_key: str, target: str | Non
     if log:
         logger.warning('cqrs unroutable: cqrs_id=%s exchange=%s: no replica queue is bound, %s rows not delivered '
                        'since the last report (%s in this process); a replica service deployed later gets them '
-                       'through its first-run sync or reconciliation', cqrs_id, exchange, total - logged_total,
+                       'through its first-run sync or reconciliation (on the filesystem broker, every project must use '
+                       'the same folders: see manage.py check)', cqrs_id, exchange, total - logged_total,
                        total)
     try:
         unroutable.send(sender=None, cqrs_id=cqrs_id, exchange=exchange, rows=rows)

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.test import override_settings
 
 from cqrs_celery import SignalType, observability, signals
+from cqrs_celery.conf import get_settings
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.producer import publish_to_broker, send_batch
 from cqrs_celery.replica import dead_letters, queues
@@ -235,3 +236,16 @@ def test_the_librarys_tasks_are_ordinary_tasks_of_the_projects_app_under_stable_
         assert name in app.tasks, name
         assert app.tasks[name].name == name
         assert app.tasks[name].app is app
+
+
+def test_the_dead_letter_log_line_of_a_refused_body_names_its_cqrs_id_pk_and_revision(memory_replica, caplog):
+    raw = {'content_type': 'text/plain', 'text': ENVELOPE_TEXT}
+    letter = dead_letters.record(error='content type refused', reason='not json', attempts=0, raw=raw)
+
+    with caplog.at_level(logging.ERROR, logger='cqrs_celery.replica.dead_letters'):
+        dead_letters.send(letter)
+
+    [line] = [r.getMessage() for r in caplog.records if r.name == 'cqrs_celery.replica.dead_letters']
+    assert 'cqrs_id=book pk=9 revision=2 ' in line
+    assert line.endswith('attempts=0')
+    assert dead_letters.purge(get_settings().celery_app()) == 1

@@ -181,7 +181,7 @@ def test_a_value_the_database_refuses_is_dead_lettered_not_retried(letters, retr
     assert apply_envelope.run(wire(save(0, name='x' * 101))) == 'dead_lettered'
 
     [letter] = letters
-    assert_letter(letter, error_type='DataError', reason='bad input')
+    assert_letter(letter, error_type='DataError', reason='bad input', attempts=1)
     assert retries == []
     assert stored() is None
 
