@@ -127,10 +127,10 @@ def test_a_receiver_that_raises_is_logged_and_never_breaks_the_publish(memory_re
 # --- replica: applied, skipped, retried, dead-lettered -------------------------------------------
 
 
-pytestmark_db = pytest.mark.django_db
+needs_db = pytest.mark.django_db
 
 
-@pytestmark_db
+@needs_db
 def test_an_applied_row_and_a_skipped_duplicate_send_their_fields_and_latency(letters, retries):
     envelope = item(5, updated=saved_ago(4))
 
@@ -159,7 +159,7 @@ def failing_create(monkeypatch):
     return calls
 
 
-@pytestmark_db
+@needs_db
 def test_retries_and_the_dead_letter_send_signals_with_attempts(letters, retries, failing_create):
     with override_settings(CQRS={**settings.CQRS, 'replica': {**settings.CQRS['replica'], 'CQRS_MAX_RETRIES': 2}}), \
             received(signals.envelope_retried) as retried, received(signals.envelope_dead_lettered) as dead:
@@ -177,7 +177,7 @@ def test_retries_and_the_dead_letter_send_signals_with_attempts(letters, retries
     assert isinstance(letter['exception'], ZeroDivisionError)
 
 
-@pytestmark_db
+@needs_db
 def test_an_undecodable_body_is_dead_lettered_with_the_cqrs_id_it_names(letters):
     body = {'v': 1, 'signal_type': 'SAVE', 'cqrs_id': 'item', 'instance_pk': 'Z', 'instance_data': 'not a dict'}
 
@@ -189,7 +189,7 @@ def test_an_undecodable_body_is_dead_lettered_with_the_cqrs_id_it_names(letters)
     assert letter['attempts'] == 0
 
 
-@pytestmark_db
+@needs_db
 def test_a_failure_of_the_models_code_is_logged_with_its_traceback_once_not_at_every_retry(
         letters, retries, failing_create, caplog):
     with override_settings(CQRS={**settings.CQRS, 'replica': {**settings.CQRS['replica'], 'CQRS_MAX_RETRIES': 3}}), \
