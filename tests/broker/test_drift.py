@@ -140,13 +140,15 @@ def test_two_beats_and_two_worker_nodes_reconcile_safely_while_changes_keep_flow
     # Changes keep flowing through the library while the runs compare and repair.
     rng = random.Random(7)
     deadline = time.monotonic() + 8
-    created = 0
+    created = changes = 0
     while time.monotonic() < deadline:
         for item in Item.objects.filter(sku__in=[f'live-{rng.randrange(100, 2000):04d}' for _ in range(20)]):
             item.quantity += 1
             item.save()
+            changes += 1
         Item.objects.create(sku=f'new-{created:04d}', name='new', quantity=created)
         created += 1
+        changes += 2
         Item.objects.filter(sku=f'live-{rng.randrange(100, 2000):04d}').delete()
         time.sleep(0.05)
     wait_until(lambda: in_step('replica_a', 'item'), timeout=90, interval=0.5,
@@ -163,4 +165,7 @@ def test_two_beats_and_two_worker_nodes_reconcile_safely_while_changes_keep_flow
         assert all(gap >= 0.9 for gap in gaps), f'runs closer than the minimum interval: {gaps}'
     in_flight = sum(runs(queue=queue).values_list('in_flight', flat=True))
     print(f'[{services.kind}] rows left to their own messages (changed moments ago): {in_flight}')
-    assert total['repaired'] < 3 * 100
+    assert not replica.filter(sku__in=[f'live-{i:04d}' for i in range(80, 100)]).exists()
+    # 100 rows drifted; a live change slower than the grace period may be sent once more, never more
+    print(f'[{services.kind}] live changes on the master meanwhile: {changes}')
+    assert total['repaired'] < 100 + changes
