@@ -430,6 +430,21 @@ def test_e014_the_celery_app_sends_task_protocol_1():
         assert reported_ids() == {'cqrs_celery.E014'}
 
 
+@provokes('cqrs_celery.W060')
+def test_w060_quorum_queues_are_configured_on_a_broker_that_is_not_rabbitmq():
+    with override_settings(CQRS={**GOOD, 'app': celery_app(), 'replica': {'queue_type': 'quorum'}}):
+        messages = cqrs_errors()
+
+    assert [(m.id, m.level) for m in messages] == [('cqrs_celery.W060', checks.WARNING)]
+
+
+def test_quorum_queues_on_rabbitmq_get_no_warning():
+    app = celery_app()
+    app.conf.broker_url = 'amqp://guest:guest@127.0.0.1:5672//'
+    with override_settings(CQRS={**GOOD, 'app': app, 'replica': {'queue_type': 'quorum'}}):
+        assert cqrs_errors() == []
+
+
 @pytest.mark.parametrize('check_id', sorted(CHECK_IDS))
 def test_every_check_id_is_provoked_by_a_test_in_this_file(check_id):
     assert check_id in PROVOKED, f'write a test here that provokes {check_id}'

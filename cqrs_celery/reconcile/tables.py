@@ -40,7 +40,7 @@ def mode(model: Any) -> str:
     ``CQRS_CUSTOM_SERIALIZATION``); ``True`` compares fields even with methods of its own.
     Models without a table (``RawReplicaMixin``, ``CQRS_NO_DB_OPERATIONS``) are never reconciled.
     """
-    from cqrs_celery.replica.apply import overrides
+    from cqrs_celery.replica.hooks import overrides
 
     setting = getattr(model, 'CQRS_RECONCILE', None)
     if setting is False or getattr(model, 'CQRS_NO_DB_OPERATIONS', False) or not hasattr(model, '_meta'):
