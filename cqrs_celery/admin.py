@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.db import router
@@ -178,18 +177,12 @@ class ReplicaTombstoneAdmin(MasterTombstoneAdmin):
 
 
 def _register_reconciliation_runs() -> None:
-    """Reconciliation runs, read-only, when this release records them."""
-    model = apps.get_app_config('cqrs_celery').models.get('reconciliationrun')
-    if model is None or admin.site.is_registered(model):
-        return
-    admin_class: Any = ReadOnlyAdmin
-    try:
-        from cqrs_celery.reconcile import admin as reconcile_admin  # type: ignore[import-not-found,attr-defined,unused-ignore]
-    except ImportError:
-        pass
-    else:
-        admin_class = reconcile_admin.ReconciliationRunAdmin
-    admin.site.register(model, admin_class)
+    """Reconciliation runs, read-only."""
+    from cqrs_celery.models import ReconciliationRun
+    from cqrs_celery.reconcile.admin import ReconciliationRunAdmin
+
+    if not admin.site.is_registered(ReconciliationRun):
+        admin.site.register(ReconciliationRun, ReconciliationRunAdmin)
 
 
 _register_reconciliation_runs()

@@ -78,10 +78,8 @@ def _outbox(database: str, now: datetime.datetime) -> dict[str, dict[str, Any]]:
 
 
 def _unroutable() -> Any:
-    try:
-        from cqrs_celery.producer import unroutable_counts  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return UNKNOWN
+    from cqrs_celery.producer import unroutable_counts
+
     try:
         return unroutable_counts()
     except Exception as exc:
@@ -89,10 +87,8 @@ def _unroutable() -> Any:
 
 
 def _reconciliation(cqrs_id: str) -> dict[str, Any]:
-    try:
-        from cqrs_celery.reconcile import last_run  # type: ignore[attr-defined,import-not-found,unused-ignore]
-    except ImportError:
-        return {'last_reconciliation': NEVER, 'drift_found': UNKNOWN}
+    from cqrs_celery.reconcile import last_run
+
     try:
         run = last_run(cqrs_id, queue=None)
     except Exception as exc:
