@@ -11,6 +11,7 @@ from cqrs_celery.exceptions import (
     MetaError,
     PublishError,
     UnknownCQRSIdError,
+    UnroutableError,
     UnsupportedVersionError,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     'PublishError',
     'SignalType',
     'UnknownCQRSIdError',
+    'UnroutableError',
     'UnsupportedVersionError',
     '__version__',
 ]

@@ -51,5 +51,10 @@ class BrokerUnavailableError(PublishError):
     """The broker could not be reached (or did not confirm in time): nothing about the message is wrong."""
 
 
+class UnroutableError(PublishError):
+    """No queue is bound where the message was sent: the named replica queue does not exist, or (Redis,
+    filesystem broker) no replica queue is bound to the model's exchange, so the outbox keeps the event."""
+
+
 class MetaError(CQRSError, TypeError):
     """``get_cqrs_meta``, ``meta_function`` or ``correlation_function`` gave something that cannot travel."""

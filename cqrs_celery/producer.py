@@ -4,16 +4,25 @@ Publishing uses a kombu producer pool of its own, built from the app's broker se
 bounded connect timeout and, on RabbitMQ, publisher confirms: a publish returns only once the
 broker has stored the message.
 
-A broadcast that reaches no queue (no replica service has bound a queue for that CQRS_ID yet) is
+A broadcast that reaches no queue (no replica service has bound a queue for that CQRS_ID) is
 *unroutable*: it is detected, counted (:func:`unroutable_counts`), announced by the
 ``cqrs_celery.signals.unroutable`` signal and logged once per CQRS_ID per ``UNROUTABLE_LOG_EVERY``
-seconds, and the publish counts as done (there was nobody to deliver to; the outbox does not keep
-it). A replica deployed later is made whole by its first-run sync (:mod:`cqrs_celery.bootstrap`)
-and by reconciliation. On RabbitMQ every publish is *mandatory* and the broker returns an unroutable
-message before it confirms it; on Redis and the filesystem broker kombu would drop it silently, so
-the binding table kombu keeps is read first (on Redis a binding found is trusted for
-``BINDING_CACHE`` seconds: no round trip per message). A directed publish (``cqrs.direct``) to a
-queue that does not exist fails with :class:`~cqrs_celery.exceptions.PublishError` instead.
+seconds. What happens to it then depends on what "no queue" can mean on the broker:
+
+* RabbitMQ keeps durable queues and their bindings across restarts, so no queue means no replica
+  service has been deployed yet: the publish counts as done (there was nobody to deliver to; the
+  outbox does not keep it, or a model nobody replicates would fill it for ever). Every publish is
+  *mandatory*; RabbitMQ returns an unroutable message before it confirms it.
+* Redis keeps its binding table in memory: after a restart without persistence it is empty until
+  the replica workers reconnect and declare their bindings again. So there (and on the filesystem
+  broker) the publish fails with :class:`~cqrs_celery.exceptions.UnroutableError` and the outbox
+  keeps the event, retrying with back-off. kombu would drop such a message silently, so the
+  binding table is read first (a binding found is trusted for ``BINDING_CACHE`` seconds: no round
+  trip per message).
+
+A replica deployed later is made whole by its first-run sync (:mod:`cqrs_celery.bootstrap`) and by
+reconciliation. A directed publish (``cqrs.direct``) to a queue that does not exist fails with
+:class:`~cqrs_celery.exceptions.UnroutableError` on every broker.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from cqrs_celery import filesystem, observability, topology
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope, encode_batch
-from cqrs_celery.exceptions import BrokerUnavailableError, PublishError
+from cqrs_celery.exceptions import BrokerUnavailableError, PublishError, UnroutableError
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +183,7 @@ def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: 
                 returned = _returns(producer)
                 returned.clear()
             elif not _is_bound(producer.channel, str(app.conf.broker_url), exchange.name, routing_key):
-                _unroutable(cqrs_id, exchange.name, routing_key, target, rows)
+                _unroutable(cqrs_id, exchange.name, routing_key, target, rows, keep=True)
                 return exchange.name, routing_key
             app.send_task(
                 TASK_NAME, args=[body], exchange=exchange.name, routing_key=routing_key,
@@ -186,7 +195,7 @@ def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: 
             )
             if amqp and returned:
                 returned.clear()
-                _unroutable(cqrs_id, exchange.name, routing_key, target, rows)
+                _unroutable(cqrs_id, exchange.name, routing_key, target, rows, keep=False)
     except PublishError:
         raise
     except Exception as exc:
@@ -302,16 +311,18 @@ def unroutable_counts() -> dict[str, int]:
         return dict(_unroutable_rows)
 
 
-def _unroutable(cqrs_id: str, exchange: str, routing_key: str, target: str | None, rows: int) -> None:
+def _unroutable(cqrs_id: str, exchange: str, routing_key: str, target: str | None, rows: int, *,
+                keep: bool) -> None:
     """Count, signal and (at most once per interval and CQRS_ID) log a broadcast nobody was bound to.
 
     Raises:
-        PublishError: for a directed publish, whose named queue does not exist.
+        UnroutableError: for a directed publish, whose named queue does not exist; and with
+            ``keep`` (Redis, filesystem), so that the outbox keeps the event and retries it.
     """
     if target:
-        raise PublishError(f'no queue {target!r} is bound to {exchange} (routing key {routing_key!r}): '
-                           'the message would be dropped; check the queue name, or start that replica '
-                           'service\'s worker or run cqrs_topology --declare there')
+        raise UnroutableError(f'no queue {target!r} is bound to {exchange} (routing key {routing_key!r}): '
+                              'the message would be dropped; check the queue name, or start that replica '
+                              'service\'s worker or run cqrs_topology --declare there')
     from cqrs_celery.signals import unroutable
 
     now = time.monotonic()
@@ -321,13 +332,18 @@ def _unroutable(cqrs_id: str, exchange: str, routing_key: str, target: str | Non
         log = now - last >= UNROUTABLE_LOG_EVERY
         if log:
             _unroutable_logged[cqrs_id] = (now, total)
+    fate = ('kept in the outbox and retried (the broker may have lost its bindings in a restart; on the filesystem '
+             'broker every project must use the same folders: see manage.py check)' if keep
+            else 'not kept (a replica service deployed later gets them through its first-run sync or reconciliation)')
     if log:
         logger.warning('cqrs unroutable: cqrs_id=%s exchange=%s: no replica queue is bound, %s rows not delivered '
-                       'since the last report (%s in this process); a replica service deployed later gets them '
-                       'through its first-run sync or reconciliation (on the filesystem broker, every project must use '
-                       'the same folders: see manage.py check)', cqrs_id, exchange, total - logged_total,
-                       total)
+                       'since the last report (%s in this process), %s', cqrs_id, exchange, total - logged_total,
+                       total, fate)
     try:
-        unroutable.send(sender=None, cqrs_id=cqrs_id, exchange=exchange, rows=rows)
+        unroutable.send(sender=None, cqrs_id=cqrs_id, exchange=exchange, rows=rows, kept=keep)
     except Exception:
         logger.exception('cqrs: a receiver of the unroutable signal failed (cqrs_id=%s)', cqrs_id)
+    if keep:
+        raise UnroutableError(f'no replica queue is bound to {exchange} with routing key {routing_key!r}: the '
+                              'message would be dropped; the outbox keeps it (start a replica worker or run '
+                              'cqrs_topology --declare on the replica)')

@@ -26,9 +26,10 @@ reconciled = Signal()
 __all__ += ['reconciled']
 
 #: Sent by the master when a broadcast publish reached no replica queue (no replica service has
-#: bound a queue for that CQRS_ID yet); the rows are not kept (a late replica gets them through
-#: its first-run sync or reconciliation). Arguments: ``sender`` (``None``), ``cqrs_id``,
-#: ``exchange``, ``rows`` (rows in the message). ``cqrs_celery.producer.unroutable_counts()``
+#: bound a queue for that CQRS_ID). Arguments: ``sender`` (``None``), ``cqrs_id``, ``exchange``,
+#: ``rows`` (rows in the message), ``kept`` (True on Redis and the filesystem broker: the outbox
+#: keeps the events and retries them; False on RabbitMQ: they are not kept, a late replica gets
+#: them through its first-run sync or reconciliation). ``cqrs_celery.producer.unroutable_counts()``
 #: gives the totals of the process.
 unroutable = Signal()
 

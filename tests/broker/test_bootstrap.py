@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from cqrs_celery.models import OutboxEvent
 from tests.broker import harness
 from tests.broker.compare import describe, in_step, master_rows
 from tests.broker.harness import wait_until
@@ -54,15 +55,21 @@ def test_a_replica_deployed_after_the_master_wrote_5000_rows_becomes_equal_while
     # 1. No replica queue exists: every broadcast is unroutable, counted and logged by the master.
     done, log = report(writer(services, 'bulk', ROWS))
     assert done['done'] == {'created': ROWS}
-    assert done['unroutable'] == {'author': ROWS}
     assert 'cqrs unroutable: cqrs_id=author exchange=cqrs.author' in log
     assert len(master_rows('author')) == ROWS
+    if services.kind == 'amqp':  # not kept: RabbitMQ does not lose bindings, nobody was there
+        assert done['unroutable'] == {'author': ROWS}
+        assert OutboxEvent.objects.count() == 0
+    else:  # Redis may have lost its bindings in a restart: the outbox keeps the events, retrying
+        assert 0 < done['unroutable']['author'] <= ROWS
+        assert OutboxEvent.objects.count() == ROWS
 
     # 2. The replica service is deployed while a master process keeps changing rows.
     churn = writer(services, 'churn', 600, seed=1)
     deployed = time.monotonic()
     worker = services.worker(queue, replica_db('replica_a')).start()
     changes, _ = report(churn)
+    written = time.monotonic() - deployed
     assert sum(changes['done'].values()) > 0
 
     # 3. Without a manual step, the replica becomes equal to the master, field for field.
@@ -73,4 +80,4 @@ def test_a_replica_deployed_after_the_master_wrote_5000_rows_becomes_equal_while
         in worker.log_path.read_text()
     print(f'\n[{services.kind}] {done["unroutable"]["author"]} unroutable rows counted; replica equal to the '
           f'master ({len(master_rows("author"))} rows, {changes["done"]} changed meanwhile) '
-          f'{converged:.1f}s after its worker started')
+          f'{converged:.1f}s after its worker started, {converged - written:.1f}s after the last change')
