@@ -77,7 +77,7 @@ def unroutable_signals():
 def test_a_broadcast_no_replica_queue_is_bound_to_is_counted_signalled_logged_and_kept_on_a_virtual_broker(
         memory_app, caplog):
     before = unroutable_counts().get('publisher', 0)
-    with unroutable_signals() as calls, caplog.at_level(logging.WARNING, logger='cqrs_celery.producer'):
+    with unroutable_signals() as calls, caplog.at_level(logging.WARNING, logger='cqrs_celery.unroutable'):
         for name in ('a', 'b', 'c'):
             Publisher.objects.create(name=name)
         Publisher.cqrs.bulk_create([Publisher(name=f'bulk{i}') for i in range(4)])
