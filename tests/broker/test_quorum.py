@@ -82,7 +82,7 @@ def test_a_dead_letter_on_a_quorum_queue_is_recorded_and_retried(services, repli
                interval=1, message='a dead letter')
     [letter] = dead_letters(services, queue, replica_db('replica_a'))
     assert letter['envelope']['cqrs_id'] == 'flaky' and letter['envelope']['instance_pk'] == 7
-    assert letter['error']['type'] == 'PlannedFailure' and letter['error']['attempts'] == 6  # the first try and 5 retries
+    assert letter['error']['type'] == 'PlannedFailure' and letter['error']['attempts'] == 6  # 1 try, 5 retries
     assert queue_type(f'dead_letter_{queue}') == 'quorum'
 
     (tmp_path / 'always_fail_7').unlink()
