@@ -71,7 +71,7 @@ class MasterSettings:
     #: (only the beat relay / ``cqrs_outbox relay``).
     publisher: str = 'thread'
     #: Rows of one CQRS_ID per published message (a batch envelope).
-    publish_batch_size: int = 100
+    publish_batch_size: int = 500
     #: Failed publish attempts after which an outbox event is set aside (a broker outage does not count).
     outbox_max_attempts: int = 50
     #: Seconds the master remembers the revision of a deleted pk (outlive the replicas' tombstones).
