@@ -66,6 +66,9 @@ def parse_args() -> argparse.Namespace:
                         help='worker processes: 1,2 (default: both)')
     parser.add_argument('--runs', type=int, help='runs per figure (default 3)')
     parser.add_argument('--n', type=int, help='rows per step of A, B, C, D (default 1000)')
+    parser.add_argument('--sync-rows', type=int,
+                        help='rows in the master table for C, topped up with unpublished rows (default 10000; '
+                             'never fewer than the N rows A and B made)')
     parser.add_argument('--latency-rows', type=int, help='saves at 100/s for the latency of A (default 500)')
     parser.add_argument('--cost-saves', type=int, help='saves per variant in F (default 500)')
     parser.add_argument('--memory', help='G checkpoints in events applied, e.g. 10000,100000 (default)')
@@ -81,6 +84,7 @@ def parse_args() -> argparse.Namespace:
     args.concurrency = [int(c) for c in (args.concurrency or (['2'] if quick else ['1', '2']))]
     args.runs = args.runs or (1 if quick else 3)
     args.n = args.n or (200 if quick else 1000)
+    args.sync_rows = args.sync_rows if args.sync_rows is not None else (0 if quick else 10000)
     args.latency_rows = args.latency_rows if args.latency_rows is not None else (100 if quick else 500)
     args.cost_saves = args.cost_saves or (100 if quick else 500)
     args.memory = sorted(int(v) for v in (args.memory or ('1000,3000' if quick else '10000,100000')).split(','))
@@ -138,7 +142,8 @@ def main() -> int:
                         log(f'{broker_kind}/{db} c={concurrency}: run {run}/{args.runs}')
                         # The two libraries alternate within each run, so drift hits both alike.
                         for section in (sections if run % 2 else sections[::-1]):
-                            run_replication(section, rec, concurrency, args.n, args.latency_rows, args.only)
+                            run_replication(section, rec, concurrency, args.n, args.latency_rows, args.only,
+                                            args.sync_rows)
                 if memory_here(args, broker_kind, db, concurrency):
                     log(f'{broker_kind}/{db} c={concurrency}: G worker memory at {args.memory} messages')
                     for section in sections:
