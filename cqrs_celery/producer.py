@@ -166,40 +166,16 @@ def publish_to_broker(envelope: Envelope, *, route_to: str | None = None, countd
 def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: float | None, what: str,
              rows: int = 1) -> tuple[str, str]:
     """Publish ``body``; returns the exchange name and routing key it went to."""
-    app = get_settings().celery_app()
-    family = transport_family(app)
-    timeout = get_settings().master.publish_timeout
+    family = transport_family(get_settings().celery_app())
     if target:
         exchange = topology.direct_exchange()
         routing_key = topology.direct_routing_key(target)
     else:
         exchange = topology.broadcast_exchange(cqrs_id, family)
         routing_key = topology.broadcast_routing_key(cqrs_id)
-    amqp = family == topology.AMQP
-    try:
-        with producer_pool(app).acquire(block=True, timeout=timeout) as producer:
-            if amqp:
-                returned = _returns(producer)
-                returned.clear()
-            elif not _is_bound(producer.channel, str(app.conf.broker_url), exchange.name, routing_key):
-                _unroutable(cqrs_id, exchange.name, routing_key, target, rows, keep=True)
-                return exchange.name, routing_key
-            app.send_task(
-                TASK_NAME, args=[body], exchange=exchange.name, routing_key=routing_key,
-                exchange_type=exchange.type, declare=[exchange], serializer='json', producer=producer,
-                delivery_mode=topology.PERSISTENT, countdown=countdown, ignore_result=True,
-                confirm_timeout=timeout, retry=True, mandatory=amqp,
-                retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': timeout / 2,
-                              'interval_max': timeout / 2},
-            )
-            if amqp and returned:
-                returned.clear()
-                _unroutable(cqrs_id, exchange.name, routing_key, target, rows, keep=False)
-    except PublishError:
-        raise
-    except Exception as exc:
-        error = BrokerUnavailableError if is_broker_error(exc) else PublishError
-        raise error(f'publishing {what} failed: {exc!r}') from exc
+    if not _send(TASK_NAME, [body], exchange, routing_key, countdown, f'publishing {what}'):
+        # RabbitMQ returned it: dropped (bindings are durable); elsewhere it was not sent and is kept.
+        _unroutable(cqrs_id, exchange.name, routing_key, target, rows, keep=family != topology.AMQP)
     return exchange.name, routing_key
 
 
@@ -211,10 +187,23 @@ def publish_task(name: str, args: list[Any], exchange: Any, routing_key: str) ->
     Raises:
         PublishError: the broker could not be reached in time.
     """
+    return _send(name, args, exchange, routing_key, None, f'publishing task {name}')
+
+
+def _send(name: str, args: list[Any], exchange: Any, routing_key: str, countdown: float | None, what: str) -> bool:
+    """One persistent JSON task message through a pooled producer; False if no queue took it.
+
+    RabbitMQ: the publish is *mandatory* and a ``basic.return`` (which comes before the confirm)
+    means no queue was bound. Redis, filesystem, memory: kombu would drop such a message silently,
+    so the binding table is read first and nothing is sent when no binding routes it.
+
+    Raises:
+        BrokerUnavailableError: the broker could not be reached in time.
+        PublishError: any other failure of the publish.
+    """
     app = get_settings().celery_app()
-    family = transport_family(app)
     timeout = get_settings().master.publish_timeout
-    amqp = family == topology.AMQP
+    amqp = transport_family(app) == topology.AMQP
     try:
         with producer_pool(app).acquire(block=True, timeout=timeout) as producer:
             if amqp:
@@ -222,16 +211,19 @@ def publish_task(name: str, args: list[Any], exchange: Any, routing_key: str) ->
                 returned.clear()
             elif not _is_bound(producer.channel, str(app.conf.broker_url), exchange.name, routing_key):
                 return False
-            app.send_task(name, args=args, exchange=exchange.name, routing_key=routing_key,
-                          exchange_type=exchange.type, declare=[exchange], serializer='json', producer=producer,
-                          delivery_mode=topology.PERSISTENT, ignore_result=True, confirm_timeout=timeout,
-                          mandatory=amqp, retry=True, retry_policy={'max_retries': 1})
+            app.send_task(
+                name, args=args, exchange=exchange.name, routing_key=routing_key, exchange_type=exchange.type,
+                declare=[exchange], serializer='json', producer=producer, delivery_mode=topology.PERSISTENT,
+                countdown=countdown, ignore_result=True, confirm_timeout=timeout, retry=True, mandatory=amqp,
+                retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': timeout / 2,
+                              'interval_max': timeout / 2},
+            )
             if amqp and returned:
                 returned.clear()
                 return False
     except Exception as exc:
         error = BrokerUnavailableError if is_broker_error(exc) else PublishError
-        raise error(f'publishing task {name} failed: {exc!r}') from exc
+        raise error(f'{what} failed: {exc!r}') from exc
     return True
 
 
