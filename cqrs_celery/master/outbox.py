@@ -27,7 +27,7 @@ from django.utils import timezone
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import SignalType
 from cqrs_celery.envelope import Envelope, decode
-from cqrs_celery.exceptions import BrokerUnavailableError
+from cqrs_celery.exceptions import BrokerUnavailableError, UnroutableError
 from cqrs_celery.master.publish import Change, envelopes_for
 from cqrs_celery.models import OutboxEvent
 from cqrs_celery.producer import send_batch
@@ -313,7 +313,8 @@ def _record_failures(using: str, failed: list[tuple[OutboxEvent, BaseException]]
             attempts=attempts, error=f'{type(exc).__name__}: {exc}'[:2000], set_aside=aside,
             available_at=now + datetime.timedelta(seconds=backoff))
         first = events[0]
-        log = logger.error if aside else logger.warning
+        # An unroutable event is logged once a minute per CQRS_ID by cqrs_celery.unroutable already.
+        log = logger.error if aside else logger.info if isinstance(exc, UnroutableError) else logger.warning
         log('cqrs outbox: %s events failed (attempt %s/%s%s): cqrs_id=%s pk=%s%s error=%r', len(events), attempts,
             limit, ', set aside: see cqrs_outbox status' if aside else f', next in {backoff:.0f}s', first.cqrs_id,
             first.pk_value, ' …' if len(events) > 1 else '', exc)
