@@ -12,6 +12,7 @@ import time
 import uuid
 
 from django.conf import settings
+from django.db.models import Count
 from django.test import override_settings
 
 from cqrs_celery.constants import TASK_NAME
@@ -262,3 +263,41 @@ def test_two_relays_running_at_once_publish_each_outbox_row_once(services, repli
     wait_until(lambda: applied('replica_a') >= 1000, timeout=60, message='1000 rows handled')
     assert applied('replica_a', cqrs_id='item', outcome='created') == 1000
     assert applied('replica_a') == 1000, 'a row published by both relays would be handled twice'
+
+
+def test_a_master_killed_while_its_publisher_thread_sends_batches_loses_nothing_and_applies_nothing_twice(
+        services, replica_db):
+    # A master process saving flat out (creates, and updates of rows it made): its publisher thread
+    # is sending gathered batches all the time, so the SIGKILL lands in the middle of one (events
+    # published but not yet deleted from the outbox, events read but not yet sent, events not read).
+    queue_a = services.queue('replica_a')
+    services.worker(queue_a, replica_db('replica_a')).start()
+    script = ('from tests.master_app.models import Item\n'
+              'items = []\n'
+              'for i in range(1_000_000):\n'
+              '    items.append(Item.objects.create(sku=f"p{i:07d}", name="new", quantity=0))\n'
+              '    old = items[i // 2]\n'
+              '    old.quantity += 1\n'
+              '    old.name = f"update {i}"\n'
+              '    old.save()\n')
+    writer = subprocess.Popen([sys.executable, '-m', 'django', 'shell', '-c', script], cwd=ROOT,
+                              env=services.master_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        wait_until(lambda: applied('replica_a') >= 500 or writer.poll() is not None, timeout=120,
+                   message='500 rows applied while the master writes')
+        assert writer.poll() is None, writer.stderr.read() if writer.stderr else ''
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -9
+    made = Item.objects.count()
+    print(f'killed after {made} creates; {outbox.pending()} events left in the outbox')
+
+    services.master()  # the relay publishes what the killed process left
+    wait_until(lambda: in_step('replica_a', 'item'), timeout=120, message=lambda: describe('replica_a', 'item'))
+    wait_until(lambda: outbox.pending() == 0, timeout=60, message='outbox drained')
+    # Re-sent rows (published before the kill, still in the outbox) are duplicates, never applied twice.
+    twice = (AppliedLog.objects.using('replica_a').filter(outcome__in=['created', 'updated'])
+             .values('pk_value', 'revision').annotate(times=Count('id')).filter(times__gt=1))
+    assert not list(twice[:5])
