@@ -301,3 +301,25 @@ def test_a_master_killed_while_its_publisher_thread_sends_batches_loses_nothing_
     twice = (AppliedLog.objects.using('replica_a').filter(outcome__in=['created', 'updated'])
              .values('pk_value', 'revision').annotate(times=Count('id')).filter(times__gt=1))
     assert not list(twice[:5])
+
+
+def test_rows_failing_inside_a_batch_retry_or_dead_letter_alone_while_the_rest_apply_once(
+        services, replica_db, tmp_path):
+    queue_a = services.queue('replica_a')
+    services.worker(queue_a, replica_db('replica_a'), CQRS_TEST_FAULT_DIR=str(tmp_path)).start()
+    (tmp_path / 'always_fail_13').touch()
+    # One batch message of 20 rows: row 7 fails twice, row 13 always.
+    Flaky.cqrs.bulk_create([Flaky(id=i, name=f'batch row {i}', fail_times={7: 2, 13: -1}.get(i, 0))
+                            for i in range(1, 21)])
+    wait_until(lambda: applied('replica_a', cqrs_id='flaky', pk_value='13', outcome='dead_lettered') == 1,
+               timeout=90, message='row 13 dead-lettered')
+    wait_until(lambda: ReplicaFlaky.objects.using('replica_a').count() == 19, message='every other row applied')
+    assert not ReplicaFlaky.objects.using('replica_a').filter(pk=13).exists()
+    assert attempts(tmp_path, 7, 0) == 3  # two failures, then applied
+    for pk in range(1, 21):
+        if pk != 13:
+            assert applied('replica_a', cqrs_id='flaky', pk_value=str(pk), outcome='created') == 1, pk
+        if pk not in (7, 13):  # the rows that did not fail were applied once, never retried
+            assert applied('replica_a', cqrs_id='flaky', pk_value=str(pk)) == 1, pk
+    [letter] = dead_letters(services, queue_a, replica_db('replica_a'))
+    assert letter['envelope']['instance_pk'] == 13 and letter['error']['type'] == 'PlannedFailure'
