@@ -229,3 +229,36 @@ def test_each_type_has_a_json_safe_wire_form(field, value, wire):
 
     assert data[field] == wire
     assert ujson.loads(ujson.dumps(data))[field] == wire
+
+
+def test_a_group_of_updates_writes_every_field_type_as_one_row_at_a_time_would(cqrs_captured, monkeypatch):
+    # The group apply writes changed rows with one UPDATE joined to a VALUES list (replica/bulk.py):
+    # every type must come through it exactly, including None.
+    from django.db.models import QuerySet
+
+    from cqrs_celery.replica.group import apply_many
+
+    def not_this_path(*args, **kwargs):
+        raise AssertionError("Django's bulk_update ran instead of replica/bulk.py")
+
+    monkeypatch.setattr(QuerySet, 'bulk_update', not_this_path)
+
+    author = Author.objects.create(name='a')
+    cases = [(field, value) for field, value in VALUES
+             if not (connection.vendor == 'sqlite' and field == 'decimal' and value == ALL_NINES)]
+    rows = [AllFields.objects.create(**full_row_values(author)) for _ in range(len(cases) + 1)]
+    created = len(cqrs_captured)
+    for row, (field, value) in zip(rows, cases, strict=False):
+        setattr(row, field, value)
+        row.save()
+    for field in NULLABLE_FIELDS:
+        setattr(rows[-1], field, None)
+    rows[-1].save()
+    wire = [decode(ujson.loads(ujson.dumps(envelope.to_wire()))) for envelope in cqrs_captured]
+
+    for group in (wire[:created], wire[created:]):
+        results = apply_many(group)
+        assert not [r for r in results if isinstance(r, Exception)], results
+    assert {r.outcome.value for r in results} == {'updated'}
+    for row in rows:
+        assert_replica_equals_master(row.pk)

@@ -135,6 +135,18 @@ def test_a_value_the_database_refuses_falls_back_to_one_transaction_per_row(lett
     assert [letter['envelope']['instance_pk'] for letter in letters] == ['Y']
 
 
+def test_an_update_too_long_for_its_column_is_refused_not_cut_short(letters, retries):
+    # The bulk UPDATE casts values without their length (replica/bulk.py): the column still refuses.
+    apply_envelope.run(ujson.loads(ujson.dumps(encode_batch([item('A', 0), item('Y', 0), item('B', 0)]))))
+    body = encode_batch([item('A', 1), item('Y', 1, name='n' * 500), item('B', 1)])
+
+    outcome = apply_envelope.run(ujson.loads(ujson.dumps(body)))
+
+    assert outcome == 'dead_lettered=1 updated=2'
+    assert stored() == {'A': ('A@1', 1), 'Y': ('Y@0', 0), 'B': ('B@1', 1)}
+    assert [letter['envelope']['instance_pk'] for letter in letters] == ['Y']
+
+
 def test_a_failing_row_of_a_batch_is_retried_alone(letters, retries, monkeypatch):
     original = ReplicaAuthor.cqrs_create.__func__
 

@@ -7,7 +7,7 @@ times; later rows see what earlier ones did).
 
 * **Bulk path**, for models that keep the library's own ``cqrs_create``/``cqrs_update``/
   ``cqrs_delete`` and have no ``save()`` override or save signals: new rows are written with one
-  ``bulk_create``, changed rows with one ``bulk_update``.
+  ``bulk_create``, changed rows with one UPDATE joined to their values per chunk (``bulk.py``).
 * **Per-row path**, for every other model: its methods are called for each row, each row inside
   a savepoint of the group's transaction, so a failing row is rolled back and reported alone.
 
@@ -29,7 +29,7 @@ from cqrs_celery.envelope import Envelope
 from cqrs_celery.models import ReplicaTombstone, forget_tombstones, pk_key, record_tombstone, tombstone_revisions
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica import apply as single
-from cqrs_celery.replica import hooks
+from cqrs_celery.replica import bulk, hooks
 from cqrs_celery.replica.apply import Outcome, Result
 
 logger = logging.getLogger(__name__)
@@ -73,11 +73,11 @@ def _guarded(function: Any, *args: Any) -> RowResult:
 def apply_rows(model: Any, envelopes: Sequence[Envelope]) -> list[RowResult]:
     """Apply rows of one table-backed model in one transaction (see the module's docstring)."""
     using = router.db_for_write(model)
-    bulk = uses_bulk_path(model)
+    in_bulk = uses_bulk_path(model)
     try:
         with transaction.atomic(using=using):
             single.lock_keys(using, [(e.cqrs_id, e.instance_pk) for e in envelopes])
-            if bulk:
+            if in_bulk:
                 return _apply_bulk(model, envelopes, using)
             return [_in_savepoint(model, envelope, using) for envelope in envelopes]
     except Exception as exc:
@@ -214,5 +214,5 @@ def _write(model: Any, rows: _Rows, using: str, cqrs_id: str) -> None:
     pk_names = {model._meta.pk.name, model._meta.pk.attname}
     fields = sorted(rows.fields - pk_names)
     if rows.changed and fields:
-        manager.bulk_update(list(rows.changed.values()), fields)
+        bulk.update_rows(model, list(rows.changed.values()), fields, using)
 
