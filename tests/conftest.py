@@ -12,12 +12,16 @@ def loopback(cqrs_apply_in_process):  # noqa: F811
 
 
 @pytest.fixture(scope='session', autouse=True)
-def _publishers_stop_before_the_test_databases_go(django_db_setup):
-    """The master's publisher threads hold database connections: stop them before teardown drops the databases."""
+def _publishers_stop_before_the_test_databases_go(django_db_setup, django_db_blocker):
+    """The master's publisher threads hold database connections: stop them before teardown drops the databases.
+
+    Stopping publishes what is ready, so it needs the database, which pytest-django blocks outside tests.
+    """
     from cqrs_celery.master import publisher
 
     yield
-    publisher.shutdown()
+    with django_db_blocker.unblock():
+        publisher.shutdown()
 
 
 @pytest.fixture
