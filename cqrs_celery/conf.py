@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from celery import Celery
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
@@ -259,9 +260,19 @@ def _resolve_app(path: str) -> Any:
             f"CQRS['app'] = {path!r} cannot be imported: {exc}. "
             "Point it at your Celery app, e.g. 'proj.celery.app'."
         ) from exc
-    if not hasattr(app, 'send_task') or not hasattr(app, 'conf'):
-        raise ConfigurationError(f"CQRS['app'] = {path!r} is not a Celery app ({type(app)!r}).")
+    if not is_celery_app(app):
+        raise ConfigurationError(f"CQRS['app'] = {path!r} is not a Celery app ({_kind(app)}).")
     return app
+
+
+def is_celery_app(value: Any) -> bool:
+    """True for a Celery app instance; the ``Celery`` class itself (or a subclass) is not one."""
+    return isinstance(value, Celery)
+
+
+def _kind(value: Any) -> str:
+    return f'the class {value.__module__}.{value.__qualname__}' if isinstance(value, type) else \
+        f'a {type(value).__name__}'
 
 
 def _resolve_callable(section: str, key: str, value: Any) -> Callable[..., Any] | None:
@@ -304,9 +315,9 @@ def validate(raw: Any) -> list[Problem]:
         except ConfigurationError as exc:
             problems.append(Problem('cqrs_celery.E003', str(exc),
                                     'Use the dotted path of the Celery() instance in your celery.py.'))
-    elif not hasattr(raw['app'], 'send_task'):
-        problems.append(Problem('cqrs_celery.E003', f"CQRS['app'] is a {type(raw['app']).__name__}, "
-                                'not a Celery app.', 'Give the Celery() instance or its dotted path.'))
+    elif not is_celery_app(raw['app']):
+        problems.append(Problem('cqrs_celery.E003', f"CQRS['app'] is {_kind(raw['app'])}, not a Celery app.",
+                                'Give the Celery() instance or its dotted path (not the class).'))
     queue = raw.get('queue')
     if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME_RE.fullmatch(queue)):
         problems.append(Problem('cqrs_celery.E007', f"CQRS['queue'] = {queue!r} is not a valid queue name.",

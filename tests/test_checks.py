@@ -7,6 +7,7 @@ import re
 from io import StringIO
 
 import pytest
+from celery import Celery
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
@@ -118,8 +119,10 @@ def test_e002_the_celery_app_is_not_set():
 
 
 @provokes('cqrs_celery.E003')
-@pytest.mark.parametrize('app', ['tests.no_such_module.app', 'tests.settings.SECRET_KEY', 42],
-                         ids=['not-importable', 'not-a-celery-app', 'an-int'])
+@pytest.mark.parametrize('app', ['tests.no_such_module.app', 'tests.settings.SECRET_KEY', 42, Celery, 'celery.Celery',
+                                 type('MyCelery', (Celery,), {})],
+                         ids=['not-importable', 'not-a-celery-app', 'an-int', 'the-celery-class',
+                              'the-celery-class-by-path', 'a-subclass'])
 def test_e003_the_celery_app_cannot_be_imported_or_is_not_a_celery_app(app):
     with override_settings(CQRS={**GOOD, 'app': app}):
         assert reported_ids() == {'cqrs_celery.E003'}
