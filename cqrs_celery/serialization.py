@@ -15,9 +15,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core import validators
 from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import models
+from django.db import connections, models, router
+from django.utils import timezone
 from django.utils.duration import duration_iso_string
 
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED
@@ -156,8 +158,9 @@ def python_value(model: type[models.Model], field: Any, value: Any) -> Any:
         if isinstance(field, models.JSONField):
             return value
         _refuse_coercion(field, value)
-        converted = field.to_python(value)
+        converted = _aware(field, field.to_python(value))
         _check_fits(field, converted)
+        _check_database_takes(model, field, converted)
     except (ValidationError, TypeError, ValueError, ArithmeticError, decimal.InvalidOperation) as exc:
         raise DataError(
             f'{model._meta.label}.{field.name}: value {_short(value)} does not fit a {field.get_internal_type()}'
@@ -187,6 +190,30 @@ def _check_fits(field: Any, value: Any) -> None:
         raise TypeError(f'a {type(value).__name__} is not binary data')
     if isinstance(value, datetime.timedelta):
         abs(value)  # OverflowError for the smallest timedelta
+
+
+def _aware(field: Any, value: Any) -> Any:
+    """A naive datetime for a DateTimeField made aware in the default time zone, as Django's save would.
+
+    Done here so that its range in UTC is checked (a naive 9999-12-31T23:00 west of UTC is year
+    10000 in the database, a row nobody could read back).
+    """
+    if isinstance(value, datetime.datetime) and value.tzinfo is None and isinstance(field, models.DateTimeField) \
+            and django_settings.USE_TZ:
+        return timezone.make_aware(value, timezone.get_default_timezone())
+    return value
+
+
+def _check_database_takes(model: type[models.Model], field: Any, value: Any) -> None:
+    """Raise for a value the replica's database adapter refuses (an IP address that is none, NUL in text).
+
+    The field prepares the value as the write will, so whatever its adapter refuses is found before
+    anything is written, as bad data, instead of failing the write (a retry could never succeed).
+    """
+    connection = connections[router.db_for_write(model) or 'default']
+    field.get_db_prep_save(value, connection=connection)
+    if isinstance(value, str) and '\x00' in value and connection.vendor == 'postgresql':
+        raise ValueError('PostgreSQL text cannot hold the NUL character')
 
 
 def _short(value: Any) -> str:

@@ -341,6 +341,71 @@ def test_the_models_own_should_retry_cqrs_decides(letters, retries, failing_crea
     assert_letter(letters[0], error_type='ReplicaDown', reason='failed after 1 retries', attempts=2)
 
 
+def test_a_should_retry_cqrs_that_raises_leaves_the_decision_to_cqrs_max_retries(letters, retries, failing_create,
+                                                                                 monkeypatch):
+    def should_retry_cqrs(cls, current_retry, exception=None):
+        raise KeyError('policy bug')
+
+    monkeypatch.setattr(ReplicaItem, 'should_retry_cqrs', classmethod(should_retry_cqrs))
+
+    with cqrs_replica_settings(CQRS_MAX_RETRIES=2):
+        assert apply_envelope.run(wire(save(0, retries=1))) == 'retrying'
+        assert apply_envelope.run(wire(save(0, retries=2))) == 'dead_lettered'
+
+    assert [envelope.retries for envelope, _, _ in retries] == [2]
+    assert_letter(letters[0], error_type='ReplicaDown', reason='failed after 2 retries', attempts=3)
+
+
+@pytest.mark.parametrize('delay', ['soon', None, float('nan'), -1, 1e300, 10 ** 400], ids=str)
+def test_any_retry_delay_a_model_gives_still_sends_the_retry_with_a_bounded_hop(letters, retries, failing_create,
+                                                                                monkeypatch, delay):
+    def get_cqrs_retry_delay(cls, current_retry):
+        if delay is None:
+            raise ZeroDivisionError('delay bug')
+        return delay
+
+    monkeypatch.setattr(ReplicaItem, 'get_cqrs_retry_delay', classmethod(get_cqrs_retry_delay))
+
+    assert apply_envelope.run(wire(save(0))) == 'retrying'
+
+    [(envelope, route_to, countdown)] = retries
+    assert (envelope.retries, route_to) == (1, THIS_QUEUE)
+    assert 0 <= countdown <= 900
+    assert letters == []
+
+
+def test_a_failure_whose_message_cannot_be_shown_is_still_dead_lettered(letters, retries, monkeypatch):
+    class Unprintable(RuntimeError):
+        def __str__(self):
+            raise ValueError('no text')
+
+    def cqrs_create(cls, sync, mapped_data, previous_data=None, meta=None):
+        raise Unprintable
+
+    monkeypatch.setattr(ReplicaItem, 'cqrs_create', classmethod(cqrs_create))
+
+    with cqrs_replica_settings(CQRS_MAX_RETRIES=0):
+        assert apply_envelope.run(wire(save(0))) == 'dead_lettered'
+
+    assert_letter(letters[0], error_type='Unprintable', reason='failed after 0 retries', attempts=1,
+                  message='cannot be shown')
+
+
+def test_an_unexpected_error_in_the_task_dead_letters_the_message_with_its_raw_form(letters, retries, monkeypatch):
+    def broken(envelopes, queue=None):
+        raise MemoryError('out of memory in the group path')
+
+    monkeypatch.setattr(tasks, 'apply_many', broken)
+    batch = {'v': 2, 'cqrs_id': 'item', 'queue': None, 'expires': None, 'retries': 0,
+             'rows': [save(0).row_wire(), save(0, sku='B').row_wire()]}
+
+    assert apply_envelope.run(batch) == 'dead_lettered'
+
+    [letter] = letters
+    assert_letter(letter, error_type='MemoryError', reason='internal error', message='out of memory')
+    assert letter['raw'] == batch
+
+
 def test_a_falsy_result_from_cqrs_create_is_retried(letters, retries, monkeypatch):
     monkeypatch.setattr(ReplicaItem, 'cqrs_create', classmethod(lambda cls, *args, **kwargs: None))
 
