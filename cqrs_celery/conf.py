@@ -357,7 +357,7 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
         if key in _CALLABLE_KEYS and callable(value):
             continue
         bad_bool = isinstance(value, bool) and bool not in types
-        minimum, maximum = _MINIMUM.get(key, 0), _MAXIMUM.get(key, _MAX_SECONDS if key in _SECONDS else None)
+        minimum, maximum = _MINIMUM.get(key, 0), _maximum(key, types)
         if not isinstance(value, types) or bad_bool or _out_of_range(value, minimum, maximum):
             names = ' or '.join('None' if t is type(None) else t.__name__ for t in types)
             bound = '' if bool in types or str in types else _range_text(minimum, maximum)
@@ -374,6 +374,12 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
                                     f"CQRS['replica']['queue_type'] = {value!r} must be one of "
                                     f"{', '.join(map(repr, QUEUE_TYPES))}.",
                                     "Use 'quorum' on a RabbitMQ cluster, else leave 'classic'."))
+        elif key == 'reconcile_master_queue' and _bad_queue_names(value):
+            problems.append(Problem('cqrs_celery.E007',
+                                    f"CQRS['replica']['reconcile_master_queue'] = {value!r} names no valid queue "
+                                    f"({', '.join(map(repr, _bad_queue_names(value)))}).",
+                                    "Give one queue name, or a dict {CQRS_ID: queue name} ('*' for the others); "
+                                    'names use letters, digits and . _ - : (at most 200 characters).'))
         elif key in {'dead_letter_queue', 'bootstrap_queue'} and isinstance(value, str) \
                 and not QUEUE_NAME_RE.fullmatch(value):
             problems.append(Problem('cqrs_celery.E007',
@@ -409,6 +415,34 @@ _SECONDS = frozenset({'CQRS_MESSAGE_TTL', 'publish_timeout', 'outbox_relay_delay
 _MAX_SECONDS = 10 * 365 * 24 * 3600
 
 
+#: Largest integer of count settings without a bound of their own: what a 32-bit database column
+#: or a broker argument holds (a LIMIT or x-delivery-limit beyond it fails at every use).
+_MAX_INT = 2 ** 31 - 1
+
+#: Integer settings compared in Python only, so any count works.
+_UNBOUNDED = frozenset({'CQRS_MAX_RETRIES'})
+
+
+def _maximum(key: str, types: tuple[type, ...]) -> float | None:
+    if key in _MAXIMUM:
+        return _MAXIMUM[key]
+    if key in _SECONDS:
+        return _MAX_SECONDS
+    if int in types and float not in types and key not in _UNBOUNDED:
+        return _MAX_INT
+    return None
+
+
+def _bad_queue_names(value: Any) -> list[Any]:
+    """The entries of a ``reconcile_master_queue`` value that are not queue names."""
+    if isinstance(value, str):
+        return [] if QUEUE_NAME_RE.fullmatch(value) else [value]
+    if isinstance(value, Mapping):
+        return [key for key in value if not (isinstance(key, str) and key)] + [
+            queue for queue in value.values() if not (isinstance(queue, str) and QUEUE_NAME_RE.fullmatch(queue))]
+    return []
+
+
 def _out_of_range(value: Any, minimum: float, maximum: float | None) -> bool:
     """True for a number that is not finite, or below ``minimum``, or above ``maximum``."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -420,7 +454,8 @@ def _out_of_range(value: Any, minimum: float, maximum: float | None) -> bool:
 
 def _range_text(minimum: float, maximum: float | None) -> str:
     low = 'not negative' if minimum == 0 else f'at least {minimum:g}' if minimum >= 1 else 'above 0'
-    high = f', at most {maximum:g}' if maximum is not None else ''
+    high = '' if maximum is None else f', at most {int(maximum)}' if float(maximum).is_integer() else \
+        f', at most {maximum:g}'
     return f' (finite, {low}{high})'
 
 

@@ -377,8 +377,13 @@ def test_e005_every_numeric_setting_refuses_values_that_are_not_finite(section, 
     {**GOOD, 'replica': {'max_nesting_depth': 1000}},
     {**GOOD, 'replica': {'max_nesting_depth': 2}},
     {**GOOD, 'replica': {'max_message_size': 10}},
+    {**GOOD, 'master': {'outbox_relay_batch': 2 ** 63}},
+    {**GOOD, 'master': {'publish_batch_size': 10 ** 400}},
+    {**GOOD, 'replica': {'delivery_limit': 2 ** 31}},
+    {**GOOD, 'replica': {'tombstone_retention': 10 ** 400}},
 ], ids=['backoff-max-1e300', 'delay-beyond-ten-years', 'ttl-beyond-ten-years', 'nesting-too-deep-for-a-worker',
-        'nesting-too-shallow-for-an-envelope', 'message-size-too-small'])
+        'nesting-too-shallow-for-an-envelope', 'message-size-too-small', 'relay-batch-beyond-a-sql-limit',
+        'publish-batch-beyond-any-int', 'delivery-limit-beyond-a-broker-argument', 'retention-beyond-any-date'])
 def test_e005_numbers_out_of_their_working_range(raw):
     with override_settings(CQRS=raw):
         assert reported_ids() == {'cqrs_celery.E005'}
