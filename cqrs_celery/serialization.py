@@ -1,9 +1,10 @@
 """Model instance ⇄ JSON-safe dict; every concrete Django field type round-trips exactly.
 
 Encoding is by value type, so nested values (a DRF serializer's output, metadata) follow the same
-rules: Decimal → string with every digit, date/time/datetime → ISO-8601 (offset and microseconds
-kept), timedelta → ISO-8601 duration, UUID → string, bytes → base64. Decoding is by the replica
-field's own ``to_python``, which parses exactly those forms.
+rules: Decimal → string with every digit, a float that is not finite → ``'NaN'``/``'Infinity'``,
+date/time/datetime → ISO-8601 (offset and microseconds kept), timedelta → ISO-8601 duration,
+UUID → string, bytes → base64. Decoding is by the replica field's own ``to_python``, which parses
+exactly those forms.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -28,6 +30,9 @@ from cqrs_celery.exceptions import DataError
 
 def to_json(value: Any) -> Any:
     """``value`` made JSON-safe without losing precision; containers are converted recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN or infinity (replica queues refuse such bodies); float() reads these back
+        return 'NaN' if math.isnan(value) else 'Infinity' if value > 0 else '-Infinity'
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, decimal.Decimal):
