@@ -332,7 +332,23 @@ def validate(raw: Any) -> list[Problem]:
                                 f"CQRS['replica']['dead_letter_queue'] is the replica queue itself ({queue!r}): "
                                 'the worker would consume its own dead letters for ever.',
                                 'Leave dead_letter_queue out (dead_letter_<queue>) or give a name of its own.'))
+    elif isinstance(dead, str) and dead in consumed_queues(raw):
+        problems.append(Problem('cqrs_celery.E013',
+                                f"CQRS['replica']['dead_letter_queue'] = {dead!r} is a queue workers consume (the "
+                                'bootstrap or reconciliation queue): they would take the dead letters and drop them.',
+                                'Leave dead_letter_queue out (dead_letter_<queue>) or give a name of its own.'))
     return problems
+
+
+def consumed_queues(raw: Mapping[str, Any]) -> set[str]:
+    """Queue names this configuration has workers consume, other than the replica queue."""
+    master, replica = raw.get('master'), raw.get('replica')
+    names: set[Any] = set()
+    if isinstance(master, Mapping):
+        names.add(master.get('bootstrap_queue'))
+    reconcile = replica.get('reconcile_master_queue') if isinstance(replica, Mapping) else None
+    names.update(reconcile.values() if isinstance(reconcile, Mapping) else [reconcile])
+    return {name for name in names if isinstance(name, str) and name}
 
 
 def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str, tuple[type, ...]]]

@@ -407,6 +407,18 @@ def test_e013_the_dead_letter_queue_is_the_replica_queue_itself():
     assert {m.id for m in errors} == {'cqrs_celery.E013'}
 
 
+@provokes('cqrs_celery.E013')
+@pytest.mark.parametrize('raw', [
+    {**GOOD, 'replica': {'dead_letter_queue': 'celery'}},
+    {**GOOD, 'replica': {'dead_letter_queue': 'masters', 'reconcile_master_queue': 'masters'}},
+    {**GOOD, 'replica': {'dead_letter_queue': 'masters', 'reconcile_master_queue': {'book': 'masters'}}},
+    {**GOOD, 'master': {'bootstrap_queue': 'boot'}, 'replica': {'dead_letter_queue': 'boot'}},
+], ids=['celerys-default-queue', 'reconciliation-queue', 'a-models-reconciliation-queue', 'bootstrap-queue'])
+def test_e013_the_dead_letter_queue_is_a_queue_workers_consume(raw):
+    with override_settings(CQRS=raw):
+        assert reported_ids() == {'cqrs_celery.E013'}
+
+
 def celery_app(**conf_values):
     from celery import Celery
 
