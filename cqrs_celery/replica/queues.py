@@ -16,6 +16,7 @@ from kombu import Exchange, Queue
 
 from cqrs_celery import filesystem, topology
 from cqrs_celery.conf import get_settings
+from cqrs_celery.constants import MAX_HOP
 from cqrs_celery.exceptions import ConfigurationError
 from cqrs_celery.producer import transport_family
 from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
@@ -52,12 +53,6 @@ def install(app: Any) -> Queue | None:
     logger.info('cqrs replica queue %s bound to %s', queue.name,
                 ', '.join(topology.binding_exchange(b).name for b in queue.bindings))
     return queue
-
-
-#: Longest countdown of one retry hop on any broker: a delayed message waits unacknowledged in the
-#: worker, and RabbitMQ closes a channel that holds a delivery longer than its consumer_timeout
-#: (30 minutes by default); longer back-offs travel as several hops.
-MAX_HOP = 900.0
 
 
 def max_retry_delay(app: Any | None = None) -> float:
