@@ -77,7 +77,9 @@ def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
     app = settings.celery_app()
     if getattr(app, 'conf', None) is None:
         return messages
-    accepted = {str(name).lower() for name in (app.conf.accept_content or ())}
+    accept = app.conf.accept_content or ()
+    accepted = {str(name).lower() for name in ([accept] if isinstance(accept, str) else accept
+                                                if isinstance(accept, list | tuple | set | frozenset) else ())}
     if accepted & UNSAFE_CONTENT:
         messages.append(checks.Warning(
             'The Celery app accepts pickle (accept_content): any message on one of its queues can run code '
@@ -102,7 +104,7 @@ def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
             id='cqrs_celery.E013',
         ))
     messages.extend(_check_filesystem_broker(app))
-    if int(app.conf.task_protocol or 2) < 2:
+    if not _protocol_2(app.conf.task_protocol):
         messages.append(checks.Error(
             f'The Celery app sends task protocol {app.conf.task_protocol} messages; replica queues accept '
             'protocol 2 only and would dead-letter every envelope.',
@@ -110,6 +112,14 @@ def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
             id='cqrs_celery.E014',
         ))
     return messages
+
+
+def _protocol_2(value: Any) -> bool:
+    """True for Celery's task protocol 2 (``None``: the default, 2)."""
+    try:
+        return value is None or int(value) >= 2
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_filesystem_broker(app: Any) -> list[checks.CheckMessage]:

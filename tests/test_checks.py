@@ -445,9 +445,16 @@ def test_a_celery_app_that_accepts_json_and_yaml_gets_no_warning():
 
 
 @provokes('cqrs_celery.E014')
-def test_e014_the_celery_app_sends_task_protocol_1():
-    with override_settings(CQRS={**GOOD, 'app': celery_app(task_protocol=1)}):
+@pytest.mark.parametrize('protocol', [1, 'x', [2], object()], ids=['one', 'a-string', 'a-list', 'an-object'])
+def test_e014_the_celery_app_sends_task_protocol_1(protocol):
+    with override_settings(CQRS={**GOOD, 'app': celery_app(task_protocol=protocol)}):
         assert reported_ids() == {'cqrs_celery.E014'}
+
+
+@pytest.mark.parametrize('accept', [1, 'json', None, object(), ('json',)], ids=str)
+def test_an_accept_content_of_any_shape_is_checked_without_an_error(accept):
+    with override_settings(CQRS={**GOOD, 'app': celery_app(accept_content=accept)}):
+        assert reported_ids() == set()
 
 
 @provokes('cqrs_celery.W060')

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -67,8 +68,10 @@ def max_retry_delay(app: Any | None = None) -> float:
     app = app or get_settings().celery_app()
     if _driver(app) != 'redis':
         return MAX_HOP
-    options = app.conf.broker_transport_options or {}
-    timeout = options.get('visibility_timeout', get_settings().replica.visibility_timeout)
+    options = app.conf.broker_transport_options
+    timeout = options.get('visibility_timeout') if isinstance(options, Mapping) else None
+    if timeout is None:
+        timeout = get_settings().replica.visibility_timeout
     try:
         half = float(timeout) / 2
     except (TypeError, ValueError):
