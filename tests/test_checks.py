@@ -491,6 +491,40 @@ def test_the_throwaway_models_of_these_tests_are_gone_afterwards():
 
 # --- bad model declarations fail at class definition -----------------------------------------
 
+#: Values a model option could be given by mistake.
+ANY_OPTION_VALUE = [None, '', 'x', 'title', '__all__', 42, True, [], ['title'], ['title', 'title'], ['nope'],
+                    ('id', 'title'), {'title': 'name'}, {'id': 'id'}, {1: 2}, {'title': None}, object(), 'a b',
+                    'x' * 300, b'x', ['id', 42]]
+MASTER_OPTIONS = ['CQRS_ID', 'CQRS_FIELDS', 'CQRS_TRACKED_FIELDS', 'CQRS_SERIALIZER', 'CQRS_PRODUCE']
+REPLICA_OPTIONS = ['CQRS_ID', 'CQRS_MAPPING', 'CQRS_CUSTOM_SERIALIZATION', 'CQRS_SELECT_FOR_UPDATE',
+                   'CQRS_NO_DB_OPERATIONS', 'CQRS_META', 'CQRS_ONLY_DIRECT_SYNCS']
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+def test_any_value_of_a_model_option_fails_at_definition_or_passes_the_checks_without_raising():
+    for number, (mixin, option, value) in enumerate(
+            [(MasterMixin, option, value) for option in MASTER_OPTIONS for value in ANY_OPTION_VALUE]
+            + [(ReplicaMixin, option, value) for option in REPLICA_OPTIONS for value in ANY_OPTION_VALUE]):
+        attrs = {'__module__': __name__, 'CQRS_ID': f'throwaway_option_{number}',
+                 'title': models.CharField(max_length=10),
+                 'Meta': type('Meta', (), {'app_label': 'master_app' if mixin is MasterMixin else 'replica_app'})}
+        if mixin is ReplicaMixin:
+            attrs['id'] = models.BigIntegerField(primary_key=True)
+        attrs[option] = value
+        try:
+            type(f'Option{number}', (mixin,), attrs)
+        except ImproperlyConfigured as exc:
+            assert option in str(exc), (option, value, exc)
+            continue
+        except Exception as exc:
+            raise AssertionError(f'{mixin.__name__} with {option} = {value!r} failed with {exc!r}') from exc
+        try:
+            checks.run_checks(tags=['cqrs_celery'])
+        except Exception as exc:
+            raise AssertionError(f'the checks raised {exc!r} after {mixin.__name__} with {option} = {value!r}') from exc
+
+
+
 
 @pytest.mark.usefixtures('throwaway_apps')
 def test_a_master_model_without_cqrs_id_fails_at_definition():

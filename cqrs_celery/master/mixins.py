@@ -368,10 +368,17 @@ def prepare(model: type[models.Model]) -> None:
         value = getattr(model, attr)
         if value is None and attr == 'CQRS_TRACKED_FIELDS':
             continue
-        if value != '__all__' and (isinstance(value, str) or not isinstance(value, Sequence | set)):
+        if value != '__all__' and not (isinstance(value, list | tuple | set | frozenset)
+                                       and all(isinstance(name, str) for name in value)):
             raise ConfigurationError(
                 f"{model._meta.label}.{attr} must be '__all__' or a list of field names, not {value!r}."
             )
+    serializer = getattr(model, 'CQRS_SERIALIZER', None)
+    if serializer is not None and not (isinstance(serializer, str) and serializer):
+        raise ConfigurationError(
+            f'{model._meta.label}.CQRS_SERIALIZER must be the dotted path of a serializer class '
+            f"(e.g. 'shop.serializers.BookSerializer') or None, not {serializer!r}."
+        )
     tracked = getattr(model, 'CQRS_TRACKED_FIELDS', None)
     if tracked and tracker.TRACKER_NAME not in model.__dict__:
         tracker.CQRSTracker.add_to_model(model, tracked)

@@ -110,7 +110,9 @@ class ReplicaMixin(_ReplicaOptions, models.Model):
         super().__init_subclass__(**kwargs)
         # Abstract models get no class_prepared signal; one that names a CQRS_ID is a replica with
         # no table (django-cqrs registers it too). A concrete subclass later takes its place.
-        if cls.__dict__.get('CQRS_ID'):
+        # A declaration the registry cannot use is left to class_prepared, which names the model.
+        cqrs_id, mapping = cls.__dict__.get('CQRS_ID'), getattr(cls, 'CQRS_MAPPING', None)
+        if isinstance(cqrs_id, str) and cqrs_id.strip() and (mapping is None or isinstance(mapping, Mapping)):
             ReplicaRegistry.register(cls)
 
     @classmethod
