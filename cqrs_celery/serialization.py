@@ -68,6 +68,27 @@ def is_plain(value: Any) -> bool:
     return False
 
 
+def nesting_depth(value: Any) -> int:
+    """How deep JSON arrays and objects nest in ``value`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+#: Containers around a value in a replica's task message (body, arguments, batch, rows, row,
+#: instance_data or meta): a value may nest ``max_nesting_depth`` minus this many levels.
+ENVELOPE_LEVELS = 6
+
+
 def has_own_value_to_string(field: Any) -> bool:
     """True when the field's class defines how its value becomes text (a custom field's own hook)."""
     return type(field).value_to_string is not models.Field.value_to_string
