@@ -22,6 +22,7 @@ from django.test import override_settings
 from cqrs_celery import PublishError, SignalType
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope
+from cqrs_celery.producer import set_sender
 from cqrs_celery.replica import dead_letters, tasks
 from cqrs_celery.replica.consumer import is_cqrs_message
 from cqrs_celery.replica.tasks import apply_envelope
@@ -461,14 +462,16 @@ def test_a_service_without_a_queue_dead_letters_a_failure_at_once(letters, retri
     assert letters[0]['error']['reason'] == 'failed after 0 retries'
 
 
-def test_a_retry_that_cannot_be_published_puts_the_message_back(letters, failing_create, monkeypatch, caplog):
-    def broker_down(envelope, **kwargs):
+def test_a_retry_that_cannot_be_published_puts_the_message_back(letters, failing_create, caplog):
+    def broker_down(envelope, route_to=None, countdown=None):
         raise PublishError('broker down')
 
-    monkeypatch.setattr(tasks, 'send', broker_down)
-
-    with pytest.raises(Reject) as rejected:
-        apply_envelope.run(wire(save(0)))
+    previous = set_sender(broker_down)
+    try:
+        with pytest.raises(Reject) as rejected:
+            apply_envelope.run(wire(save(0)))
+    finally:
+        set_sender(previous)
 
     assert rejected.value.requeue is True
     assert letters == []
