@@ -407,6 +407,15 @@ def test_an_unexpected_error_in_the_task_dead_letters_the_message_with_its_raw_f
     assert letter['raw'] == batch
 
 
+def test_a_retry_time_further_ahead_than_any_delay_is_dead_lettered_not_passed_on_for_ever(letters, retries):
+    far = datetime.datetime(9999, 12, 31, tzinfo=datetime.timezone.utc)
+
+    assert apply_envelope.run(wire(save(0, retries=1, not_before=far))) == 'dead_lettered'
+
+    assert retries == []
+    assert_letter(letters[0], error_type='EnvelopeError', reason='bad input', attempts=1, message='not_before')
+
+
 def test_a_falsy_result_from_cqrs_create_is_retried(letters, retries, monkeypatch):
     monkeypatch.setattr(ReplicaItem, 'cqrs_create', classmethod(lambda cls, *args, **kwargs: None))
 

@@ -77,6 +77,10 @@ def _apply_message(self: Any, raw: Any, args: tuple[Any, ...], kwargs: dict[str,
             outcome = _dead(row, EnvelopeError(f'expired at {row.expires.isoformat()}'), 'expired',
                             attempts=row.retries)
             outcomes.append(_handled(self, row, outcome, queue))
+        elif row.not_before is not None and row.not_before > _now() + datetime.timedelta(seconds=_LONGEST_DELAY):
+            outcome = _dead(row, EnvelopeError(f'not_before {row.not_before.isoformat()} is further ahead than any '
+                                               'retry delay (ten years)'), 'bad input', attempts=row.retries)
+            outcomes.append(_handled(self, row, outcome, queue))
         elif row.not_before is not None and queue and _wait(row, queue):
             outcomes.append(_handled(self, row, 'waiting', queue))
         else:
