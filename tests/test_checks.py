@@ -537,7 +537,8 @@ def test_a_master_model_without_cqrs_id_fails_at_definition():
 
 
 @pytest.mark.usefixtures('throwaway_apps')
-@pytest.mark.parametrize('cqrs_id', [None, '', '   ', 5], ids=['missing', 'empty', 'blank', 'an-int'])
+@pytest.mark.parametrize('cqrs_id', [None, '', '   ', 5, 'x' * 201], ids=['missing', 'empty', 'blank', 'an-int',
+                                                                       'longer-than-its-columns'])
 def test_a_replica_model_without_a_usable_cqrs_id_fails_at_definition(cqrs_id):
     attrs = {'__module__': __name__, 'id': models.BigIntegerField(primary_key=True),
              'Meta': type('Meta', (), {'app_label': 'replica_app'})}
