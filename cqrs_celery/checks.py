@@ -34,7 +34,8 @@ CHECK_IDS = {
     'cqrs_celery.E010': 'CQRS_MAPPING names a field the replica model does not have.',
     'cqrs_celery.E011': 'CQRS_FIELDS or CQRS_TRACKED_FIELDS names a field the master model does not have.',
     'cqrs_celery.E012': 'CQRS_SERIALIZER cannot be imported.',
-    'cqrs_celery.E013': "CQRS['replica']['dead_letter_queue'] is the replica queue itself.",
+    'cqrs_celery.E013': "CQRS['replica']['dead_letter_queue'] is the replica queue itself, or another queue workers "
+                        'consume.',
     'cqrs_celery.E014': 'The Celery app sends task protocol 1 messages, which replicas refuse.',
     'cqrs_celery.W001': 'The Celery app accepts pickle.',
     'cqrs_celery.W030': 'A migration imports dj_cqrs.mixins (django-cqrs); it breaks once django-cqrs is removed.',
@@ -76,7 +77,9 @@ def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
     app = settings.celery_app()
     if getattr(app, 'conf', None) is None:
         return messages
-    accepted = {str(name).lower() for name in (app.conf.accept_content or ())}
+    accept = app.conf.accept_content or ()
+    accepted = {str(name).lower() for name in ([accept] if isinstance(accept, str) else accept
+                                                if isinstance(accept, list | tuple | set | frozenset) else ())}
     if accepted & UNSAFE_CONTENT:
         messages.append(checks.Warning(
             'The Celery app accepts pickle (accept_content): any message on one of its queues can run code '
@@ -92,8 +95,16 @@ def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
             hint="Remove queue_type (or set 'classic'); quorum queues need RabbitMQ.",
             id='cqrs_celery.W060',
         ))
+    default_queue = str(app.conf.task_default_queue or 'celery')
+    if settings.dead_letter_queue == default_queue:
+        messages.append(checks.Error(
+            f"CQRS['replica']['dead_letter_queue'] is {default_queue!r}, the Celery app's default queue: its "
+            'workers would take the dead letters and drop them.',
+            hint='Leave dead_letter_queue out (dead_letter_<queue>) or give a name of its own.',
+            id='cqrs_celery.E013',
+        ))
     messages.extend(_check_filesystem_broker(app))
-    if int(app.conf.task_protocol or 2) < 2:
+    if not _protocol_2(app.conf.task_protocol):
         messages.append(checks.Error(
             f'The Celery app sends task protocol {app.conf.task_protocol} messages; replica queues accept '
             'protocol 2 only and would dead-letter every envelope.',
@@ -101,6 +112,14 @@ def _check_celery_app(settings: conf.CQRSSettings) -> list[checks.CheckMessage]:
             id='cqrs_celery.E014',
         ))
     return messages
+
+
+def _protocol_2(value: Any) -> bool:
+    """True for Celery's task protocol 2 (``None``: the default, 2)."""
+    try:
+        return value is None or int(value) >= 2
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_filesystem_broker(app: Any) -> list[checks.CheckMessage]:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from celery import Celery
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
@@ -259,9 +260,19 @@ def _resolve_app(path: str) -> Any:
             f"CQRS['app'] = {path!r} cannot be imported: {exc}. "
             "Point it at your Celery app, e.g. 'proj.celery.app'."
         ) from exc
-    if not hasattr(app, 'send_task') or not hasattr(app, 'conf'):
-        raise ConfigurationError(f"CQRS['app'] = {path!r} is not a Celery app ({type(app)!r}).")
+    if not is_celery_app(app):
+        raise ConfigurationError(f"CQRS['app'] = {path!r} is not a Celery app ({_kind(app)}).")
     return app
+
+
+def is_celery_app(value: Any) -> bool:
+    """True for a Celery app instance; the ``Celery`` class itself (or a subclass) is not one."""
+    return isinstance(value, Celery)
+
+
+def _kind(value: Any) -> str:
+    return f'the class {value.__module__}.{value.__qualname__}' if isinstance(value, type) else \
+        f'a {type(value).__name__}'
 
 
 def _resolve_callable(section: str, key: str, value: Any) -> Callable[..., Any] | None:
@@ -304,9 +315,9 @@ def validate(raw: Any) -> list[Problem]:
         except ConfigurationError as exc:
             problems.append(Problem('cqrs_celery.E003', str(exc),
                                     'Use the dotted path of the Celery() instance in your celery.py.'))
-    elif not hasattr(raw['app'], 'send_task'):
-        problems.append(Problem('cqrs_celery.E003', f"CQRS['app'] is a {type(raw['app']).__name__}, "
-                                'not a Celery app.', 'Give the Celery() instance or its dotted path.'))
+    elif not is_celery_app(raw['app']):
+        problems.append(Problem('cqrs_celery.E003', f"CQRS['app'] is {_kind(raw['app'])}, not a Celery app.",
+                                'Give the Celery() instance or its dotted path (not the class).'))
     queue = raw.get('queue')
     if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME_RE.fullmatch(queue)):
         problems.append(Problem('cqrs_celery.E007', f"CQRS['queue'] = {queue!r} is not a valid queue name.",
@@ -321,7 +332,23 @@ def validate(raw: Any) -> list[Problem]:
                                 f"CQRS['replica']['dead_letter_queue'] is the replica queue itself ({queue!r}): "
                                 'the worker would consume its own dead letters for ever.',
                                 'Leave dead_letter_queue out (dead_letter_<queue>) or give a name of its own.'))
+    elif isinstance(dead, str) and dead in consumed_queues(raw):
+        problems.append(Problem('cqrs_celery.E013',
+                                f"CQRS['replica']['dead_letter_queue'] = {dead!r} is a queue workers consume (the "
+                                'bootstrap or reconciliation queue): they would take the dead letters and drop them.',
+                                'Leave dead_letter_queue out (dead_letter_<queue>) or give a name of its own.'))
     return problems
+
+
+def consumed_queues(raw: Mapping[str, Any]) -> set[str]:
+    """Queue names this configuration has workers consume, other than the replica queue."""
+    master, replica = raw.get('master'), raw.get('replica')
+    names: set[Any] = set()
+    if isinstance(master, Mapping):
+        names.add(master.get('bootstrap_queue'))
+    reconcile = replica.get('reconcile_master_queue') if isinstance(replica, Mapping) else None
+    names.update(reconcile.values() if isinstance(reconcile, Mapping) else [reconcile])
+    return {name for name in names if isinstance(name, str) and name}
 
 
 def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str, tuple[type, ...]]]
@@ -346,7 +373,7 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
         if key in _CALLABLE_KEYS and callable(value):
             continue
         bad_bool = isinstance(value, bool) and bool not in types
-        minimum, maximum = _MINIMUM.get(key, 0), _MAXIMUM.get(key, _MAX_SECONDS if key in _SECONDS else None)
+        minimum, maximum = _MINIMUM.get(key, 0), _maximum(key, types)
         if not isinstance(value, types) or bad_bool or _out_of_range(value, minimum, maximum):
             names = ' or '.join('None' if t is type(None) else t.__name__ for t in types)
             bound = '' if bool in types or str in types else _range_text(minimum, maximum)
@@ -363,6 +390,12 @@ def _validate_section(section: str, values: Any, schema: Mapping[str, tuple[str,
                                     f"CQRS['replica']['queue_type'] = {value!r} must be one of "
                                     f"{', '.join(map(repr, QUEUE_TYPES))}.",
                                     "Use 'quorum' on a RabbitMQ cluster, else leave 'classic'."))
+        elif key == 'reconcile_master_queue' and _bad_queue_names(value):
+            problems.append(Problem('cqrs_celery.E007',
+                                    f"CQRS['replica']['reconcile_master_queue'] = {value!r} names no valid queue "
+                                    f"({', '.join(map(repr, _bad_queue_names(value)))}).",
+                                    "Give one queue name, or a dict {CQRS_ID: queue name} ('*' for the others); "
+                                    'names use letters, digits and . _ - : (at most 200 characters).'))
         elif key in {'dead_letter_queue', 'bootstrap_queue'} and isinstance(value, str) \
                 and not QUEUE_NAME_RE.fullmatch(value):
             problems.append(Problem('cqrs_celery.E007',
@@ -398,6 +431,34 @@ _SECONDS = frozenset({'CQRS_MESSAGE_TTL', 'publish_timeout', 'outbox_relay_delay
 _MAX_SECONDS = 10 * 365 * 24 * 3600
 
 
+#: Largest integer of count settings without a bound of their own: what a 32-bit database column
+#: or a broker argument holds (a LIMIT or x-delivery-limit beyond it fails at every use).
+_MAX_INT = 2 ** 31 - 1
+
+#: Integer settings compared in Python only, so any count works.
+_UNBOUNDED = frozenset({'CQRS_MAX_RETRIES'})
+
+
+def _maximum(key: str, types: tuple[type, ...]) -> float | None:
+    if key in _MAXIMUM:
+        return _MAXIMUM[key]
+    if key in _SECONDS:
+        return _MAX_SECONDS
+    if int in types and float not in types and key not in _UNBOUNDED:
+        return _MAX_INT
+    return None
+
+
+def _bad_queue_names(value: Any) -> list[Any]:
+    """The entries of a ``reconcile_master_queue`` value that are not queue names."""
+    if isinstance(value, str):
+        return [] if QUEUE_NAME_RE.fullmatch(value) else [value]
+    if isinstance(value, Mapping):
+        return [key for key in value if not (isinstance(key, str) and key)] + [
+            queue for queue in value.values() if not (isinstance(queue, str) and QUEUE_NAME_RE.fullmatch(queue))]
+    return []
+
+
 def _out_of_range(value: Any, minimum: float, maximum: float | None) -> bool:
     """True for a number that is not finite, or below ``minimum``, or above ``maximum``."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -409,7 +470,8 @@ def _out_of_range(value: Any, minimum: float, maximum: float | None) -> bool:
 
 def _range_text(minimum: float, maximum: float | None) -> str:
     low = 'not negative' if minimum == 0 else f'at least {minimum:g}' if minimum >= 1 else 'above 0'
-    high = f', at most {maximum:g}' if maximum is not None else ''
+    high = '' if maximum is None else f', at most {int(maximum)}' if float(maximum).is_integer() else \
+        f', at most {maximum:g}'
     return f' (finite, {low}{high})'
 
 

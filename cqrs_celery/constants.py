@@ -40,6 +40,14 @@ DEFAULT_MASTER_AUTO_UPDATE_FIELDS = False
 #: Default of ``CQRS['master']['CQRS_MESSAGE_TTL']``: no expiry (django-cqrs: one day).
 DEFAULT_MASTER_MESSAGE_TTL = None
 
+#: Longest countdown of one retry hop on any broker, in seconds: a delayed message waits
+#: unacknowledged in the worker, and RabbitMQ closes a channel that holds a delivery longer than
+#: its consumer_timeout (30 minutes by default); longer back-offs travel as several hops.
+MAX_HOP = 900.0
+
+#: Clock difference between a replica service's hosts the queue gate tolerates in an ``eta``.
+CLOCK_SKEW = 300.0
+
 #: Only content type the replica task accepts.
 JSON_CONTENT_TYPE = 'application/json'
 

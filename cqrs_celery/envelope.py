@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -146,6 +147,7 @@ def decode(raw: Any) -> Envelope:
     cqrs_id = body['cqrs_id']
     if not isinstance(cqrs_id, str) or not cqrs_id:
         raise EnvelopeError(f'cqrs_id must be a non-empty string, not {cqrs_id!r}', raw)
+    _check_pk(body['instance_pk'], raw)
     data = body['instance_data']
     if not isinstance(data, Mapping):
         raise EnvelopeError('instance_data must be an object', raw)
@@ -233,6 +235,19 @@ def _parsed(raw: Any) -> Mapping[str, Any]:
     if not isinstance(body, Mapping):
         raise EnvelopeError(f'envelope must be a JSON object, not {type(body).__name__}', raw)
     return body
+
+
+def _check_pk(pk: Any, raw: Any) -> None:
+    """``instance_pk`` is one JSON scalar a primary key can be: text (valid Unicode) or a number."""
+    if isinstance(pk, bool) or not isinstance(pk, str | int | float):
+        raise EnvelopeError(f'instance_pk must be a string or a number, not {type(pk).__name__}', raw)
+    if isinstance(pk, float) and not math.isfinite(pk):
+        raise EnvelopeError(f'instance_pk must be a finite number, not {pk!r}', raw)
+    if isinstance(pk, str):
+        try:
+            pk.encode('utf-8')
+        except UnicodeEncodeError:
+            raise EnvelopeError('instance_pk is not valid Unicode (a lone surrogate)', raw) from None
 
 
 def _optional_str(value: Any) -> str | None:

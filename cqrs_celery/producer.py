@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import ujson
 from kombu import pools
 
 from cqrs_celery import filesystem, observability, topology
@@ -130,13 +131,32 @@ def send_batch(envelopes: Sequence[Envelope]) -> None:
         for envelope in envelopes:
             _sender(envelope, route_to=None, countdown=None)
         return
+    body = encode_batch(envelopes)
+    if _too_large(body):
+        if len(envelopes) == 1:
+            raise PublishError(f'{body["cqrs_id"]} pk={envelopes[0].instance_pk!r}: the row encodes to more than '
+                               "CQRS['replica']['max_message_size'] bytes, which replica queues refuse")
+        # a batch no replica queue would take goes out in halves (each row keeps its revision rules)
+        half = len(envelopes) // 2
+        send_batch(envelopes[:half])
+        send_batch(envelopes[half:])
+        return
     first = envelopes[0]
     started = time.monotonic()
-    exchange, routing_key = _publish(encode_batch(envelopes), first.cqrs_id, first.queue, None,
+    exchange, routing_key = _publish(body, first.cqrs_id, first.queue, None,
                                      f'{len(envelopes)} rows of {first.cqrs_id} (revisions {_revisions(envelopes)})',
                                      len(envelopes))
     observability.published(envelopes, queue=first.queue, exchange=exchange, routing_key=routing_key,
                             duration=time.monotonic() - started)
+
+
+#: Bytes of a task message body around its argument (``[[...], {}, {"callbacks": null, …}]``), rounded up.
+_CALL_OVERHEAD = 256
+
+
+def _too_large(body: dict[str, Any]) -> bool:
+    """True when the JSON task message carrying ``body`` would exceed what replica queues accept."""
+    return len(ujson.dumps(body)) + _CALL_OVERHEAD > get_settings().replica.max_message_size
 
 
 def testing_sender_installed() -> bool:

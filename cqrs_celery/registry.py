@@ -70,14 +70,19 @@ def _path(model: Any) -> str:
     return f'{model.__module__}.{model.__qualname__}'
 
 
+#: Longest CQRS_ID: the outbox and tombstone tables keep it in a 200-character column, and it is
+#: part of the broker's exchange name (``cqrs.<CQRS_ID>``, at most 255 bytes on RabbitMQ).
+MAX_CQRS_ID_LENGTH = 200
+
+
 def require_cqrs_id(sender: type[Any]) -> None:
     """Raise ``ConfigurationError`` naming the class unless it has a non-empty string CQRS_ID."""
     cqrs_id = getattr(sender, 'CQRS_ID', None)
-    if not isinstance(cqrs_id, str) or not cqrs_id.strip():
+    if not isinstance(cqrs_id, str) or not cqrs_id.strip() or len(cqrs_id) > MAX_CQRS_ID_LENGTH:
         label = getattr(getattr(sender, '_meta', None), 'label', sender.__qualname__)
         raise ConfigurationError(
-            f'{label}.CQRS_ID must be a non-empty string naming this model across services '
-            f'(e.g. CQRS_ID = "book"), not {cqrs_id!r}.'
+            f'{label}.CQRS_ID must be a non-empty string of at most {MAX_CQRS_ID_LENGTH} characters naming this '
+            f'model across services (e.g. CQRS_ID = "book"), not {cqrs_id!r}.'
         )
 
 

@@ -1,9 +1,10 @@
 """Model instance ⇄ JSON-safe dict; every concrete Django field type round-trips exactly.
 
 Encoding is by value type, so nested values (a DRF serializer's output, metadata) follow the same
-rules: Decimal → string with every digit, date/time/datetime → ISO-8601 (offset and microseconds
-kept), timedelta → ISO-8601 duration, UUID → string, bytes → base64. Decoding is by the replica
-field's own ``to_python``, which parses exactly those forms.
+rules: Decimal → string with every digit, a float that is not finite → ``'NaN'``/``'Infinity'``,
+date/time/datetime → ISO-8601 (offset and microseconds kept), timedelta → ISO-8601 duration,
+UUID → string, bytes → base64. Decoding is by the replica field's own ``to_python``, which parses
+exactly those forms.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core import validators
 from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import models
+from django.db import connections, models, router
+from django.utils import timezone
 from django.utils.duration import duration_iso_string
 
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED
@@ -26,6 +30,9 @@ from cqrs_celery.exceptions import DataError
 
 def to_json(value: Any) -> Any:
     """``value`` made JSON-safe without losing precision; containers are converted recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN or infinity (replica queues refuse such bodies); float() reads these back
+        return 'NaN' if math.isnan(value) else 'Infinity' if value > 0 else '-Infinity'
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, decimal.Decimal):
@@ -59,6 +66,27 @@ def is_plain(value: Any) -> bool:
     if isinstance(value, list | tuple | set | frozenset):
         return all(is_plain(v) for v in value)
     return False
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep JSON arrays and objects nest in ``value`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+#: Containers around a value in a replica's task message (body, arguments, batch, rows, row,
+#: instance_data or meta): a value may nest ``max_nesting_depth`` minus this many levels.
+ENVELOPE_LEVELS = 6
 
 
 def has_own_value_to_string(field: Any) -> bool:
@@ -156,8 +184,9 @@ def python_value(model: type[models.Model], field: Any, value: Any) -> Any:
         if isinstance(field, models.JSONField):
             return value
         _refuse_coercion(field, value)
-        converted = field.to_python(value)
+        converted = _aware(field, field.to_python(value))
         _check_fits(field, converted)
+        _check_database_takes(model, field, converted)
     except (ValidationError, TypeError, ValueError, ArithmeticError, decimal.InvalidOperation) as exc:
         raise DataError(
             f'{model._meta.label}.{field.name}: value {_short(value)} does not fit a {field.get_internal_type()}'
@@ -187,6 +216,30 @@ def _check_fits(field: Any, value: Any) -> None:
         raise TypeError(f'a {type(value).__name__} is not binary data')
     if isinstance(value, datetime.timedelta):
         abs(value)  # OverflowError for the smallest timedelta
+
+
+def _aware(field: Any, value: Any) -> Any:
+    """A naive datetime for a DateTimeField made aware in the default time zone, as Django's save would.
+
+    Done here so that its range in UTC is checked (a naive 9999-12-31T23:00 west of UTC is year
+    10000 in the database, a row nobody could read back).
+    """
+    if isinstance(value, datetime.datetime) and value.tzinfo is None and isinstance(field, models.DateTimeField) \
+            and django_settings.USE_TZ:
+        return timezone.make_aware(value, timezone.get_default_timezone())
+    return value
+
+
+def _check_database_takes(model: type[models.Model], field: Any, value: Any) -> None:
+    """Raise for a value the replica's database adapter refuses (an IP address that is none, NUL in text).
+
+    The field prepares the value as the write will, so whatever its adapter refuses is found before
+    anything is written, as bad data, instead of failing the write (a retry could never succeed).
+    """
+    connection = connections[router.db_for_write(model) or 'default']
+    field.get_db_prep_save(value, connection=connection)
+    if isinstance(value, str) and '\x00' in value and connection.vendor == 'postgresql':
+        raise ValueError('PostgreSQL text cannot hold the NUL character')
 
 
 def _short(value: Any) -> str:

@@ -51,8 +51,9 @@ def apply_in_process(queue: str | None = None, *, only_local: bool = False) -> I
     def deliver(envelope: Envelope, route_to: str | None = None, countdown: float | None = None) -> None:
         if only_local and envelope.cqrs_id not in ReplicaRegistry:
             return
-        wire = ujson.loads(ujson.dumps(envelope.to_wire()))
         try:
+            # strict JSON, as a replica queue accepts it (no NaN or infinity)
+            wire = ujson.loads(ujson.dumps(envelope.to_wire(), allow_nan=False))
             results.append(apply(decode(wire), route_to or queue or get_settings().queue))
         except Exception as exc:
             errors.append(exc)

@@ -7,6 +7,7 @@ import re
 from io import StringIO
 
 import pytest
+from celery import Celery
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
@@ -118,8 +119,10 @@ def test_e002_the_celery_app_is_not_set():
 
 
 @provokes('cqrs_celery.E003')
-@pytest.mark.parametrize('app', ['tests.no_such_module.app', 'tests.settings.SECRET_KEY', 42],
-                         ids=['not-importable', 'not-a-celery-app', 'an-int'])
+@pytest.mark.parametrize('app', ['tests.no_such_module.app', 'tests.settings.SECRET_KEY', 42, Celery, 'celery.Celery',
+                                 type('MyCelery', (Celery,), {})],
+                         ids=['not-importable', 'not-a-celery-app', 'an-int', 'the-celery-class',
+                              'the-celery-class-by-path', 'a-subclass'])
 def test_e003_the_celery_app_cannot_be_imported_or_is_not_a_celery_app(app):
     with override_settings(CQRS={**GOOD, 'app': app}):
         assert reported_ids() == {'cqrs_celery.E003'}
@@ -374,8 +377,13 @@ def test_e005_every_numeric_setting_refuses_values_that_are_not_finite(section, 
     {**GOOD, 'replica': {'max_nesting_depth': 1000}},
     {**GOOD, 'replica': {'max_nesting_depth': 2}},
     {**GOOD, 'replica': {'max_message_size': 10}},
+    {**GOOD, 'master': {'outbox_relay_batch': 2 ** 63}},
+    {**GOOD, 'master': {'publish_batch_size': 10 ** 400}},
+    {**GOOD, 'replica': {'delivery_limit': 2 ** 31}},
+    {**GOOD, 'replica': {'tombstone_retention': 10 ** 400}},
 ], ids=['backoff-max-1e300', 'delay-beyond-ten-years', 'ttl-beyond-ten-years', 'nesting-too-deep-for-a-worker',
-        'nesting-too-shallow-for-an-envelope', 'message-size-too-small'])
+        'nesting-too-shallow-for-an-envelope', 'message-size-too-small', 'relay-batch-beyond-a-sql-limit',
+        'publish-batch-beyond-any-int', 'delivery-limit-beyond-a-broker-argument', 'retention-beyond-any-date'])
 def test_e005_numbers_out_of_their_working_range(raw):
     with override_settings(CQRS=raw):
         assert reported_ids() == {'cqrs_celery.E005'}
@@ -397,6 +405,18 @@ def test_e013_the_dead_letter_queue_is_the_replica_queue_itself():
             call_command('check', stdout=StringIO(), stderr=StringIO())
 
     assert {m.id for m in errors} == {'cqrs_celery.E013'}
+
+
+@provokes('cqrs_celery.E013')
+@pytest.mark.parametrize('raw', [
+    {**GOOD, 'replica': {'dead_letter_queue': 'celery'}},
+    {**GOOD, 'replica': {'dead_letter_queue': 'masters', 'reconcile_master_queue': 'masters'}},
+    {**GOOD, 'replica': {'dead_letter_queue': 'masters', 'reconcile_master_queue': {'book': 'masters'}}},
+    {**GOOD, 'master': {'bootstrap_queue': 'boot'}, 'replica': {'dead_letter_queue': 'boot'}},
+], ids=['celerys-default-queue', 'reconciliation-queue', 'a-models-reconciliation-queue', 'bootstrap-queue'])
+def test_e013_the_dead_letter_queue_is_a_queue_workers_consume(raw):
+    with override_settings(CQRS=raw):
+        assert reported_ids() == {'cqrs_celery.E013'}
 
 
 def celery_app(**conf_values):
@@ -425,9 +445,16 @@ def test_a_celery_app_that_accepts_json_and_yaml_gets_no_warning():
 
 
 @provokes('cqrs_celery.E014')
-def test_e014_the_celery_app_sends_task_protocol_1():
-    with override_settings(CQRS={**GOOD, 'app': celery_app(task_protocol=1)}):
+@pytest.mark.parametrize('protocol', [1, 'x', [2], object()], ids=['one', 'a-string', 'a-list', 'an-object'])
+def test_e014_the_celery_app_sends_task_protocol_1(protocol):
+    with override_settings(CQRS={**GOOD, 'app': celery_app(task_protocol=protocol)}):
         assert reported_ids() == {'cqrs_celery.E014'}
+
+
+@pytest.mark.parametrize('accept', [1, 'json', None, object(), ('json',)], ids=str)
+def test_an_accept_content_of_any_shape_is_checked_without_an_error(accept):
+    with override_settings(CQRS={**GOOD, 'app': celery_app(accept_content=accept)}):
+        assert reported_ids() == set()
 
 
 @provokes('cqrs_celery.W060')
@@ -464,6 +491,40 @@ def test_the_throwaway_models_of_these_tests_are_gone_afterwards():
 
 # --- bad model declarations fail at class definition -----------------------------------------
 
+#: Values a model option could be given by mistake.
+ANY_OPTION_VALUE = [None, '', 'x', 'title', '__all__', 42, True, [], ['title'], ['title', 'title'], ['nope'],
+                    ('id', 'title'), {'title': 'name'}, {'id': 'id'}, {1: 2}, {'title': None}, object(), 'a b',
+                    'x' * 300, b'x', ['id', 42]]
+MASTER_OPTIONS = ['CQRS_ID', 'CQRS_FIELDS', 'CQRS_TRACKED_FIELDS', 'CQRS_SERIALIZER', 'CQRS_PRODUCE']
+REPLICA_OPTIONS = ['CQRS_ID', 'CQRS_MAPPING', 'CQRS_CUSTOM_SERIALIZATION', 'CQRS_SELECT_FOR_UPDATE',
+                   'CQRS_NO_DB_OPERATIONS', 'CQRS_META', 'CQRS_ONLY_DIRECT_SYNCS']
+
+
+@pytest.mark.usefixtures('throwaway_apps')
+def test_any_value_of_a_model_option_fails_at_definition_or_passes_the_checks_without_raising():
+    for number, (mixin, option, value) in enumerate(
+            [(MasterMixin, option, value) for option in MASTER_OPTIONS for value in ANY_OPTION_VALUE]
+            + [(ReplicaMixin, option, value) for option in REPLICA_OPTIONS for value in ANY_OPTION_VALUE]):
+        attrs = {'__module__': __name__, 'CQRS_ID': f'throwaway_option_{number}',
+                 'title': models.CharField(max_length=10),
+                 'Meta': type('Meta', (), {'app_label': 'master_app' if mixin is MasterMixin else 'replica_app'})}
+        if mixin is ReplicaMixin:
+            attrs['id'] = models.BigIntegerField(primary_key=True)
+        attrs[option] = value
+        try:
+            type(f'Option{number}', (mixin,), attrs)
+        except ImproperlyConfigured as exc:
+            assert option in str(exc), (option, value, exc)
+            continue
+        except Exception as exc:
+            raise AssertionError(f'{mixin.__name__} with {option} = {value!r} failed with {exc!r}') from exc
+        try:
+            checks.run_checks(tags=['cqrs_celery'])
+        except Exception as exc:
+            raise AssertionError(f'the checks raised {exc!r} after {mixin.__name__} with {option} = {value!r}') from exc
+
+
+
 
 @pytest.mark.usefixtures('throwaway_apps')
 def test_a_master_model_without_cqrs_id_fails_at_definition():
@@ -476,7 +537,8 @@ def test_a_master_model_without_cqrs_id_fails_at_definition():
 
 
 @pytest.mark.usefixtures('throwaway_apps')
-@pytest.mark.parametrize('cqrs_id', [None, '', '   ', 5], ids=['missing', 'empty', 'blank', 'an-int'])
+@pytest.mark.parametrize('cqrs_id', [None, '', '   ', 5, 'x' * 201], ids=['missing', 'empty', 'blank', 'an-int',
+                                                                       'longer-than-its-columns'])
 def test_a_replica_model_without_a_usable_cqrs_id_fails_at_definition(cqrs_id):
     attrs = {'__module__': __name__, 'id': models.BigIntegerField(primary_key=True),
              'Meta': type('Meta', (), {'app_label': 'replica_app'})}

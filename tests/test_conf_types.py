@@ -4,12 +4,18 @@ tombstones (DESIGN §3): a wrong value is a ``cqrs_celery.E005`` system check na
 refuses the wrong values of the keys its bad-value table does not cover.
 """
 
+import datetime
+import math
+
 import pytest
+from celery import Celery
 from django.core import checks
 from django.test import override_settings
 
 from cqrs_celery import ConfigurationError
-from cqrs_celery.conf import ALL_KEYS, get_settings, validate
+from cqrs_celery.conf import _MASTER_KEYS, _REPLICA_KEYS, ALL_KEYS, QUEUE_NAME_RE, get_settings, validate
+from cqrs_celery.replica import queues
+from tests.replica_app.models import ReplicaItem
 
 GOOD = {'app': 'tests.celery_app.app', 'queue': 'replica_a'}
 
@@ -37,7 +43,7 @@ TYPES = {
     'master.reconcile_min_interval': (['30', True, -1, None], [0, 30.5]),
     'master.reconcile_grace': (['10', True, -1, None], [0, 2.5]),
     'replica.reconcile': (['yes', 1, None], [True, False]),
-    'replica.reconcile_master_queue': ([1, True, ['q']], [None, 'master', {'book': 'library'}]),
+    'replica.reconcile_master_queue': ([1, True, ['q']], [None, 'master', {'book': 'library', '*': 'celery'}]),
     'master.bootstrap_queue': ([42, True, ['celery']], ['celery', None]),
     'replica.bootstrap': (['yes', 1, None], [True, False]),
     # ('quorum' is read by test_conf's KEY_TABLE; here the test app's memory:// broker would add W060)
@@ -94,3 +100,50 @@ def test_a_bootstrap_queue_name_that_is_no_queue_name_is_reported_as_e007(name):
 def test_a_dead_letter_queue_name_that_is_no_queue_name_is_reported_as_e007(name):
     problems = validate({'app': 'tests.celery_app.app', 'replica': {'dead_letter_queue': name}})
     assert [p.id for p in problems] == ['cqrs_celery.E007']
+
+
+@pytest.mark.parametrize('value', ['', 'has space', 'lone \ud800', 'q' * 201, {'book': 42}, {'book': ''},
+                                   {'book': 'bad name!'}, {'': 'library'}, {1: 'library'}])
+def test_a_reconcile_master_queue_that_names_no_queue_is_reported_as_e007(value):
+    problems = validate({'app': 'tests.celery_app.app', 'replica': {'reconcile_master_queue': value}})
+    assert [p.id for p in problems] == ['cqrs_celery.E007']
+
+
+#: Values a user could give any key by mistake (each key gets every one of them).
+ANY_VALUE = [None, True, False, 0, -1, 1, 2 ** 63, 10 ** 400, -(10 ** 400), 0.5, float('nan'), float('inf'),
+             float('-inf'), 1e308, '', 'x', 'thread', 'quorum', 'tests.celery_app.app', 'uuid.uuid4', 'no.such.thing',
+             [], ['json'], {}, {'*': 'q'}, {'a': 42}, object(), Celery, type, len, b'x', 'q' * 300, 'has space',
+             'lone \ud800']
+
+
+def every_setting_with_any_value():
+    for section, keys in (('master', _MASTER_KEYS), ('replica', _REPLICA_KEYS)):
+        for key in keys:
+            yield from ({**GOOD, section: {key: value}} for value in ANY_VALUE)
+    for key in ('app', 'queue', 'master', 'replica'):
+        yield from ({**GOOD, key: value} for value in ANY_VALUE)
+    yield from ANY_VALUE
+
+
+def test_no_value_of_any_setting_makes_the_checks_raise_and_every_accepted_one_works():
+    for raw in every_setting_with_any_value():
+        with override_settings(CQRS=raw):
+            try:
+                errors = [m for m in checks.run_checks(tags=['cqrs_celery']) if m.is_serious()]
+            except Exception as exc:
+                raise AssertionError(f'the checks raised {exc!r} for CQRS = {raw!r}') from exc
+            if errors:
+                continue
+            settings = get_settings()
+            for retry in (0, 1, 1000, 10 ** 6):
+                delay = ReplicaItem.get_cqrs_retry_delay(retry)
+                assert math.isfinite(delay) and delay >= 0, raw
+                assert ReplicaItem.should_retry_cqrs(retry) in (True, False), raw
+            assert 0 < queues.max_retry_delay() <= queues.MAX_HOP, raw
+            assert settings.dead_letter_queue is None or QUEUE_NAME_RE.fullmatch(settings.dead_letter_queue), raw
+            named = settings.replica.master_queue('item')
+            assert named is None or QUEUE_NAME_RE.fullmatch(named), raw
+            now = datetime.datetime.now(datetime.timezone.utc)
+            for seconds in (settings.master.tombstone_retention, settings.replica.tombstone_retention,
+                            settings.master.message_ttl or 0, settings.replica.dead_message_ttl or 0):
+                assert now - datetime.timedelta(seconds=seconds), raw

@@ -143,6 +143,12 @@ BAD_INPUTS = [
     pytest.param(wire(expires='2030-13-01T00:00:00'), id='expires-month-13'),
     pytest.param(wire(expires=1893456000), id='expires-a-timestamp'),
     pytest.param(wire(expires={'at': 'noon'}), id='expires-an-object'),
+    pytest.param(wire(instance_pk=None), id='instance_pk-null'),
+    pytest.param(wire(instance_pk=True), id='instance_pk-a-bool'),
+    pytest.param(wire(instance_pk=[1]), id='instance_pk-a-list'),
+    pytest.param(wire(instance_pk={'id': 1}), id='instance_pk-an-object'),
+    pytest.param(wire(instance_pk=float('nan')), id='instance_pk-nan'),
+    pytest.param(wire(instance_pk='lone \ud800'), id='instance_pk-a-lone-surrogate'),
 ]
 
 

@@ -7,6 +7,7 @@ same Python types (a Decimal stays a Decimal with its digits, never a float).
 
 import datetime
 import decimal
+import math
 import uuid
 
 import pytest
@@ -262,3 +263,13 @@ def test_a_group_of_updates_writes_every_field_type_as_one_row_at_a_time_would(c
     assert {r.outcome.value for r in results} == {'updated'}
     for row in rows:
         assert_replica_equals_master(row.pk)
+
+
+@pytest.mark.parametrize('value', [float('inf'), float('-inf'), float('nan')], ids=['inf', '-inf', 'nan'])
+def test_a_float_that_is_not_finite_travels_as_strict_json_and_arrives(loopback, value):
+    if connection.vendor == 'sqlite':
+        pytest.skip('SQLite keeps no NaN or infinity in a REAL column')
+    row = AllFields.objects.create(floating=value)
+
+    arrived = ReplicaAllFields.objects.get(pk=row.pk).floating
+    assert arrived == value or (math.isnan(arrived) and math.isnan(value))

@@ -14,8 +14,10 @@ from django.test import override_settings
 
 from cqrs_celery import DataError, SignalType
 from cqrs_celery.envelope import decode
+from cqrs_celery.exceptions import MetaError
 from cqrs_celery.models import MasterTombstone
 from cqrs_celery.replica.apply import Outcome, apply
+from cqrs_celery.serialization import ENVELOPE_LEVELS
 from cqrs_celery.signals import post_bulk_create, post_update
 from tests.master_app.models import AllFields, Author, Book, Item, ManualNote, Publisher, SerializedBook
 from tests.replica_app.models import (
@@ -871,3 +873,29 @@ def test_a_get_cqrs_meta_returning_something_else_fails_the_save_naming_the_mode
     with pytest.raises(MetaError, match=r'Publisher\.get_cqrs_meta\(\) must return a dict or None, not list'):
         Publisher.objects.create(name='P')
     assert not Publisher.objects.exists() and not OutboxEvent.objects.exists()
+
+
+def nested(levels):
+    value = {}
+    for _ in range(levels - 1):
+        value = {'a': value}
+    return value
+
+
+def test_a_json_value_nested_deeper_than_replica_queues_accept_is_refused_at_save(loopback):
+    deepest = 100 - ENVELOPE_LEVELS  # max_nesting_depth by default
+
+    with pytest.raises(DataError, match='document: the value nests deeper'):
+        AllFields.objects.create(document=nested(deepest + 1))
+    row = AllFields.objects.create(document=nested(deepest))
+
+    assert ReplicaAllFields.objects.get(pk=row.pk).document == nested(deepest)
+    assert AllFields.objects.count() == 1
+
+
+def test_metadata_nested_deeper_than_replica_queues_accept_fails_the_save(monkeypatch):
+    monkeypatch.setattr(Author, 'get_cqrs_meta', lambda self, **kwargs: nested(2000))
+
+    with pytest.raises(MetaError, match='nested deeper'):
+        Author.objects.create(name='deep')
+    assert not Author.objects.exists()

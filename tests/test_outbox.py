@@ -9,6 +9,7 @@ only a real producer shows (one message per batch, the publisher thread).
 
 import contextlib
 import datetime
+import json
 import logging
 import threading
 import time
@@ -561,6 +562,33 @@ def test_rows_saved_in_one_transaction_go_out_as_one_message_per_model_and_batch
     assert [row['instance_pk'] for body in bodies if body['cqrs_id'] == 'author' for row in body['rows']] == [
         a.pk for a in authors]
     assert events() == []
+
+
+def max_message_size(limit):
+    """``override_settings`` of the replica queues' size limit, keeping the rest of the current settings."""
+    return override_settings(CQRS={**settings.CQRS, 'replica': {**settings.CQRS.get('replica', {}),
+                                                                'max_message_size': limit}})
+
+
+def test_a_batch_larger_than_replica_queues_accept_goes_out_in_messages_they_accept(memory_broker):
+    with max_message_size(2048), cqrs_master_settings(publisher='inline', publish_batch_size=100), \
+            transaction.atomic():
+        authors = [Author.objects.create(name=f'{i:03d}' + 'x' * 90) for i in range(20)]
+
+    bodies = memory_broker()
+    assert len(bodies) > 1
+    assert all(len(json.dumps([[body], {}, {}])) <= 2048 for body in bodies)
+    assert [row['instance_pk'] for body in bodies for row in body['rows']] == [a.pk for a in authors]
+    assert events() == []
+
+
+def test_a_row_larger_than_replica_queues_accept_is_kept_in_the_outbox_with_the_reason(memory_broker):
+    with max_message_size(1024), cqrs_master_settings(publisher='inline'):
+        Author.objects.create(name='é' * 100, email=f'{"z" * 240}@example.com')  # é: 6 bytes as JSON
+
+    assert memory_broker() == []
+    [event] = OutboxEvent.objects.all()
+    assert 'max_message_size' in event.error
 
 
 def test_the_publisher_thread_publishes_what_a_commit_leaves_without_holding_up_the_save(memory_broker):

@@ -11,7 +11,6 @@ from django.test import override_settings
 
 from cqrs_celery import SignalType
 from cqrs_celery.envelope import Envelope
-from cqrs_celery.replica import dead_letters, tasks
 from cqrs_celery.replica.tasks import apply_envelope
 from tests.replica_app.models import ReplicaItem
 
@@ -23,13 +22,9 @@ def replica_settings(**replica):
 
 
 @pytest.fixture
-def captured(monkeypatch):
-    """Retries and dead letters the task sends, instead of publishing them."""
-    sent = {'retries': [], 'letters': []}
-    monkeypatch.setattr(dead_letters, 'send', sent['letters'].append)
-    monkeypatch.setattr(tasks, 'send', lambda envelope, *, route_to=None, countdown=None:
-                        sent['retries'].append((envelope, route_to, countdown)))
-    return sent
+def captured(letters, retries):
+    """Retries and dead letters the task sends, instead of publishing them (the shared fixtures)."""
+    return {'retries': retries, 'letters': letters}
 
 
 @pytest.fixture
@@ -70,16 +65,16 @@ def test_vanishing_base_delays_still_grow_to_the_maximum_without_overflow(delay,
 
 @pytest.mark.django_db
 @pytest.mark.parametrize('max_retries', [10 ** 6, None], ids=['a-million', 'no-limit'])
-@pytest.mark.parametrize('retries', [1024, 10 ** 6 - 1])
+@pytest.mark.parametrize('tried', [1024, 10 ** 6 - 1])
 def test_a_failure_at_a_high_retry_count_is_retried_on_this_queue_not_lost(captured, failing_create, max_retries,
-                                                                           retries):
+                                                                           tried):
     with replica_settings(CQRS_MAX_RETRIES=max_retries, CQRS_RETRY_DELAY=2, retry_backoff=2,
                           retry_backoff_max=300, retry_jitter=False):
-        outcome = apply_envelope.run(wire(retries))
+        outcome = apply_envelope.run(wire(tried))
 
     assert outcome == 'retrying'
     [(envelope, route_to, countdown)] = captured['retries']
-    assert (envelope.retries, route_to, countdown) == (retries + 1, THIS_QUEUE, 300)
+    assert (envelope.retries, route_to, countdown) == (tried + 1, THIS_QUEUE, 300)
     assert captured['letters'] == []
 
 

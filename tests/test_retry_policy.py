@@ -133,12 +133,19 @@ def test_the_default_limit_is_thirty_retries():
 # --- max_retry_delay -------------------------------------------------------------------------
 
 
-def test_retry_delays_are_unbounded_on_rabbitmq():
-    assert queues.max_retry_delay(celery_app(AMQP_URL)) == float('inf')
+def test_one_retry_hop_on_rabbitmq_stays_under_half_its_consumer_timeout():
+    assert queues.max_retry_delay(celery_app(AMQP_URL)) == queues.MAX_HOP == 900
 
 
-def test_retry_delays_are_unbounded_on_the_in_memory_broker():
-    assert queues.max_retry_delay(celery_app('memory://')) == float('inf')
+def test_one_retry_hop_on_the_in_memory_broker_is_at_most_max_hop():
+    assert queues.max_retry_delay(celery_app('memory://')) == queues.MAX_HOP
+
+
+@pytest.mark.parametrize('timeout', ['soon', None, float('nan'), -5, 10 ** 9])
+def test_a_redis_visibility_timeout_the_app_gives_wrongly_still_gives_a_usable_hop(timeout):
+    app = celery_app(REDIS_URL, broker_transport_options={'visibility_timeout': timeout})
+
+    assert 0 < queues.max_retry_delay(app) <= queues.MAX_HOP
 
 
 def test_retry_delays_stay_under_half_the_configured_visibility_timeout_on_redis():
@@ -159,7 +166,7 @@ def test_max_retry_delay_uses_the_configured_app_by_default():
     with override_settings(CQRS={**settings.CQRS, 'app': redis_app,
                                  'replica': {**settings.CQRS['replica'], 'visibility_timeout': 300}}):
         assert queues.max_retry_delay() == 150
-    assert queues.max_retry_delay() == float('inf')  # the test project's app: memory://
+    assert queues.max_retry_delay() == queues.MAX_HOP  # the test project's app: memory://
 
 
 def test_one_retry_hop_on_redis_is_half_the_default_visibility_timeout():

@@ -22,6 +22,7 @@ from django.test import override_settings
 from cqrs_celery import PublishError, SignalType
 from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope
+from cqrs_celery.producer import set_sender
 from cqrs_celery.replica import dead_letters, tasks
 from cqrs_celery.replica.consumer import is_cqrs_message
 from cqrs_celery.replica.tasks import apply_envelope
@@ -341,6 +342,80 @@ def test_the_models_own_should_retry_cqrs_decides(letters, retries, failing_crea
     assert_letter(letters[0], error_type='ReplicaDown', reason='failed after 1 retries', attempts=2)
 
 
+def test_a_should_retry_cqrs_that_raises_leaves_the_decision_to_cqrs_max_retries(letters, retries, failing_create,
+                                                                                 monkeypatch):
+    def should_retry_cqrs(cls, current_retry, exception=None):
+        raise KeyError('policy bug')
+
+    monkeypatch.setattr(ReplicaItem, 'should_retry_cqrs', classmethod(should_retry_cqrs))
+
+    with cqrs_replica_settings(CQRS_MAX_RETRIES=2):
+        assert apply_envelope.run(wire(save(0, retries=1))) == 'retrying'
+        assert apply_envelope.run(wire(save(0, retries=2))) == 'dead_lettered'
+
+    assert [envelope.retries for envelope, _, _ in retries] == [2]
+    assert_letter(letters[0], error_type='ReplicaDown', reason='failed after 2 retries', attempts=3)
+
+
+@pytest.mark.parametrize('delay', ['soon', None, float('nan'), -1, 1e300, 10 ** 400], ids=str)
+def test_any_retry_delay_a_model_gives_still_sends_the_retry_with_a_bounded_hop(letters, retries, failing_create,
+                                                                                monkeypatch, delay):
+    def get_cqrs_retry_delay(cls, current_retry):
+        if delay is None:
+            raise ZeroDivisionError('delay bug')
+        return delay
+
+    monkeypatch.setattr(ReplicaItem, 'get_cqrs_retry_delay', classmethod(get_cqrs_retry_delay))
+
+    assert apply_envelope.run(wire(save(0))) == 'retrying'
+
+    [(envelope, route_to, countdown)] = retries
+    assert (envelope.retries, route_to) == (1, THIS_QUEUE)
+    assert 0 <= countdown <= 900
+    assert letters == []
+
+
+def test_a_failure_whose_message_cannot_be_shown_is_still_dead_lettered(letters, retries, monkeypatch):
+    class Unprintable(RuntimeError):
+        def __str__(self):
+            raise ValueError('no text')
+
+    def cqrs_create(cls, sync, mapped_data, previous_data=None, meta=None):
+        raise Unprintable
+
+    monkeypatch.setattr(ReplicaItem, 'cqrs_create', classmethod(cqrs_create))
+
+    with cqrs_replica_settings(CQRS_MAX_RETRIES=0):
+        assert apply_envelope.run(wire(save(0))) == 'dead_lettered'
+
+    assert_letter(letters[0], error_type='Unprintable', reason='failed after 0 retries', attempts=1,
+                  message='cannot be shown')
+
+
+def test_an_unexpected_error_in_the_task_dead_letters_the_message_with_its_raw_form(letters, retries, monkeypatch):
+    def broken(envelopes, queue=None):
+        raise MemoryError('out of memory in the group path')
+
+    monkeypatch.setattr(tasks, 'apply_many', broken)
+    batch = {'v': 2, 'cqrs_id': 'item', 'queue': None, 'expires': None, 'retries': 0,
+             'rows': [save(0).row_wire(), save(0, sku='B').row_wire()]}
+
+    assert apply_envelope.run(batch) == 'dead_lettered'
+
+    [letter] = letters
+    assert_letter(letter, error_type='MemoryError', reason='internal error', message='out of memory')
+    assert letter['raw'] == batch
+
+
+def test_a_retry_time_further_ahead_than_any_delay_is_dead_lettered_not_passed_on_for_ever(letters, retries):
+    far = datetime.datetime(9999, 12, 31, tzinfo=datetime.timezone.utc)
+
+    assert apply_envelope.run(wire(save(0, retries=1, not_before=far))) == 'dead_lettered'
+
+    assert retries == []
+    assert_letter(letters[0], error_type='EnvelopeError', reason='bad input', attempts=1, message='not_before')
+
+
 def test_a_falsy_result_from_cqrs_create_is_retried(letters, retries, monkeypatch):
     monkeypatch.setattr(ReplicaItem, 'cqrs_create', classmethod(lambda cls, *args, **kwargs: None))
 
@@ -396,14 +471,16 @@ def test_a_service_without_a_queue_dead_letters_a_failure_at_once(letters, retri
     assert letters[0]['error']['reason'] == 'failed after 0 retries'
 
 
-def test_a_retry_that_cannot_be_published_puts_the_message_back(letters, failing_create, monkeypatch, caplog):
-    def broker_down(envelope, **kwargs):
+def test_a_retry_that_cannot_be_published_puts_the_message_back(letters, failing_create, caplog):
+    def broker_down(envelope, route_to=None, countdown=None):
         raise PublishError('broker down')
 
-    monkeypatch.setattr(tasks, 'send', broker_down)
-
-    with pytest.raises(Reject) as rejected:
-        apply_envelope.run(wire(save(0)))
+    previous = set_sender(broker_down)
+    try:
+        with pytest.raises(Reject) as rejected:
+            apply_envelope.run(wire(save(0)))
+    finally:
+        set_sender(previous)
 
     assert rejected.value.requeue is True
     assert letters == []

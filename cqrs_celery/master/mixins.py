@@ -14,13 +14,13 @@ from django.utils.module_loading import import_string
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
-from cqrs_celery.exceptions import ConfigurationError, MetaError
+from cqrs_celery.exceptions import ConfigurationError, DataError, MetaError
 from cqrs_celery.master import tracker, triggers
 from cqrs_celery.master.hooks import call_accepting, name_of, names_parameter, wants_keyword
 from cqrs_celery.master.managers import MasterManager
 from cqrs_celery.models import MasterTombstone, pk_hash, pk_key, tombstone_revision
 from cqrs_celery.registry import MasterRegistry, require_cqrs_id
-from cqrs_celery.serialization import field_value, instance_to_dict, to_json
+from cqrs_celery.serialization import ENVELOPE_LEVELS, field_value, instance_to_dict, nesting_depth, to_json
 
 
 class RawMasterMixin(models.Model):
@@ -108,6 +108,8 @@ class RawMasterMixin(models.Model):
                 return
         for field in _custom_fields(type(self)):
             field_value(field, self)  # refuse now what could not be sent later (DataError)
+        for field in _json_fields(type(self)):
+            _refuse_too_deep(self, field)
         if self.CQRS_SERIALIZER:
             type(self).cqrs_serializer_class()  # likewise: a serializer that cannot be imported
         self._cqrs_by_trigger = triggers.active(using, type(self))
@@ -368,10 +370,17 @@ def prepare(model: type[models.Model]) -> None:
         value = getattr(model, attr)
         if value is None and attr == 'CQRS_TRACKED_FIELDS':
             continue
-        if value != '__all__' and (isinstance(value, str) or not isinstance(value, Sequence | set)):
+        if value != '__all__' and not (isinstance(value, list | tuple | set | frozenset)
+                                       and all(isinstance(name, str) for name in value)):
             raise ConfigurationError(
                 f"{model._meta.label}.{attr} must be '__all__' or a list of field names, not {value!r}."
             )
+    serializer = getattr(model, 'CQRS_SERIALIZER', None)
+    if serializer is not None and not (isinstance(serializer, str) and serializer):
+        raise ConfigurationError(
+            f'{model._meta.label}.CQRS_SERIALIZER must be the dotted path of a serializer class '
+            f"(e.g. 'shop.serializers.BookSerializer') or None, not {serializer!r}."
+        )
     tracked = getattr(model, 'CQRS_TRACKED_FIELDS', None)
     if tracked and tracker.TRACKER_NAME not in model.__dict__:
         tracker.CQRSTracker.add_to_model(model, tracked)
@@ -386,6 +395,23 @@ def _custom_fields(model: Any) -> tuple[Any, ...]:
     names = set(model.cqrs_field_names())
     return tuple(f for f in model._meta.concrete_fields
                  if f.name in names and not type(f).__module__.startswith('django.'))
+
+
+@functools.cache
+def _json_fields(model: Any) -> tuple[Any, ...]:
+    """Replicated JSON fields: how deep their values nest is checked at save time."""
+    if model.CQRS_SERIALIZER:
+        return ()
+    names = set(model.cqrs_field_names())
+    return tuple(f for f in model._meta.concrete_fields if f.name in names and isinstance(f, models.JSONField))
+
+
+def _refuse_too_deep(instance: Any, field: Any) -> None:
+    """``DataError`` for a JSON value nested deeper than a replica queue accepts (checked before the save)."""
+    deepest = get_settings().replica.max_nesting_depth - ENVELOPE_LEVELS
+    if nesting_depth(field.value_from_object(instance)) > deepest:
+        raise DataError(f'{instance._meta.label}.{field.name}: the value nests deeper than {deepest} levels, '
+                        "which replica queues refuse (CQRS['replica']['max_nesting_depth']); the row is not saved")
 
 
 # Declaration errors must surface when the class is defined, before any request or worker runs.

@@ -33,7 +33,7 @@ from cqrs_celery.master.hooks import wants_keyword
 from cqrs_celery.master.mixins import RawMasterMixin
 from cqrs_celery.models import MasterTombstone, tombstone_revision
 from cqrs_celery.registry import MasterRegistry
-from cqrs_celery.serialization import to_json
+from cqrs_celery.serialization import ENVELOPE_LEVELS, nesting_depth, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ def change_meta(instance: Any, signal_type: SignalType, previous_data: dict[str,
     if not isinstance(meta, dict):
         raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() must return a dict or None, '
                         f'not {type(meta).__name__}')
+    deepest = get_settings().replica.max_nesting_depth - ENVELOPE_LEVELS + 1
+    if nesting_depth(meta) > deepest:
+        raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() returned metadata nested deeper than {deepest}'
+                        " levels: replica queues would refuse the change (CQRS['replica']['max_nesting_depth'])")
     return to_json(meta) or None
 
 

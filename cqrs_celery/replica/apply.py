@@ -222,11 +222,19 @@ def log_gap(envelope: Envelope, stored: int) -> None:
                 *envelope.log_fields().values(), stored)
 
 
+#: Highest revision a master can give (its ``cqrs_revision`` is an IntegerField, as the replica's).
+MAX_REVISION = 2 ** 31 - 1
+
+
 def revision_of(envelope: Envelope) -> int:
-    """The envelope's revision; ``DataError`` when it has none."""
-    if envelope.revision is None:
+    """The envelope's revision; ``DataError`` when it has none, or one no master can give (0…2³¹−1)."""
+    revision = envelope.revision
+    if revision is None:
         raise DataError(f'{envelope.cqrs_id}: instance_data has no integer {FIELD_REVISION}')
-    return envelope.revision
+    if not 0 <= revision <= MAX_REVISION:
+        raise DataError(f'{envelope.cqrs_id}: {FIELD_REVISION} {revision} is outside 0…{MAX_REVISION}, what a master '
+                        'gives')
+    return revision
 
 
 def _forget_tombstone(using: str, envelope: Envelope) -> None:

@@ -80,7 +80,7 @@ def record(*, error: BaseException | str, reason: str, attempts: int, envelope: 
         'raw': None if envelope is not None else raw,
         'error': {
             'type': type(error).__name__ if isinstance(error, BaseException) else 'Rejected',
-            'message': str(error),
+            'message': _text(error),
             'reason': reason,
             'attempts': attempts,
             'time': datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -88,6 +88,14 @@ def record(*, error: BaseException | str, reason: str, attempts: int, envelope: 
             'queue': get_settings().queue,
         },
     }
+
+
+def _text(error: BaseException | str) -> str:
+    """The error's message; an exception whose ``__str__`` fails is shown by its type."""
+    try:
+        return str(error)
+    except Exception:
+        return f'<{type(error).__name__} whose message cannot be shown>'
 
 
 def send(letter: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ from celery.worker.request import Request
 from kombu.serialization import registry  # type: ignore[attr-defined]  # (not in kombu-stubs)
 
 from cqrs_celery.conf import get_settings
-from cqrs_celery.constants import JSON_CONTENT_TYPE, RECONCILE_TASK, TASK_NAME
+from cqrs_celery.constants import CLOCK_SKEW, JSON_CONTENT_TYPE, MAX_HOP, RECONCILE_TASK, TASK_NAME
 
 #: Tasks a replica queue admits, with what their one argument is.
 _TASKS = {TASK_NAME: 'the envelope', RECONCILE_TASK: 'a reconciliation step'}
@@ -179,13 +180,14 @@ def _no_time_limits(value: Any) -> bool:
 
 
 def _eta(value: Any) -> bool:
+    """None, or a time at most one retry hop ahead: the worker holds a message unacknowledged until its eta."""
     if value is None:
         return True
     if not isinstance(value, str):
         return False
     try:
         parsed = maybe_iso8601(value)
-        return parsed is not None and parsed.timestamp() > 0
+        return parsed is not None and 0 < parsed.timestamp() <= time.time() + MAX_HOP + CLOCK_SKEW
     except (ValueError, TypeError, OverflowError, OSError):
         return False
 
@@ -206,7 +208,7 @@ _HEADER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'replaced_task_nesting': (_count, 'a non-negative integer or null'),
     'ignore_result': (lambda value: value is None or isinstance(value, bool), 'true, false or null'),
     'timelimit': (_no_time_limits, "null or [null, null] (the replica's own time limits apply)"),
-    'eta': (_eta, 'null or an ISO-8601 date and time'),
+    'eta': (_eta, f'null or an ISO-8601 date and time at most {MAX_HOP + CLOCK_SKEW:.0f} s ahead (one retry hop)'),
     'expires': (lambda value: value is None, "null (an envelope's expiry travels in the envelope)"),
     'stamped_headers': (lambda value: value is None or (isinstance(value, list) and all(
         isinstance(v, str) for v in value)), 'a list of strings or null'),

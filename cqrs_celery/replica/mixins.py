@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Mapping
@@ -110,8 +111,11 @@ class ReplicaMixin(_ReplicaOptions, models.Model):
         super().__init_subclass__(**kwargs)
         # Abstract models get no class_prepared signal; one that names a CQRS_ID is a replica with
         # no table (django-cqrs registers it too). A concrete subclass later takes its place.
-        if cls.__dict__.get('CQRS_ID'):
-            ReplicaRegistry.register(cls)
+        if cls.__dict__.get('CQRS_ID') is None:
+            return
+        # a declaration the registry cannot use is left to class_prepared, which names the model
+        with contextlib.suppress(ConfigurationError):
+            _prepare_replica(cls)
 
     @classmethod
     def cqrs_save(cls, master_data: dict[str, Any], previous_data: dict[str, Any] | None = None,

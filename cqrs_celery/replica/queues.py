@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from kombu import Exchange, Queue
 
 from cqrs_celery import filesystem, topology
 from cqrs_celery.conf import get_settings
+from cqrs_celery.constants import MAX_HOP
 from cqrs_celery.exceptions import ConfigurationError
 from cqrs_celery.producer import transport_family
 from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
@@ -56,16 +59,24 @@ def install(app: Any) -> Queue | None:
 def max_retry_delay(app: Any | None = None) -> float:
     """Longest countdown one retry message may carry on this broker.
 
-    On Redis a delayed retry is held unacknowledged by the worker until it is due; if that took
+    A delayed retry is held unacknowledged by the worker until it is due. On Redis, if that took
     longer than the visibility timeout, Redis would hand the message out again and the retry would
-    loop. A hop is therefore at most half the visibility timeout; longer back-offs take several
-    hops (the envelope's ``not_before``), so they are not capped.
+    loop; on RabbitMQ, longer than ``consumer_timeout`` closes the channel. A hop is therefore at
+    most half the visibility timeout on Redis and ``MAX_HOP`` everywhere; longer back-offs take
+    several hops (the envelope's ``not_before``), so they are not capped.
     """
     app = app or get_settings().celery_app()
     if _driver(app) != 'redis':
-        return float('inf')
-    options = app.conf.broker_transport_options or {}
-    return float(options.get('visibility_timeout', get_settings().replica.visibility_timeout)) / 2
+        return MAX_HOP
+    options = app.conf.broker_transport_options
+    timeout = options.get('visibility_timeout') if isinstance(options, Mapping) else None
+    if timeout is None:
+        timeout = get_settings().replica.visibility_timeout
+    try:
+        half = float(timeout) / 2
+    except (TypeError, ValueError):
+        half = get_settings().replica.visibility_timeout / 2
+    return min(half, MAX_HOP) if math.isfinite(half) and half > 0 else MAX_HOP
 
 
 _drivers: dict[tuple[int, str], str] = {}

@@ -42,7 +42,23 @@ logger = logging.getLogger(__name__)
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,  # type: ignore[call-overload, untyped-decorator]
              Request=GuardedRequest)
 def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str:
-    """Apply one message (a v1 envelope or a v2 batch) on this replica service; returns the outcome(s)."""
+    """Apply one message (a v1 envelope or a v2 batch) on this replica service; returns the outcome(s).
+
+    Nothing escapes but ``Reject(requeue=True)``: an error this module does not expect dead-letters
+    the whole message with its raw form (its rows apply again idempotently when it is retried), so
+    it is neither lost (Celery acknowledges a task that raised) nor taken again in a loop.
+    """
+    try:
+        return _apply_message(self, raw, args, kwargs)
+    except Reject:
+        raise
+    except Exception as exc:
+        logger.exception('cqrs replica task failed unexpectedly; the message is dead-lettered: queue=%s',
+                         get_settings().queue)
+        return _dead(None, exc, 'internal error', raw=[raw, *args, kwargs] if args or kwargs else raw, attempts=0)
+
+
+def _apply_message(self: Any, raw: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     queue = get_settings().queue
     if args or kwargs:
         return _dead(None, EnvelopeError('the task takes exactly one argument, the envelope', raw),
@@ -60,6 +76,10 @@ def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str
         elif row.expires is not None and row.is_expired():
             outcome = _dead(row, EnvelopeError(f'expired at {row.expires.isoformat()}'), 'expired',
                             attempts=row.retries)
+            outcomes.append(_handled(self, row, outcome, queue))
+        elif row.not_before is not None and row.not_before > _now() + datetime.timedelta(seconds=_LONGEST_DELAY):
+            outcome = _dead(row, EnvelopeError(f'not_before {row.not_before.isoformat()} is further ahead than any '
+                                               'retry delay (ten years)'), 'bad input', attempts=row.retries)
             outcomes.append(_handled(self, row, outcome, queue))
         elif row.not_before is not None and queue and _wait(row, queue):
             outcomes.append(_handled(self, row, 'waiting', queue))
@@ -113,8 +133,8 @@ def _dead(envelope: Envelope | None, exc: BaseException, reason: str, *, attempt
         logger.error('cqrs apply failed at attempt %s, no retry left: cqrs_id=%s pk=%s revision=%s '
                      'correlation_id=%s queue=%s error=%r', attempts, *envelope.log_fields().values(),
                      get_settings().queue, exc, exc_info=exc)
-    letter = dead_letters.record(error=exc, reason=reason, attempts=attempts, envelope=envelope, raw=raw)
     with _requeue_on_failure('dead-letter', envelope):
+        letter = dead_letters.record(error=exc, reason=reason, attempts=attempts, envelope=envelope, raw=raw)
         dead_letters.send(letter)
     observability.dead_lettered(letter, envelope, exc, dead_letters.named_in_letter(letter))
     return 'dead_lettered'
@@ -144,23 +164,52 @@ def _retry(envelope: Envelope, queue: str | None, exc: Exception) -> str:
     so a longer delay travels as hops of at most ``max_retry_delay()`` with ``not_before`` set.
     """
     model = ReplicaRegistry.get(envelope.cqrs_id)
-    if not queue or not model.should_retry_cqrs(envelope.retries, exc):
+    if not queue or not _should_retry(model, envelope, exc):
         return _dead(envelope, exc, f'failed after {envelope.retries} retries', attempts=envelope.retries + 1,
                      traceback=True)
-    delay = float(model.get_cqrs_retry_delay(envelope.retries))
-    if not math.isfinite(delay) or delay < 0:
-        delay = get_settings().replica.retry_backoff_max
-    hop = min(delay, max_retry_delay())
-    not_before = _now() + datetime.timedelta(seconds=delay) if hop < delay else None
-    # The traceback is logged once, at the first failure (and again with the dead letter): a
-    # change that keeps failing does not repeat it at every retry.
-    logger.warning('cqrs apply failed, retry %s in %.1fs: cqrs_id=%s pk=%s revision=%s correlation_id=%s '
-                   'queue=%s error=%r', envelope.retries + 1, delay, *envelope.log_fields().values(), queue, exc,
-                   exc_info=exc if envelope.retries == 0 else None)
+    delay = _retry_delay(model, envelope)
     with _requeue_on_failure('send a retry', envelope):
+        hop = min(delay, max_retry_delay())
+        not_before = _now() + datetime.timedelta(seconds=delay) if hop < delay else None
+        # The traceback is logged once, at the first failure (and again with the dead letter): a
+        # change that keeps failing does not repeat it at every retry.
+        logger.warning('cqrs apply failed, retry %s in %.1fs: cqrs_id=%s pk=%s revision=%s correlation_id=%s '
+                       'queue=%s error=%r', envelope.retries + 1, delay, *envelope.log_fields().values(), queue,
+                       exc, exc_info=exc if envelope.retries == 0 else None)
         send(envelope.replace(retries=envelope.retries + 1, not_before=not_before), route_to=queue, countdown=hop)
     observability.retried(envelope, queue, attempt=envelope.retries + 1, delay=delay, exception=exc)
     return 'retrying'
+
+
+#: Longest retry delay, in seconds (ten years, as the settings allow): every date computed from it exists.
+_LONGEST_DELAY = 10 * 365 * 24 * 3600.0
+
+
+def _should_retry(model: Any, envelope: Envelope, exc: Exception) -> bool:
+    """The model's ``should_retry_cqrs``; if it raises, the retry limit of the settings decides."""
+    try:
+        return bool(model.should_retry_cqrs(envelope.retries, exc))
+    except Exception:
+        logger.exception('cqrs %s.should_retry_cqrs failed; CQRS_MAX_RETRIES decides: cqrs_id=%s pk=%s revision=%s',
+                         model.__name__, envelope.cqrs_id, envelope.instance_pk, envelope.revision)
+        return envelope.retries < get_settings().replica.max_retries
+
+
+def _retry_delay(model: Any, envelope: Envelope) -> float:
+    """The model's ``get_cqrs_retry_delay`` in seconds, within 0…ten years.
+
+    A delay that is not a number, not finite or negative (or a method that raises) gives
+    ``retry_backoff_max``.
+    """
+    try:
+        delay = float(model.get_cqrs_retry_delay(envelope.retries))
+    except Exception:
+        logger.exception('cqrs %s.get_cqrs_retry_delay failed; retry_backoff_max is used: cqrs_id=%s pk=%s',
+                         model.__name__, envelope.cqrs_id, envelope.instance_pk)
+        delay = math.nan
+    if not math.isfinite(delay) or delay < 0:
+        delay = get_settings().replica.retry_backoff_max
+    return min(delay, _LONGEST_DELAY)
 
 
 def _wait(envelope: Envelope, queue: str) -> bool:

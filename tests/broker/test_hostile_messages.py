@@ -128,6 +128,8 @@ MISSHAPED = [
     ('timelimit-tiny', call(author(900006)), {'timelimit': [0.001, 0.001]}, 'invalid message', 'timelimit'),
     ('eta-not-a-date', call(author(900007)), {'eta': 'tomorrow'}, 'invalid message', 'eta'),
     ('eta-a-number', call(author(900008)), {'eta': 12}, 'invalid message', 'eta'),
+    ('eta-in-the-year-9999', call(author(900015)), {'eta': '9999-12-31T00:00:00+00:00'}, 'invalid message',
+     'one retry hop'),
     ('celery-expiry-passed', call(author(900009)), {'expires': '2000-01-01T00:00:00+00:00'}, 'invalid message',
      'expires'),
     ('retries-a-string', call(author(900010)), {'retries': 'x'}, 'invalid message', 'retries'),
