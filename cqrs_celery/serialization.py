@@ -160,15 +160,21 @@ def from_json(model: type[models.Model], data: Mapping[str, Any]) -> dict[str, A
         DataError: a value does not fit its field; the message names field and value.
     """
     result: dict[str, Any] = {}
+    connection = replica_connection(model)  # looked up once per row, not once per value
     for key, value in data.items():
         field = field_for_key(model, key)
         if field is None:
             continue
-        result[field.attname] = python_value(model, field, value)
+        result[field.attname] = python_value(model, field, value, connection)
     return result
 
 
-def python_value(model: type[models.Model], field: Any, value: Any) -> Any:
+def replica_connection(model: type[models.Model]) -> Any:
+    """The database connection the replica writes ``model``'s rows to."""
+    return connections[router.db_for_write(model) or 'default']
+
+
+def python_value(model: type[models.Model], field: Any, value: Any, connection: Any = None) -> Any:
     """One JSON value converted by ``field.to_python`` and checked against what the column holds.
 
     Raises:
@@ -186,7 +192,7 @@ def python_value(model: type[models.Model], field: Any, value: Any) -> Any:
         _refuse_coercion(field, value)
         converted = _aware(field, field.to_python(value))
         _check_fits(field, converted)
-        _check_database_takes(model, field, converted)
+        _check_database_takes(connection or replica_connection(model), field, converted)
     except (ValidationError, TypeError, ValueError, ArithmeticError, decimal.InvalidOperation) as exc:
         raise DataError(
             f'{model._meta.label}.{field.name}: value {_short(value)} does not fit a {field.get_internal_type()}'
@@ -230,13 +236,12 @@ def _aware(field: Any, value: Any) -> Any:
     return value
 
 
-def _check_database_takes(model: type[models.Model], field: Any, value: Any) -> None:
+def _check_database_takes(connection: Any, field: Any, value: Any) -> None:
     """Raise for a value the replica's database adapter refuses (an IP address that is none, NUL in text).
 
     The field prepares the value as the write will, so whatever its adapter refuses is found before
     anything is written, as bad data, instead of failing the write (a retry could never succeed).
     """
-    connection = connections[router.db_for_write(model) or 'default']
     field.get_db_prep_save(value, connection=connection)
     if isinstance(value, str) and '\x00' in value and connection.vendor == 'postgresql':
         raise ValueError('PostgreSQL text cannot hold the NUL character')
