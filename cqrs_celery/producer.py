@@ -17,8 +17,8 @@ A broadcast that reaches no queue (no replica service has bound a queue for that
   the replica workers reconnect and declare their bindings again. So there (and on the filesystem
   broker) the publish fails with :class:`~cqrs_celery.exceptions.UnroutableError` and the outbox
   keeps the event, retrying with back-off. kombu would drop such a message silently, so the
-  binding table is read first (a binding found is trusted for ``BINDING_CACHE`` seconds: no round
-  trip per message).
+  binding table is read first, before every publish (one round trip per message, which carries
+  a whole batch; not cached, see ``_is_bound``).
 
 A replica deployed later is made whole by its first-run sync (:mod:`cqrs_celery.bootstrap`) and by
 reconciliation. A directed publish (``cqrs.direct``) to a queue that does not exist fails with
@@ -45,9 +45,6 @@ from cqrs_celery.unroutable import record as _unroutable
 from cqrs_celery.unroutable import unroutable_counts as unroutable_counts  # (public here too)
 
 logger = logging.getLogger(__name__)
-
-#: Seconds a Redis/filesystem binding table read is reused for the next publishes to that exchange.
-BINDING_CACHE = 2.0
 
 #: Replaced by ``cqrs_celery.testing`` to apply in-process or capture instead of using the broker.
 _sender: Callable[..., None] | None = None
@@ -286,26 +283,16 @@ def _returns(producer: Any) -> list[tuple[str, str]]:
     return returned
 
 
-_bound: dict[tuple[str, str, str], float] = {}
-
-
 def _is_bound(channel: Any, broker: str, exchange: str, routing_key: str) -> bool:
     """Whether kombu's binding table routes ``routing_key`` of ``exchange`` to a queue.
 
-    On Redis the table is a set on the server: a read that found a binding is trusted for
-    ``BINDING_CACHE`` seconds, so publishing adds no round trip per message. A read that found none
-    is not kept, so the first publish after a replica binds its queue reaches it. The filesystem and
-    memory transports read their tables locally, each time.
+    Read before every publish (one round trip per message on Redis, and a message carries a whole
+    batch). It is not cached: a Redis restarted without persistence has an empty table until the
+    workers reconnect, and kombu silently drops what is published to it meanwhile; a cached "bound"
+    lost the events of a two-second Redis restart that way.
     """
-    key = (broker, exchange, routing_key)
-    now = time.monotonic()
-    if now - _bound.get(key, float('-inf')) <= BINDING_CACHE:
-        return True
     try:
         table = channel.get_table(exchange)
     except KeyError:  # the memory transport does not know an exchange nobody declared
         table = []
-    found = any(row[0] == routing_key for row in table)
-    if found and channel.connection.driver_type == 'redis':
-        _bound[key] = now
-    return found
+    return any(row[0] == routing_key for row in table)
