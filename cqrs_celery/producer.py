@@ -226,7 +226,7 @@ def _send(name: str, args: list[Any], exchange: Any, routing_key: str, countdown
             if amqp:
                 returned = _returns(producer)
                 returned.clear()
-            elif not _is_bound(producer.channel, str(app.conf.broker_url), exchange.name, routing_key):
+            elif not _is_bound(producer.channel, exchange.name, routing_key):
                 return False
             app.send_task(
                 name, args=args, exchange=exchange.name, routing_key=routing_key, exchange_type=exchange.type,
@@ -283,7 +283,7 @@ def _returns(producer: Any) -> list[tuple[str, str]]:
     return returned
 
 
-def _is_bound(channel: Any, broker: str, exchange: str, routing_key: str) -> bool:
+def _is_bound(channel: Any, exchange: str, routing_key: str) -> bool:
     """Whether kombu's binding table routes ``routing_key`` of ``exchange`` to a queue.
 
     Read before every publish (one round trip per message on Redis, and a message carries a whole
