@@ -144,6 +144,9 @@ class ReplicaSettings:
     queue_type: str = 'classic'
     #: Quorum queues: deliveries of one message (worker crashes) before it goes to the dead-letter queue.
     delivery_limit: int = 10
+    #: Most rows a worker applies in one go: a task takes messages waiting in its queue along with its
+    #: own, up to this many rows, and applies them together (0 or 1: one message at a time).
+    group_rows: int = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +213,7 @@ _REPLICA_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     'bootstrap': ('bootstrap', (bool,)),
     'queue_type': ('queue_type', (str,)),
     'delivery_limit': ('delivery_limit', (int,)),
+    'group_rows': ('group_rows', (int,)),
 }
 _TOP_KEYS = frozenset({'app', 'queue', 'master', 'replica'})
 

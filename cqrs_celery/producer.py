@@ -244,6 +244,36 @@ def _send(name: str, args: list[Any], exchange: Any, routing_key: str, countdown
     return True
 
 
+def copy_to_queue(message: Any, queue: str) -> None:
+    """Publish a copy of a received task ``message`` (body, headers, properties) to ``queue``'s tail.
+
+    The copy goes through ``cqrs.direct`` with publisher confirms on RabbitMQ, so once this returns
+    the original may be acknowledged. A quorum queue's ``x-delivery-count`` is not copied: the copy
+    is a new message, not a redelivery.
+
+    Raises:
+        BrokerUnavailableError: the broker could not be reached in time.
+        PublishError: any other failure of the publish.
+    """
+    app = get_settings().celery_app()
+    timeout = get_settings().master.publish_timeout
+    exchange = topology.direct_exchange()
+    headers = {key: value for key, value in dict(message.headers or {}).items() if key != 'x-delivery-count'}
+    properties = {key: message.properties[key] for key in ('correlation_id', 'reply_to', 'priority')
+                  if message.properties.get(key) is not None}
+    try:
+        with producer_pool(app).acquire(block=True, timeout=timeout) as producer:
+            producer.publish(message.body, exchange=exchange.name, routing_key=topology.direct_routing_key(queue),
+                             headers=headers, content_type=message.content_type,
+                             content_encoding=message.content_encoding, delivery_mode=topology.PERSISTENT,
+                             declare=[exchange], timeout=timeout, confirm_timeout=timeout, retry=True,
+                             retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': timeout / 2,
+                                           'interval_max': timeout / 2}, **properties)
+    except Exception as exc:
+        error = BrokerUnavailableError if is_broker_error(exc) else PublishError
+        raise error(f'copying a message to queue {queue} failed: {exc!r}') from exc
+
+
 def is_broker_error(exc: BaseException) -> bool:
     """True for errors of the connection to the broker (refused, lost, timed out), not of a message."""
     from kombu.exceptions import OperationalError

@@ -133,6 +133,7 @@ KEY_TABLE = {
                            lambda s: s.replica.queue_type, 'quorum'),
     'replica.delivery_limit': ({'app': APP, 'replica': {'delivery_limit': 5}},
                                lambda s: s.replica.delivery_limit, 5),
+    'replica.group_rows': ({'app': APP, 'replica': {'group_rows': 50}}, lambda s: s.replica.group_rows, 50),
 }
 
 

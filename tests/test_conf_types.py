@@ -49,6 +49,7 @@ TYPES = {
     # ('quorum' is read by test_conf's KEY_TABLE; here the test app's memory:// broker would add W060)
     'replica.queue_type': (['Quorum', 'stream', None, 1, True], ['classic']),
     'replica.delivery_limit': ([10.5, '10', True, None, 0, -1], [1, 10]),
+    'replica.group_rows': ([500.5, '500', True, None, -1, 2 ** 31], [0, 1, 500]),
 }
 
 

@@ -20,7 +20,7 @@ _BULK = 'replica bulk_create'
 SCENARIO_CEILINGS = {
     'creates end to end': [_MASTER, *_APPLY], 'updates end to end': [_MASTER, *_APPLY],
     'cqrs_sync into empty replica': [*_APPLY, _BULK], 'cqrs_sync, first to last row visible': [*_APPLY, _BULK],
-    'backlog drain': _APPLY,
+    'backlog drain': _APPLY, 'backlog drain, one message per change': _APPLY,
 }
 SHORT = {'replica insert, one transaction per row': 'db', 'kombu consume + ack': 'broker', _MASTER: 'master',
          _BULK: 'db bulk'}

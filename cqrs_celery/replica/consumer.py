@@ -46,7 +46,7 @@ def over_delivery_limit(message: Any) -> int | None:
     return None
 
 
-def _dead_letter(message: Any, error: BaseException | str, reason: str) -> None:
+def dead_letter(message: Any, error: BaseException | str, reason: str) -> None:
     """Dead-letter ``message`` with its raw body, then ack it; on failure put it back in its queue."""
     from cqrs_celery.replica import dead_letters
 
@@ -74,19 +74,19 @@ def guard_task_handler(create_task_handler: Callable[..., Any]) -> Callable[...,
                 return on_task_received(message)
             delivered = over_delivery_limit(message)
             if delivered is not None:
-                _dead_letter(message, f'delivered {delivered + 1} times without being acknowledged (its workers '
+                dead_letter(message, f'delivered {delivered + 1} times without being acknowledged (its workers '
                              f'died on it); delivery_limit is {get_settings().replica.delivery_limit}',
                              'delivery limit')
                 return None
             refusal = guard.check(message)
             if refusal is not None:
-                _dead_letter(message, refusal.message, refusal.reason)
+                dead_letter(message, refusal.message, refusal.reason)
                 return None
             try:
                 return on_task_received(message)
             except Exception as exc:  # Celery would stop the worker, and the message would kill the next one
                 logger.exception('cqrs: Celery could not take a message from a replica queue')
-                _dead_letter(message, exc, 'invalid message')
+                dead_letter(message, exc, 'invalid message')
                 return None
 
         return on_message
@@ -107,25 +107,25 @@ class DeadLetterInvalidMessages(bootsteps.Step):
 
         def invalid_task(body: Any, message: Any, exc: BaseException) -> Any:
             if is_cqrs_message(message):
-                _dead_letter(message, exc, 'invalid message')
+                dead_letter(message, exc, 'invalid message')
                 return None
             return on_invalid_task(body, message, exc)
 
         def unknown_task(body: Any, message: Any, exc: BaseException) -> Any:
             if is_cqrs_message(message):
-                _dead_letter(message, exc, 'unknown task')
+                dead_letter(message, exc, 'unknown task')
                 return None
             return on_unknown_task(body, message, exc)
 
         def unknown_message(body: Any, message: Any) -> Any:
             if is_cqrs_message(message):
-                _dead_letter(message, 'not a Celery task message', 'unknown message')
+                dead_letter(message, 'not a Celery task message', 'unknown message')
                 return None
             return on_unknown_message(body, message)
 
         def decode_error(message: Any, exc: BaseException) -> Any:
             if is_cqrs_message(message):
-                _dead_letter(message, exc, 'undecodable')
+                dead_letter(message, exc, 'undecodable')
                 return None
             return on_decode_error(message, exc)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +27,7 @@ from cqrs_celery.envelope import Envelope, decode_message
 from cqrs_celery.exceptions import DataError, EnvelopeError, UnknownCQRSIdError
 from cqrs_celery.producer import send
 from cqrs_celery.registry import ReplicaRegistry
-from cqrs_celery.replica import dead_letters
+from cqrs_celery.replica import dead_letters, gather
 from cqrs_celery.replica.apply import Result, apply
 from cqrs_celery.replica.group import apply_many
 from cqrs_celery.replica.guard import GuardedRequest
@@ -67,27 +67,66 @@ def _apply_message(self: Any, raw: Any, args: tuple[Any, ...], kwargs: dict[str,
         rows = decode_message(raw)
     except EnvelopeError as exc:
         return _handled(self, None, _dead(None, exc, 'bad input', raw=raw, attempts=0), queue, raw)
-    envelopes: list[Envelope] = []
+    taken = gather.take(self.request, queue, get_settings().replica.group_rows - len(rows))
+    if not taken:
+        return _summary(_apply_rows(self, rows, queue))
+    try:
+        outcomes = _apply_rows(self, rows, queue, taken)
+        gather.acknowledge(taken)
+    except Reject:
+        raise
+    except Exception:
+        logger.exception('cqrs could not apply %s messages taken from queue %s together with this one; they go '
+                         'back to the queue and this one applies alone', len(taken), queue)
+        gather.give_back(taken)
+        return _summary(_apply_rows(self, rows, queue))
+    finally:
+        gather.give_back(taken)  # (those acknowledged are not touched)
+    return _summary(outcomes)
+
+
+def _apply_rows(task: Any, rows: Sequence[Envelope | EnvelopeError], queue: str | None,
+                taken: Sequence[gather.Taken] = ()) -> list[str]:
+    """Apply the rows of this message and of the ``taken`` ones together; one outcome per row."""
     outcomes: list[str] = []
+    envelopes = _due(task, rows, queue, outcomes)
+    for item in taken:
+        if item.error is not None:
+            outcomes.append(_handled(task, None, _dead(None, item.error, 'bad input', raw=item.raw, attempts=0),
+                                     queue, item.raw))
+        envelopes.extend(_due(task, item.rows, queue, outcomes))
+    if taken:
+        logger.debug('cqrs applying %s rows of %s messages in one group: queue=%s', len(envelopes), len(taken) + 1,
+                     queue)
+    results = [_guarded_apply(envelopes[0], queue)] if len(envelopes) == 1 else apply_many(envelopes, queue)
+    for envelope, result in zip(envelopes, results, strict=True):
+        outcomes.append(_handled(task, envelope, _settle(envelope, queue, result), queue))
+    return outcomes
+
+
+def _due(task: Any, rows: Sequence[Envelope | EnvelopeError], queue: str | None, outcomes: list[str]) -> list[Envelope]:
+    """The rows to apply now; the others (bad, expired, not yet due) get their outcome in ``outcomes``."""
+    envelopes: list[Envelope] = []
     for row in rows:
         if isinstance(row, EnvelopeError):
-            outcomes.append(_handled(self, None, _dead(None, row, 'bad input', raw=row.raw, attempts=0), queue,
+            outcomes.append(_handled(task, None, _dead(None, row, 'bad input', raw=row.raw, attempts=0), queue,
                                      row.raw))
         elif row.expires is not None and row.is_expired():
             outcome = _dead(row, EnvelopeError(f'expired at {row.expires.isoformat()}'), 'expired',
                             attempts=row.retries)
-            outcomes.append(_handled(self, row, outcome, queue))
+            outcomes.append(_handled(task, row, outcome, queue))
         elif row.not_before is not None and row.not_before > _now() + datetime.timedelta(seconds=_LONGEST_DELAY):
             outcome = _dead(row, EnvelopeError(f'not_before {row.not_before.isoformat()} is further ahead than any '
                                                'retry delay (ten years)'), 'bad input', attempts=row.retries)
-            outcomes.append(_handled(self, row, outcome, queue))
+            outcomes.append(_handled(task, row, outcome, queue))
         elif row.not_before is not None and queue and _wait(row, queue):
-            outcomes.append(_handled(self, row, 'waiting', queue))
+            outcomes.append(_handled(task, row, 'waiting', queue))
         else:
             envelopes.append(row)
-    results = [_guarded_apply(envelopes[0], queue)] if len(envelopes) == 1 else apply_many(envelopes, queue)
-    for envelope, result in zip(envelopes, results, strict=True):
-        outcomes.append(_handled(self, envelope, _settle(envelope, queue, result), queue))
+    return envelopes
+
+
+def _summary(outcomes: list[str]) -> str:
     if len(outcomes) == 1:
         return outcomes[0]
     return ' '.join(f'{name}={outcomes.count(name)}' for name in sorted(set(outcomes)))
