@@ -15,7 +15,7 @@ import decimal
 import math
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings as django_settings
 from django.core import validators
@@ -187,20 +187,60 @@ def python_value(model: type[models.Model], field: Any, value: Any, connection: 
             if not field.null and not field.primary_key:
                 raise ValueError('NULL for a column that does not allow it')
             return None
-        if isinstance(field, models.JSONField):
+        checks = _checks.get(field) or _checks_for(field)
+        if checks.json:
             return value
-        _refuse_coercion(field, value)
-        converted = _aware(field, field.to_python(value))
-        _check_fits(field, converted)
-        _check_database_takes(connection or replica_connection(model), field, converted)
+        _refuse_coercion(checks, value)
+        converted = field.to_python(value)
+        if checks.datetime:
+            converted = _aware(converted)
+        _check_fits(checks, converted)
+        _check_database_takes(connection or replica_connection(model), field, checks, converted)
     except (ValidationError, TypeError, ValueError, ArithmeticError, decimal.InvalidOperation) as exc:
         raise DataError(
             f'{model._meta.label}.{field.name}: value {_short(value)} does not fit a {field.get_internal_type()}'
             f' ({_reason(exc)})'
         ) from exc
-    if isinstance(field, models.BinaryField) and isinstance(converted, memoryview):
+    if checks.binary and isinstance(converted, memoryview):
         return bytes(converted)
     return converted
+
+
+class _Checks(NamedTuple):
+    """What ``python_value`` checks for one field, worked out once per field."""
+
+    #: A JSONField: the JSON value is the Python value.
+    json: bool
+    #: Size validators of the field (or, for a relation, of its target field).
+    validators: tuple[Any, ...]
+    #: The field (or its target) is an integer field: a fractional float is refused.
+    integer: bool
+    #: The field (or its target) is a BooleanField: only it takes a JSON boolean.
+    boolean: bool
+    #: The field (or its target) is a BinaryField.
+    binary: bool
+    #: A DateTimeField: a naive value is made aware as Django's save would.
+    datetime: bool
+    #: The field's class is not one whose database preparation cannot fail (``_PREPARED_AS_IS``).
+    prepare: bool
+
+
+_checks: dict[Any, _Checks] = {}
+
+
+def _checks_for(field: Any) -> _Checks:
+    target = field.target_field if field.is_relation else field
+    checks = _Checks(
+        json=isinstance(field, models.JSONField),
+        validators=tuple(v for v in target.validators if isinstance(v, _SIZE_VALIDATORS)),
+        integer=isinstance(target, models.IntegerField),
+        boolean=isinstance(target, models.BooleanField),
+        binary=isinstance(target, models.BinaryField),
+        datetime=isinstance(field, models.DateTimeField),
+        prepare=type(field) not in _PREPARED_AS_IS,
+    )
+    _checks[field] = checks
+    return checks
 
 
 #: Validators about what a column can hold (range, length, digits); format validators (email,
@@ -209,42 +249,57 @@ _SIZE_VALIDATORS = (validators.MinValueValidator, validators.MaxValueValidator, 
                     validators.DecimalValidator)
 
 
-def _check_fits(field: Any, value: Any) -> None:
-    target = field.target_field if field.is_relation else field
-    for validator in target.validators:
-        if isinstance(validator, _SIZE_VALIDATORS):
-            validator(value)
+def _check_fits(checks: _Checks, value: Any) -> None:
+    for validator in checks.validators:
+        validator(value)
     if isinstance(value, str):
         value.encode('utf-8')  # a lone surrogate raises UnicodeEncodeError (a ValueError)
     elif isinstance(value, datetime.datetime) and value.tzinfo is not None:
         value.astimezone(datetime.timezone.utc)  # OverflowError outside years 1…9999 in UTC
-    elif isinstance(target, models.BinaryField) and not isinstance(value, bytes | bytearray | memoryview):
+    elif checks.binary and not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f'a {type(value).__name__} is not binary data')
     if isinstance(value, datetime.timedelta):
         abs(value)  # OverflowError for the smallest timedelta
 
 
-def _aware(field: Any, value: Any) -> Any:
+def _aware(value: Any) -> Any:
     """A naive datetime for a DateTimeField made aware in the default time zone, as Django's save would.
 
     Done here so that its range in UTC is checked (a naive 9999-12-31T23:00 west of UTC is year
     10000 in the database, a row nobody could read back).
     """
-    if isinstance(value, datetime.datetime) and value.tzinfo is None and isinstance(field, models.DateTimeField) \
-            and django_settings.USE_TZ:
+    if isinstance(value, datetime.datetime) and value.tzinfo is None and django_settings.USE_TZ:
         return timezone.make_aware(value, timezone.get_default_timezone())
     return value
 
 
-def _check_database_takes(connection: Any, field: Any, value: Any) -> None:
+def _check_database_takes(connection: Any, field: Any, checks: _Checks, value: Any) -> None:
     """Raise for a value the replica's database adapter refuses (an IP address that is none, NUL in text).
 
     The field prepares the value as the write will, so whatever its adapter refuses is found before
     anything is written, as bad data, instead of failing the write (a retry could never succeed).
+    Fields of the built-in classes in ``_PREPARED_AS_IS`` are not prepared here: once ``to_python``
+    and the size checks passed, their preparation cannot fail (and it costs as much again as the
+    write's own).
     """
-    field.get_db_prep_save(value, connection=connection)
+    if checks.prepare or (isinstance(value, datetime.datetime | datetime.time) and value.tzinfo is not None
+                          and not django_settings.USE_TZ):
+        field.get_db_prep_save(value, connection=connection)
     if isinstance(value, str) and '\x00' in value and connection.vendor == 'postgresql':
         raise ValueError('PostgreSQL text cannot hold the NUL character')
+
+
+#: Built-in field classes whose database preparation of a value that passed ``to_python`` and the
+#: size checks only converts it (on every backend Django ships); subclasses are prepared, since
+#: they may override it. An aware datetime with ``USE_TZ = False`` is always prepared (SQLite and
+#: MySQL refuse it).
+_PREPARED_AS_IS = frozenset({
+    models.CharField, models.TextField, models.SlugField, models.EmailField, models.URLField,
+    models.IntegerField, models.BigIntegerField, models.SmallIntegerField, models.PositiveIntegerField,
+    models.PositiveBigIntegerField, models.PositiveSmallIntegerField, models.AutoField, models.BigAutoField,
+    models.SmallAutoField, models.BooleanField, models.FloatField, models.DecimalField, models.DateField,
+    models.DateTimeField,
+})
 
 
 def _short(value: Any) -> str:
@@ -252,14 +307,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 200 else f'{text[:200]}…'
 
 
-def _refuse_coercion(field: Any, value: Any) -> None:
+def _refuse_coercion(checks: _Checks, value: Any) -> None:
     """Raise for values ``to_python`` would silently turn into something else (str(dict), int(1.5))."""
-    target = field.target_field if field.is_relation else field
     if isinstance(value, Mapping | list):
         raise TypeError(f'a JSON {"object" if isinstance(value, Mapping) else "array"} is not a single value')
-    if isinstance(value, bool) and not isinstance(target, models.BooleanField):
-        raise TypeError('a boolean is not a value of this field')
-    if isinstance(value, float) and isinstance(target, models.IntegerField) and not value.is_integer():
+    if isinstance(value, bool):
+        if not checks.boolean:
+            raise TypeError('a boolean is not a value of this field')
+    elif isinstance(value, float) and checks.integer and not value.is_integer():
         raise ValueError('a fractional number is not an integer')
 
 
