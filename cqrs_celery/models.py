@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import ujson
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
-from django.db import models
+from django.db import connections, models
 from django.utils import timezone
 
 # Without this, a project that forgot the app gets Django's generic "doesn't declare an explicit
@@ -116,9 +118,31 @@ def tombstone_revision(model: type[_Tombstone], using: str, cqrs_id: str, pk: An
 
 def tombstone_revisions(model: type[_Tombstone], using: str, cqrs_id: str, pks: list[Any]) -> dict[str, int]:
     """``{pk_key(pk): revision}`` for those of ``pks`` that have a tombstone (one query)."""
-    hashes = [pk_hash(pk_key(pk)) for pk in pks]
-    rows = model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_hash__in=hashes)
+    hashes = {pk_hash(pk_key(pk)) for pk in pks}
+    rows = filter_in(model._default_manager.using(using).filter(cqrs_id=cqrs_id), model._meta.get_field('pk_hash'),
+                     hashes)
     return dict(rows.values_list('pk_value', 'revision'))
+
+
+_TYPMOD = re.compile(r'\([^)]*\)')
+
+
+def filter_in(queryset: Any, field: Any, values: Iterable[Any]) -> Any:
+    """``queryset`` limited to the rows whose ``field`` holds one of ``values`` (Python values).
+
+    On PostgreSQL this is ``column = ANY(%s::type[])``, one array parameter: Django's ``__in``
+    compiles and quotes the values one by one, which for a group of 500 rows took longer than the
+    query itself (3 ms where the array takes 0.6 ms).
+    """
+    values = list(values)
+    connection = connections[queryset.db]
+    cast = field.cast_db_type(connection) if connection.vendor == 'postgresql' and values else None
+    if cast is None:
+        return queryset.filter(**{f'{field.name}__in': values})
+    prepared = [field.get_db_prep_value(value, connection) for value in values]
+    quote = connection.ops.quote_name
+    column = f'{quote(queryset.model._meta.db_table)}.{quote(field.column)}'
+    return queryset.extra(where=[f'{column} = ANY(%s::{_TYPMOD.sub("", cast)}[])'], params=[prepared])
 
 
 def forget_tombstones(model: type[_Tombstone], using: str, cqrs_id: str, keys: list[str]) -> None:

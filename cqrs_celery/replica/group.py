@@ -26,7 +26,14 @@ from django.db.models import Model, signals
 
 from cqrs_celery.constants import SignalType
 from cqrs_celery.envelope import Envelope
-from cqrs_celery.models import ReplicaTombstone, forget_tombstones, pk_key, record_tombstone, tombstone_revisions
+from cqrs_celery.models import (
+    ReplicaTombstone,
+    filter_in,
+    forget_tombstones,
+    pk_key,
+    record_tombstone,
+    tombstone_revisions,
+)
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica import apply as single
 from cqrs_celery.replica import bulk, hooks
@@ -118,7 +125,7 @@ class _Rows:
         if connections[using].features.has_select_for_update:
             queryset = queryset.select_for_update()
         self.pks = [single.replica_pk(model, e.instance_data, e.instance_pk) for e in envelopes]
-        self.stored = {obj.pk: obj for obj in queryset.filter(pk__in=set(self.pks))}
+        self.stored = {obj.pk: obj for obj in filter_in(queryset, model._meta.pk, set(self.pks))}
         self.tombstones = tombstone_revisions(ReplicaTombstone, using, cqrs_id, [e.instance_pk for e in envelopes])
         self.created: dict[Any, Any] = {}
         self.changed: dict[Any, Any] = {}
