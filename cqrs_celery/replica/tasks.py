@@ -55,7 +55,8 @@ def apply_envelope(self: Any, raw: Any = None, *args: Any, **kwargs: Any) -> str
     except Exception as exc:
         logger.exception('cqrs replica task failed unexpectedly; the message is dead-lettered: queue=%s',
                          get_settings().queue)
-        return _dead(None, exc, 'internal error', raw=[raw, *args, kwargs] if args or kwargs else raw, attempts=0)
+        return _dead(None, exc, dead_letters.INTERNAL_ERROR, raw=[raw, *args, kwargs] if args or kwargs else raw,
+                     attempts=0)
 
 
 def _apply_message(self: Any, raw: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -67,7 +68,10 @@ def _apply_message(self: Any, raw: Any, args: tuple[Any, ...], kwargs: dict[str,
         rows = decode_message(raw)
     except EnvelopeError as exc:
         return _handled(self, None, _dead(None, exc, 'bad input', raw=raw, attempts=0), queue, raw)
-    taken = gather.take(self.request, queue, get_settings().replica.group_rows - len(rows))
+    # A retry applies alone: a row that failed would otherwise send every group it joins to the
+    # slower one-transaction-per-row fallback.
+    retrying = any(isinstance(row, Envelope) and row.retries for row in rows)
+    taken = [] if retrying else gather.take(self.request, queue, get_settings().replica.group_rows - len(rows))
     if not taken:
         return _summary(_apply_rows(self, rows, queue))
     try:
