@@ -225,6 +225,24 @@ def test_retry_sends_each_dead_envelope_back_to_this_services_queue_with_attempt
     assert dead_letters.letters(service.app) == []
 
 
+def test_retry_sends_again_the_rows_of_a_message_kept_whole_after_an_internal_error(service):
+    from cqrs_celery.envelope import encode_batch
+
+    service.declare_replica_queue()
+    batch = encode_batch([item_envelope(4, 'A'), item_envelope(7, 'B')])
+    broken = dict(batch, rows=[*batch['rows'], 'not a row'])
+    for raw in (batch, item_envelope(2, 'C').to_wire(), broken, 'not a message'):
+        dead_letters.send(dead_letters.record(error=RuntimeError('unexpected'), reason=dead_letters.INTERNAL_ERROR,
+                                              attempts=0, raw=raw))
+
+    assert dead_letters.retry(service.app) == dead_letters.Retried(sent=2, without_envelope=2, other_service=0)
+
+    sent = [body[0][0] for _, _, body in service.replica_messages()]
+    assert [(row['instance_pk'], row['instance_data']['cqrs_revision'], row['retries']) for row in sent] == [
+        ('A', 4, 0), ('B', 7, 0), ('C', 2, 0)]
+    assert [letter['raw'] for letter in dead_letters.letters(service.app)] == [broken, 'not a message']
+
+
 def test_retry_keeps_letters_without_an_envelope(service):
     service.declare_replica_queue()
     kept = [raw_letter('first'), raw_letter('second')]

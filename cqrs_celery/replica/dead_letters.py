@@ -23,11 +23,14 @@ from kombu import Queue, binding
 
 from cqrs_celery import topology
 from cqrs_celery.conf import get_settings
-from cqrs_celery.envelope import Envelope, decode
+from cqrs_celery.envelope import Envelope, decode, decode_message
 from cqrs_celery.exceptions import ConfigurationError, EnvelopeError
 from cqrs_celery.producer import publish_to_broker, transport_family
 
 logger = logging.getLogger(__name__)
+
+#: The reason of a letter whose message failed in a way the library did not expect (kept whole in ``raw``).
+INTERNAL_ERROR = 'internal error'
 
 _PUBLISH_RETRY = {'max_retries': 5, 'interval_start': 0, 'interval_step': 1, 'interval_max': 5}
 
@@ -249,13 +252,13 @@ def retry(app: Any, limit: int | None = None, *, expires_in: float | None = None
         messages = _drain(channel, queue, None if dry_run else limit)
         keep = list(messages) if dry_run else []
         for message in messages[:limit] if dry_run else messages:
-            verdict, envelope = _retryable(_decoded(message), own)
+            verdict, envelopes = _retryable(_decoded(message), own)
             counts[verdict] += 1
             if dry_run:
                 continue
-            if envelope is None:
+            if not envelopes:
                 keep.append(message)
-            else:
+            for envelope in envelopes:
                 publish_to_broker(envelope.replace(retries=0, expires=expires), route_to=own)
         _republish(channel, queue, keep)
         for message in messages:
@@ -263,16 +266,28 @@ def retry(app: Any, limit: int | None = None, *, expires_in: float | None = None
     return Retried(**counts)
 
 
-def _retryable(letter: dict[str, Any], own: str | None) -> tuple[str, Envelope | None]:
-    """('sent', envelope) for a letter this service can retry, else why it is kept."""
+def _retryable(letter: dict[str, Any], own: str | None) -> tuple[str, list[Envelope]]:
+    """('sent', envelopes) for a letter this service can retry, else why it is kept.
+
+    A letter has its envelope, or (reason ``internal error``) the whole message it came in as raw:
+    a v1 envelope or a v2 batch, retried when every one of its rows decodes.
+    """
     error = letter.get('error')
     origin = error.get('queue') if isinstance(error, Mapping) else None
     if isinstance(origin, str) and origin != own:
-        return 'other_service', None
+        return 'other_service', []
     try:
-        return 'sent', decode(letter.get('envelope'))
+        return 'sent', [decode(letter.get('envelope'))]
     except EnvelopeError:
-        return 'without_envelope', None
+        pass
+    if isinstance(error, Mapping) and error.get('reason') == INTERNAL_ERROR:
+        try:
+            rows = decode_message(letter.get('raw'))
+        except EnvelopeError:
+            return 'without_envelope', []
+        if rows and all(isinstance(row, Envelope) for row in rows):
+            return 'sent', [row for row in rows if isinstance(row, Envelope)]
+    return 'without_envelope', []
 
 
 def would_purge(app: Any, expired_only: bool = False) -> int:
