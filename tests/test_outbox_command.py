@@ -4,6 +4,7 @@ Tier i: publishes are captured or refused by a test sender; no broker.
 """
 
 import re
+import time
 from io import StringIO
 
 import pytest
@@ -136,3 +137,41 @@ def test_retry_with_dry_run_changes_nothing(set_aside_item):
     assert captured == []
     assert outbox.status()['rows'][0]['set_aside']
 
+
+
+def test_a_follower_publishes_events_committed_while_it_runs_then_stops_when_told():
+    import threading
+
+    from cqrs_celery.master import follow
+
+    stop = threading.Event()
+    with capture_envelopes() as envelopes:
+        follower = threading.Thread(target=follow.follow, kwargs={'poll': 0.01, 'stop': stop})
+        follower.start()
+        try:
+            Item.objects.create(sku='A', name='apple')
+            with transaction.atomic():
+                Author.objects.create(name='Ann')
+                Item.objects.create(sku='B', name='banana')
+            deadline = time.monotonic() + 10
+            while len(envelopes) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            follower.join(10)
+    assert not follower.is_alive()
+    assert sorted((e.cqrs_id, e.instance_pk) for e in envelopes)[1:] == [('item', 'A'), ('item', 'B')]
+    assert outbox.pending() == 0
+
+
+@pytest.mark.parametrize(('args', 'message'), [
+    (['status', '--follow'], '--follow goes with relay'),
+    (['retry', '--follow'], '--follow goes with relay'),
+    (['relay', '--follow', '--dry-run'], '--follow goes with relay'),
+    (['relay', '--follow', '--poll', '0'], '--poll must be'),
+    (['relay', '--follow', '--poll', 'nan'], '--poll must be'),
+    (['relay', '--follow', '--poll', '61'], '--poll must be'),
+])
+def test_follow_refuses_what_it_cannot_do(args, message):
+    with pytest.raises(CommandError, match=message):
+        cqrs_outbox(*args)

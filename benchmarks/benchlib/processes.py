@@ -102,6 +102,13 @@ class Service:
         output = self.run([str(self.library.python), str(BENCH / 'driver.py'), *args], timeout)
         return json.loads(output.strip().splitlines()[-1])
 
+    def manage_in_background(self, *args: str) -> subprocess.Popen:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        with (LOGS / f'{self.queue}-{self.role}-{args[0]}.log').open('ab') as log:
+            return subprocess.Popen([str(self.library.python), 'manage.py', *args], env=self.env,
+                                    cwd=self.library.project, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
     def driver_in_background(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([str(self.library.python), str(BENCH / 'driver.py'), *args], env=self.env,
                                 cwd=self.library.project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -19,6 +19,7 @@ _MASTER = 'master save loop, replication off'
 _BULK = 'replica bulk_create'
 SCENARIO_CEILINGS = {
     'creates end to end': [_MASTER, *_APPLY], 'updates end to end': [_MASTER, *_APPLY],
+    'creates end to end, publisher process': [_MASTER, *_APPLY],
     'cqrs_sync into empty replica': [*_APPLY, _BULK], 'cqrs_sync, first to last row visible': [*_APPLY, _BULK],
     'backlog drain': _APPLY, 'backlog drain, one message per change': _APPLY,
 }

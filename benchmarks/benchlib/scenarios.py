@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -115,6 +116,8 @@ def run_replication(section: Section, rec: Recorder, concurrency: int, n: int, l
             worker.start()
             section.warm_up(master, worker)
             _rows_scenarios(section, rec, master, worker, c, n, latency_rows, scenarios, sync_rows)
+            if 'A' in scenarios and section.library is CQRS_CELERY:
+                _creates_publisher_process(section, rec, queue, c, n)
             worker.stop()
         if 'D' in scenarios:
             _drain(section, rec, master, worker, c, n)
@@ -151,6 +154,28 @@ def _rows_scenarios(section: Section, rec: Recorder, master: Service, worker: Wo
         _latency(section, rec, master, c, n, latency_rows)
     if 'C' in scenarios:
         _sync(section, rec, master, c, sync_rows)
+
+
+def _creates_publisher_process(section: Section, rec: Recorder, queue: str, c: int, n: int) -> None:
+    """A with cqrs_celery's publisher as a process of its own (``publisher='relay'`` and
+    ``cqrs_outbox relay --follow``): the saving process only writes its outbox rows."""
+    lib, label = section.library.name, 'creates end to end, publisher process'
+    section.empty()
+    master, _ = section.services(queue, publisher='relay')
+    follower = master.manage_in_background('cqrs_outbox', 'relay', '--follow')
+    try:
+        created = master.driver('create', str(n))
+        (count, _, last), ok = section.wait_rows(n)
+    finally:
+        follower.terminate()
+        try:
+            follower.wait(20)
+        except subprocess.TimeoutExpired:
+            follower.kill()
+    value = n / (last - created['start']) if ok else None
+    rec.add('A', label, lib, value, 'events/s', c, '' if ok else f'timed out at {count}/{n}')
+    rec.log(f'  {lib}: A, publisher process {_fmt(value)} creates/s '
+            f'(master alone: {n / (created["end"] - created["start"]):.0f}/s)')
 
 
 def _latency(section: Section, rec: Recorder, master: Service, c: int, n: int, rows: int) -> None:
@@ -252,7 +277,8 @@ def run_cost(section: Section, rec: Recorder, n: int) -> None:
     # thread by default; 'inline' publishes in the saving thread after commit, as django-cqrs does.
     variants = [('', True, None, '')]
     if section.library is CQRS_CELERY:
-        variants += [(' (inline publish)', True, None, 'inline'), (' (outbox off)', False, None, '')]
+        variants += [(' (inline publish)', True, None, 'inline'), (' (outbox off)', False, None, ''),
+                     (' (publisher process)', True, None, 'relay')]
     variants += [(' (no broker)', True, 'none', '')]
     for suffix, outbox, broker_url, publisher in variants:
         label = f'{section.library.name}{suffix}'

@@ -169,33 +169,42 @@ class _Publisher(threading.Thread):
         self._close_connection()
 
     def _drain(self) -> float | None:
-        """Drain until nothing is ready; returns how long to wait before looking again (None: until woken)."""
-        from cqrs_celery.master import outbox
-
-        limit = get_settings().master.outbox_relay_batch
-        try:
-            while True:
-                result = outbox.drain(self.using, limit=limit)
-                if result.broker_down is not None:
-                    logger.warning('cqrs publisher: broker unavailable, retrying: %s', result.broker_down)
-                    return BROKER_RETRY
-                if result.taken < limit or result.published == 0:
-                    return FAILED_RETRY if result.failed else None
-        except Exception:
-            logger.exception('cqrs publisher failed on %s; the events stay in the outbox', self.using)
-            self._close_connection()
-            return FAILED_RETRY
+        return drain_ready(self.using)
 
     def _close_connection(self) -> None:
-        try:
-            connections[self.using].close()
-        except Exception:  # pragma: no cover - a broken connection is dropped all the same
-            logger.debug('cqrs publisher: closing the connection failed', exc_info=True)
+        close_connection(self.using)
 
     def stop(self, timeout: float) -> None:
         self.stopping = True
         self.wakeup.set()
         self.join(timeout)
+
+
+def drain_ready(using: str) -> float | None:
+    """Publish until nothing is ready; returns how long to wait before looking again (None: nothing left)."""
+    from cqrs_celery.master import outbox
+
+    limit = get_settings().master.outbox_relay_batch
+    try:
+        while True:
+            result = outbox.drain(using, limit=limit)
+            if result.broker_down is not None:
+                logger.warning('cqrs publisher: broker unavailable, retrying: %s', result.broker_down)
+                return BROKER_RETRY
+            if result.taken < limit or result.published == 0:
+                return FAILED_RETRY if result.failed else None
+    except Exception:
+        logger.exception('cqrs publisher failed on %s; the events stay in the outbox', using)
+        close_connection(using)
+        return FAILED_RETRY
+
+
+def close_connection(using: str) -> None:
+    """Close this thread's connection to ``using`` (a broken one is dropped all the same)."""
+    try:
+        connections[using].close()
+    except Exception:  # pragma: no cover - a broken connection is dropped all the same
+        logger.debug('cqrs publisher: closing the connection failed', exc_info=True)
 
 
 def wait_idle(timeout: float = 10.0) -> bool:

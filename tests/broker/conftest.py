@@ -73,6 +73,13 @@ class Services:
         self.workers.append(harness.Beat(self.broker_url, database, queue).start())
         return queue
 
+    def follower(self, name: str) -> harness.Follower:
+        """``cqrs_outbox relay --follow`` on the master's database, started."""
+        follower = harness.Follower(self.broker_url, database_name('default'), harness.unique_queue(name))
+        self.workers.append(follower)
+        follower.start()
+        return follower
+
     def master_env(self, master_queue: str = '') -> dict[str, str]:
         return harness.master_env(self.broker_url, database_name('default'), master_queue)
 

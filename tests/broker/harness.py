@@ -128,13 +128,15 @@ class CeleryProcess:
     def start(self, timeout: float = 60) -> CeleryProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open('ab')
-        command = [sys.executable, '-m', 'celery', '-A', 'tests.celery_app', *self.arguments]
-        self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(self.command(), env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         log.close()
         wait_until(lambda: self._ready(offset), timeout=timeout,
                    message=lambda: f'{self.name} ready; log tail:\n{self.log_tail()}')
         return self
+
+    def command(self) -> list[str]:
+        return [sys.executable, '-m', 'celery', '-A', 'tests.celery_app', *self.arguments]
 
     def _ready(self, offset: int) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -193,6 +195,19 @@ class MasterWorker(CeleryProcess):
         super().__init__(master_env(broker_url, database, master_queue),
                          ['worker', '-Q', master_queue, '-c', '1', '--loglevel=INFO', '-n', f'{master_queue}@%h',
                           '--without-mingle', '--without-gossip'], master_queue)
+
+
+class Follower(CeleryProcess):
+    """``manage.py cqrs_outbox relay --follow``: the master's publisher as a process of its own."""
+
+    ready_marker = b'publishing the outbox'
+
+    def __init__(self, broker_url: str, database: str, name: str) -> None:
+        super().__init__(master_env(broker_url, database, ''), [], name)
+
+    def command(self) -> list[str]:
+        # (--skip-checks: the test project declares replica models, and a master service has no queue)
+        return [sys.executable, '-m', 'django', 'cqrs_outbox', 'relay', '--follow', '--skip-checks']
 
 
 class Beat(CeleryProcess):

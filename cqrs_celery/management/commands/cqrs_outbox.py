@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from cqrs_celery.master import follow as follower
 from cqrs_celery.master import outbox
 
 
 class Command(BaseCommand):
     help = ('status: events waiting and set aside in the outbox, per CQRS_ID, since when, and the last '
             'errors of set-aside events; relay: publish the waiting events now (what the beat relay '
-            'does), oldest first; retry: put the set-aside events back in line, then relay.')
+            'does), oldest first, or with --follow keep publishing what the master commits (the publisher as '
+            "a process of its own, for CQRS['master']['publisher'] = 'relay'); retry: put the set-aside events "
+            'back in line, then relay.')
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument('action', choices=['status', 'relay', 'retry'])
         parser.add_argument('--database', default='default', help='Database holding the outbox.')
         parser.add_argument('--dry-run', action='store_true',
                             help='relay, retry: only show the outbox, change and publish nothing.')
+        parser.add_argument('--follow', action='store_true',
+                            help='relay: keep publishing until stopped (SIGTERM or Ctrl-C), looking at the '
+                                 'outbox again every --poll seconds when it is empty.')
+        parser.add_argument('--poll', type=float, default=follower.POLL,
+                            help=f'relay --follow: seconds between looks at an empty outbox (default {follower.POLL}).')
 
     def handle(self, *args: Any, action: str, database: str = 'default', dry_run: bool = False,
-               **options: Any) -> None:
+               follow: bool = False, poll: float = 0.01, **options: Any) -> None:
+        if follow:
+            if action != 'relay' or dry_run:
+                raise CommandError('--follow goes with relay, without --dry-run.')
+            self._follow(database, poll)
+            return
         if action == 'status' or dry_run:
             self._status(database)
             return
@@ -38,6 +53,17 @@ class Command(BaseCommand):
             aside = sum(row['count'] for row in outbox.status(database)['rows'] if row['set_aside'])
             raise CommandError(f'{left} events could not be published ({aside} set aside); see the log for the '
                                'reason, cqrs_outbox status for the errors, cqrs_outbox retry to try again')
+
+    def _follow(self, database: str, poll: float) -> None:
+        if not 0 < poll <= 60 or poll != poll:
+            raise CommandError('--poll must be a number of seconds above 0 and at most 60.')
+        stop = threading.Event()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: stop.set())
+        self.stdout.write(f'publishing the outbox of {database} until stopped')
+        self.stdout.flush()
+        follower.follow(database, poll=poll, stop=stop)
+        self.stdout.write(self.style.SUCCESS(f'stopped; {outbox.pending(database)} events left in the outbox'))
 
     def _status(self, database: str) -> None:
         status = outbox.status(database)
