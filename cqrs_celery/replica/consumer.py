@@ -63,6 +63,20 @@ def dead_letter(message: Any, error: BaseException | str, reason: str) -> None:
             logger.exception('cqrs could not requeue a refused message (%s)', reason)
 
 
+def refused(message: Any) -> bool:
+    """Dead-letter ``message`` when its workers died on it too often or the gate refuses it; True if so."""
+    delivered = over_delivery_limit(message)
+    if delivered is not None:
+        dead_letter(message, f'delivered {delivered + 1} times without being acknowledged (its workers died on '
+                    f'it); delivery_limit is {get_settings().replica.delivery_limit}', 'delivery limit')
+        return True
+    refusal = guard.check(message)
+    if refusal is not None:
+        dead_letter(message, refusal.message, refusal.reason)
+        return True
+    return False
+
+
 def guard_task_handler(create_task_handler: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the consumer's ``create_task_handler`` so every cqrs message passes the gate first."""
 
@@ -72,15 +86,7 @@ def guard_task_handler(create_task_handler: Callable[..., Any]) -> Callable[...,
         def on_message(message: Any) -> Any:
             if not is_cqrs_message(message):
                 return on_task_received(message)
-            delivered = over_delivery_limit(message)
-            if delivered is not None:
-                dead_letter(message, f'delivered {delivered + 1} times without being acknowledged (its workers '
-                             f'died on it); delivery_limit is {get_settings().replica.delivery_limit}',
-                             'delivery limit')
-                return None
-            refusal = guard.check(message)
-            if refusal is not None:
-                dead_letter(message, refusal.message, refusal.reason)
+            if refused(message):
                 return None
             try:
                 return on_task_received(message)

@@ -42,7 +42,7 @@ from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.envelope import Envelope, decode_message
 from cqrs_celery.exceptions import EnvelopeError
 from cqrs_celery.producer import copy_to_queue, testing_sender_installed
-from cqrs_celery.replica import consumer, guard
+from cqrs_celery.replica import consumer
 
 logger = logging.getLogger(__name__)
 
@@ -192,15 +192,7 @@ def _drop(*, pause: bool) -> None:
 
 def _admit(message: Any, queue: str) -> Taken | None:
     """The taken message with its rows; None when it was dead-lettered or copied to the queue's tail."""
-    delivered = consumer.over_delivery_limit(message)
-    if delivered is not None:
-        consumer.dead_letter(message, f'delivered {delivered + 1} times without being acknowledged (its workers '
-                             f'died on it); delivery_limit is {get_settings().replica.delivery_limit}',
-                             'delivery limit')
-        return None
-    refusal = guard.check(message)
-    if refusal is not None:
-        consumer.dead_letter(message, refusal.message, refusal.reason)
+    if consumer.refused(message):
         return None
     headers = message.headers
     if headers.get('task') != TASK_NAME or _ahead(headers.get('eta')):
