@@ -1,0 +1,49 @@
+"""When a task takes queued messages along (``cqrs_celery.replica.gather``), and when it does not.
+
+Tier i/ii: the taking itself, with RabbitMQ and Redis, is shown by ``tests/broker/test_gathering.py``.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+
+from cqrs_celery.producer import set_sender
+from cqrs_celery.replica import gather
+
+DELIVERED = SimpleNamespace(delivery_info={'routing_key': 'replica_a'}, is_eager=False, called_directly=False)
+
+
+@pytest.fixture
+def no_test_sender():
+    previous = set_sender(None)
+    yield
+    set_sender(previous)
+    vars(gather._link).clear()  # this thread's connection state back to the class defaults
+
+
+@pytest.mark.parametrize('request_', [
+    SimpleNamespace(delivery_info=None, is_eager=False, called_directly=False),
+    SimpleNamespace(delivery_info={'routing_key': 'replica_a'}, is_eager=True, called_directly=False),
+    SimpleNamespace(delivery_info={'routing_key': 'replica_a'}, is_eager=False, called_directly=True),
+    SimpleNamespace(),
+], ids=['not delivered', 'eager', 'called directly', 'no request'])
+def test_a_task_that_no_worker_delivered_takes_nothing(request_, no_test_sender):
+    assert gather.take(request_, 'replica_a', 100) == []
+
+
+@pytest.mark.parametrize(('queue', 'room'), [(None, 100), ('', 100), ('replica_a', 0), ('replica_a', -5)])
+def test_without_a_queue_or_room_nothing_is_taken(queue, room, no_test_sender):
+    assert gather.take(DELIVERED, queue, room) == []
+
+
+def test_under_a_test_sender_nothing_is_taken():
+    from cqrs_celery.testing import capture_envelopes
+
+    with capture_envelopes():
+        assert gather.take(DELIVERED, 'replica_a', 100) == []
+
+
+def test_a_broker_that_would_not_redeliver_what_a_dead_process_held_is_never_taken_from(no_test_sender):
+    # The test app's broker is kombu's memory transport (like the filesystem one: no redelivery).
+    assert gather.take(DELIVERED, 'replica_a', 100) == []
+    assert gather._link.queue is None and gather._link.paused_until == float('inf')
