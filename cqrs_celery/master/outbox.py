@@ -29,7 +29,7 @@ from cqrs_celery.constants import SignalType
 from cqrs_celery.envelope import Envelope, decode
 from cqrs_celery.exceptions import BrokerUnavailableError, UnroutableError
 from cqrs_celery.master.publish import Change, envelopes_for
-from cqrs_celery.models import OutboxEvent
+from cqrs_celery.models import OutboxEvent, filter_in
 from cqrs_celery.producer import send_batch
 from cqrs_celery.registry import MasterRegistry
 
@@ -205,7 +205,7 @@ def _publish(using: str, events: list[OutboxEvent], result: Drained, batch_size:
             else:
                 done.extend(event.pk for event in taken_ids)
     if done:
-        _events(using).filter(id__in=done).delete()
+        filter_in(_events(using), OutboxEvent._meta.pk, done).delete()
     result.published += len(done)
     result.failed += len(failed)
     _record_failures(using, failed)

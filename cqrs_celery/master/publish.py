@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import MetaError
 from cqrs_celery.master.hooks import wants_keyword
 from cqrs_celery.master.mixins import RawMasterMixin
-from cqrs_celery.models import MasterTombstone, tombstone_revision
+from cqrs_celery.models import MasterTombstone, filter_in, tombstone_revision
 from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import ENVELOPE_LEVELS, nesting_depth, to_json
 
@@ -150,12 +151,17 @@ def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exce
             # With several models, each is read in a savepoint: a failing query must not abort the
             # caller's transaction for the others.
             with transaction.atomic(using=using) if len(cqrs_ids) > 1 else contextlib.nullcontext():
-                queryset = model.relate_cqrs_serialization(model._base_manager.using(using)).filter(pk__in=pks)
-                rows[cqrs_id] = {obj.pk: obj for obj in queryset}
+                queryset = model.relate_cqrs_serialization(model._base_manager.using(using))
+                rows[cqrs_id] = {obj.pk: obj for obj in filter_in(queryset, model._meta.pk, pks)}
         except Exception as exc:  # e.g. a CQRS_ID no master model has any more: its changes alone fail
             rows[cqrs_id] = exc
     result: list[Envelope | Exception | None] = []
-    for change in changes:
+    for index, change in enumerate(changes):
+        if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+            # Let the other threads of this process run: building envelopes is pure Python, and the
+            # publisher thread would otherwise hold the interpreter for milliseconds at a stretch
+            # while the thread that saves waits for it (up to the 5 ms switch interval each time).
+            time.sleep(0)
         if change.delete_envelope is not None:
             result.append(change.delete_envelope)
             continue
@@ -174,6 +180,10 @@ def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exce
         except Exception as exc:
             result.append(exc)
     return result
+
+
+#: Envelopes built between two chances for the process's other threads to run.
+_YIELD_EVERY = 16
 
 
 def _python_pk(model: Any, pk: Any) -> Any:
