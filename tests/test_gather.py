@@ -47,3 +47,31 @@ def test_a_broker_that_would_not_redeliver_what_a_dead_process_held_is_never_tak
     # The test app's broker is kombu's memory transport (like the filesystem one: no redelivery).
     assert gather.take(DELIVERED, 'replica_a', 100) == []
     assert gather._link.queue is None and gather._link.paused_until == float('inf')
+
+
+def test_taking_stops_once_the_messages_taken_reach_max_message_size_bytes(no_test_sender, monkeypatch):
+    from django.conf import settings
+    from django.test import override_settings
+    from kombu import Queue
+
+    from cqrs_celery.constants import TASK_NAME
+    from tests.celery_app import app
+    from tests.test_dead_letters_memory import item_envelope
+
+    with app.connection_for_write() as connection:
+        queue = Queue('gather_bytes')(connection.channel())
+        queue.declare()
+        for number in range(6):
+            envelope = item_envelope(number, f'sku-{number}').to_wire()
+            envelope['instance_data']['name'] = 'x' * 1000
+            app.send_task(TASK_NAME, args=[envelope], queue=Queue('gather_bytes'), connection=connection)
+        monkeypatch.setattr(gather, '_bound_queue', lambda name: queue)
+        with override_settings(CQRS={**settings.CQRS, 'replica': {**settings.CQRS['replica'],
+                                                                   'max_message_size': 2048}}):
+            taken = gather.take(DELIVERED, 'gather_bytes', 100)
+        assert len(taken) == 2  # each body is over 1,024 bytes: the second reaches 2,048
+        assert [row.instance_pk for item in taken for row in item.rows] == ['sku-0', 'sku-1']
+        gather.acknowledge(taken)
+        assert all(item.message.acknowledged for item in taken)
+        assert queue.get(no_ack=True) is not None  # the rest wait in the queue
+        queue.purge()

@@ -83,7 +83,10 @@ _link = _Link()
 
 
 def take(request: Any, queue: str | None, room: int) -> list[Taken]:
-    """Messages waiting in ``queue`` whose rows fit in ``room`` more rows (at least one message).
+    """Messages waiting in ``queue``, until ``room`` more rows or ``max_message_size`` bytes are taken.
+
+    The byte limit keeps a group of large rows from holding many large messages in memory at once
+    (the last message taken may go over either limit).
 
     Takes nothing for a task that was not delivered by a worker, under a test sender, or when the
     queue's broker cannot redeliver what a dead process held.
@@ -94,11 +97,12 @@ def take(request: Any, queue: str | None, room: int) -> list[Taken]:
     if bound is None:
         return []
     taken: list[Taken] = []
-    rows = copies = 0
+    rows = copies = size = 0
     deadline = time.monotonic() + _TAKE_FOR
+    most_bytes = get_settings().replica.max_message_size
     message = None
     try:
-        while rows < room and copies < _COPIES and time.monotonic() < deadline:
+        while rows < room and size < most_bytes and copies < _COPIES and time.monotonic() < deadline:
             message = bound.get(no_ack=False)
             if message is None:
                 break
@@ -108,6 +112,7 @@ def take(request: Any, queue: str | None, room: int) -> list[Taken]:
                 continue
             taken.append(item)
             rows += max(len(item.rows), 1)
+            size += len(message.body or b'')
     except Exception:
         logger.warning('cqrs could not take more messages from queue %s; the task goes on with what it has',
                        queue, exc_info=True)
