@@ -75,10 +75,10 @@ def test_bad_and_not_yet_due_messages_in_a_backlog_are_dead_lettered_or_wait_and
     queue_a = services.queue('replica_a')
     services.declare_topology(queue_a, replica_db('replica_a'))
     # A row the master has but never published: only the delayed message below brings it.
-    later = Item.objects.bulk_create([Item(sku='later', name='due in 30 s', quantity=7)])[0]
+    later = Item.objects.bulk_create([Item(sku='later', name='due in 15 s', quantity=7)])[0]
     later.refresh_from_db()
     envelope = {'v': 1, 'signal_type': 'SAVE', 'cqrs_id': 'item', 'instance_pk': 'later',
-                'instance_data': {'sku': 'later', 'name': 'due in 30 s', 'quantity': 7,
+                'instance_data': {'sku': 'later', 'name': 'due in 15 s', 'quantity': 7,
                                   'cqrs_revision': later.cqrs_revision,
                                   'cqrs_updated': later.cqrs_updated.isoformat()},
                 'previous_data': None, 'meta': None, 'correlation_id': None, 'queue': None,
@@ -92,8 +92,8 @@ def test_bad_and_not_yet_due_messages_in_a_backlog_are_dead_lettered_or_wait_and
     send([envelope], serializer='pickle')
     send([{**envelope, 'v': 99}], serializer='json')
     send([{**envelope, 'cqrs_id': 'no_such_model'}], serializer='json')
-    due = time.monotonic() + 30
-    send([envelope], serializer='json', countdown=30, task_id=str(uuid.uuid4()))
+    due = time.monotonic() + 15
+    send([envelope], serializer='json', countdown=15, task_id=str(uuid.uuid4()))
     with _inline():
         for i in range(100):
             Item.objects.create(sku=f'a{i:03d}', name=f'after {i}', quantity=i)
@@ -117,7 +117,7 @@ def test_bad_and_not_yet_due_messages_in_a_backlog_are_dead_lettered_or_wait_and
 def test_a_worker_killed_while_it_applies_taken_messages_loses_none_of_them(services, replica_db):
     queue_a = services.queue('replica_a')
     services.declare_topology(queue_a, replica_db('replica_a'))
-    sent = _backlog('k', 3000)
+    sent = _backlog('k', 1500)
     worker = services.worker(queue_a, replica_db('replica_a'), CQRS_TEST_VISIBILITY_TIMEOUT='15').start()
     wait_until(lambda: applied('replica_a') >= sent // 5, timeout=120, message='a fifth applied')
     worker.kill()
