@@ -55,8 +55,9 @@ _PAUSE_AFTER_ERROR = 5.0
 #: Seconds one task spends taking messages, at most.
 _TAKE_FOR = 0.5
 
-#: Messages copied to the queue's tail in one task, at most (then the task stops taking).
-_COPIES = 10
+#: Messages one task takes but cannot apply (dead-lettered, or copied to the queue's tail), at most;
+#: then it stops taking.
+_SKIPPED_AT_MOST = 10
 
 
 @dataclasses.dataclass
@@ -97,18 +98,18 @@ def take(request: Any, queue: str | None, room: int) -> list[Taken]:
     if bound is None:
         return []
     taken: list[Taken] = []
-    rows = copies = size = 0
+    rows = skipped = size = 0
     deadline = time.monotonic() + _TAKE_FOR
     most_bytes = get_settings().replica.max_message_size
     message = None
     try:
-        while rows < room and size < most_bytes and copies < _COPIES and time.monotonic() < deadline:
+        while rows < room and size < most_bytes and skipped < _SKIPPED_AT_MOST and time.monotonic() < deadline:
             message = bound.get(no_ack=False)
             if message is None:
                 break
             item = _admit(message, queue)
             if item is None:
-                copies += 1
+                skipped += 1
                 continue
             taken.append(item)
             rows += max(len(item.rows), 1)
