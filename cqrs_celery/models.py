@@ -127,6 +127,15 @@ def tombstone_revisions(model: type[_Tombstone], using: str, cqrs_id: str, pks: 
 _TYPMOD = re.compile(r'\([^)]*\)')
 
 
+def cast_type(field: Any, connection: Any) -> str:
+    """The PostgreSQL type to cast a parameter of ``field`` to, without its length or precision.
+
+    An explicit cast to ``varchar(30)`` cuts a longer value short without an error, one to
+    ``numeric(10, 2)`` rounds: the bare type leaves those checks to the column itself.
+    """
+    return _TYPMOD.sub('', field.cast_db_type(connection))
+
+
 def filter_in(queryset: Any, field: Any, values: Iterable[Any]) -> Any:
     """``queryset`` limited to the rows whose ``field`` holds one of ``values`` (Python values).
 
@@ -142,7 +151,7 @@ def filter_in(queryset: Any, field: Any, values: Iterable[Any]) -> Any:
     prepared = [field.get_db_prep_value(value, connection) for value in values]
     quote = connection.ops.quote_name
     column = f'{quote(queryset.model._meta.db_table)}.{quote(field.column)}'
-    return queryset.extra(where=[f'{column} = ANY(%s::{_TYPMOD.sub("", cast)}[])'], params=[prepared])
+    return queryset.extra(where=[f'{column} = ANY(%s::{cast_type(field, connection)}[])'], params=[prepared])
 
 
 def forget_tombstones(model: type[_Tombstone], using: str, cqrs_id: str, keys: list[str]) -> None:

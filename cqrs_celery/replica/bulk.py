@@ -22,18 +22,16 @@ that is an expression) takes Django's ``bulk_update``.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from django.db import connections
 
+from cqrs_celery.models import cast_type
+
 #: Rows per statement at most (and fewer where the database limits query parameters).
 CHUNK_ROWS = 1000
-
-_TYPMOD = re.compile(r'\([^)]*\)')
-
 
 def update_rows(model: Any, objs: Sequence[Any], fields: Sequence[str], using: str) -> None:
     """Write ``fields`` of ``objs`` (rows that exist) to the database ``using``."""
@@ -48,7 +46,7 @@ def update_rows(model: Any, objs: Sequence[Any], fields: Sequence[str], using: s
     quote = connection.ops.quote_name
     names = [f'c{i}' for i in range(len(columns))]
     if connection.vendor == 'postgresql':
-        row = '(' + ', '.join(f'%s::{_TYPMOD.sub("", field.cast_db_type(connection))}' for field in columns) + ')'
+        row = '(' + ', '.join(f'%s::{cast_type(field, connection)}' for field in columns) + ')'
     else:
         row = '(' + ', '.join(['%s'] * len(columns)) + ')'
     table = quote(meta.db_table)
