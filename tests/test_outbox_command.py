@@ -175,3 +175,11 @@ def test_a_follower_publishes_events_committed_while_it_runs_then_stops_when_tol
 def test_follow_refuses_what_it_cannot_do(args, message):
     with pytest.raises(CommandError, match=message):
         cqrs_outbox(*args)
+
+
+def test_publishers_wait_twice_as_long_each_time_the_broker_stays_away_and_start_over_once_it_answers():
+    backoff = publisher.BrokerBackoff()
+    away = [backoff.wait(publisher.BROKER_RETRY) for _ in range(10)]
+    assert away[:4] == [0.5, 1.0, 2.0, 4.0] and away[-1] == publisher.BROKER_RETRY_MAX
+    assert backoff.wait(None) is None and backoff.wait(publisher.FAILED_RETRY) == publisher.FAILED_RETRY
+    assert backoff.wait(publisher.BROKER_RETRY) == publisher.BROKER_RETRY

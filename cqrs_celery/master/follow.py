@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from cqrs_celery.master.publisher import BROKER_RETRY, BROKER_RETRY_MAX, close_connection, drain_ready
+from cqrs_celery.master.publisher import BrokerBackoff, close_connection, drain_ready
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +25,11 @@ POLL = 0.01
 def follow(using: str = 'default', *, poll: float = POLL, stop: threading.Event | None = None) -> None:
     """Publish the outbox of ``using`` until ``stop`` is set (for ever without one)."""
     stop = stop or threading.Event()
-    broker_retry = BROKER_RETRY
+    backoff = BrokerBackoff()
     logger.info('cqrs outbox follower publishing from %s (looking every %.3f s when idle)', using, poll)
     try:
         while not stop.is_set():
-            delay = drain_ready(using)
-            if delay == BROKER_RETRY:
-                delay, broker_retry = broker_retry, min(broker_retry * 2, BROKER_RETRY_MAX)
-            else:
-                broker_retry = BROKER_RETRY
+            delay = backoff.wait(drain_ready(using))
             stop.wait(poll if delay is None else delay)
     finally:
         close_connection(using)

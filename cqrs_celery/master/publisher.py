@@ -143,7 +143,7 @@ class _Publisher(threading.Thread):
 
     def run(self) -> None:
         delay: float | None = None
-        broker_retry = BROKER_RETRY
+        backoff = BrokerBackoff()
         burst = False
         gather = 0.0
         while not self.stopping:
@@ -156,12 +156,8 @@ class _Publisher(threading.Thread):
                 time.sleep(gather)
             self.wakeup.clear()
             wakes = self.wakes
-            delay = self._drain()
+            delay = backoff.wait(self._drain())
             burst = self.wakes - wakes >= 2
-            if delay == BROKER_RETRY:
-                delay, broker_retry = broker_retry, min(broker_retry * 2, BROKER_RETRY_MAX)
-            else:
-                broker_retry = BROKER_RETRY
             if delay is None:
                 self.idle.set()
                 if self.wakeup.is_set():  # woken again meanwhile: not idle after all
@@ -178,6 +174,24 @@ class _Publisher(threading.Thread):
         self.stopping = True
         self.wakeup.set()
         self.join(timeout)
+
+
+class BrokerBackoff:
+    """The wait before the next drain, from what ``drain_ready`` answered.
+
+    While the broker stays out of reach (``BROKER_RETRY``), the wait doubles from ``BROKER_RETRY``
+    up to ``BROKER_RETRY_MAX``; any other answer is the wait itself and starts the doubling over.
+    """
+
+    def __init__(self) -> None:
+        self.next = BROKER_RETRY
+
+    def wait(self, delay: float | None) -> float | None:
+        if delay != BROKER_RETRY:
+            self.next = BROKER_RETRY
+            return delay
+        delay, self.next = self.next, min(self.next * 2, BROKER_RETRY_MAX)
+        return delay
 
 
 def drain_ready(using: str) -> float | None:

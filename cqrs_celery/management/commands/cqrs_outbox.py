@@ -31,7 +31,7 @@ class Command(BaseCommand):
                             help=f'relay --follow: seconds between looks at an empty outbox (default {follower.POLL}).')
 
     def handle(self, *args: Any, action: str, database: str = 'default', dry_run: bool = False,
-               follow: bool = False, poll: float = 0.01, **options: Any) -> None:
+               follow: bool = False, poll: float = follower.POLL, **options: Any) -> None:
         if follow:
             if action != 'relay' or dry_run:
                 raise CommandError('--follow goes with relay, without --dry-run.')
