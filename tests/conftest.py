@@ -24,6 +24,43 @@ def _publishers_stop_before_the_test_databases_go(django_db_setup, django_db_blo
         publisher.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _publisher_threads_finish_before_the_database_is_flushed():
+    """A test that commits outside a capture may leave its publisher thread draining: stop it first.
+
+    A transactional test's teardown truncates every table, which can deadlock with a drain; a
+    thread left waiting to retry (the test's broker refused or was down) would drain the next
+    test's events, and an inline publisher paused by an outage would skip them. This fixture is
+    torn down before pytest-django's database teardown.
+    """
+    from cqrs_celery.master import publisher
+
+    yield
+    publisher.stop_busy()
+    publisher._inline_paused_until.clear()  # a broker outage in one test must not pause the next
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Lift the "queries not allowed" guards that a test whose database teardown failed left behind.
+
+    pytest-django skips the test case's class clean-up when its ``_post_teardown`` raises, which
+    leaves Django's guards on the databases that test did not ask for; every later test using
+    them would then fail too, hiding the one real failure.
+    """
+    from django.db import connections
+    from django.test.testcases import _DatabaseFailure
+
+    for alias in connections:
+        connection = connections[alias]
+        for name in ('connect', 'temporary_connection', 'cursor', 'chunked_cursor'):
+            guard = getattr(connection, name)
+            if isinstance(guard, _DatabaseFailure):
+                while isinstance(guard, _DatabaseFailure):
+                    guard = guard.wrapped
+                setattr(connection, name, guard)
+
+
 @pytest.fixture
 def letters(monkeypatch):
     """Dead letters the replica task sends, instead of publishing them."""

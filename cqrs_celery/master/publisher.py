@@ -148,6 +148,8 @@ class _Publisher(threading.Thread):
         gather = 0.0
         while not self.stopping:
             woken = self.wakeup.wait(IDLE_CLOSE if delay is None else delay)
+            if self.stopping:
+                break
             if not woken and delay is None:
                 self._close_connection()
                 continue
@@ -228,6 +230,23 @@ def wait_idle(timeout: float = 10.0) -> bool:
         if publisher.pid == os.getpid() and not publisher.idle.wait(max(0.0, deadline - time.monotonic())):
             return False
     return True
+
+
+def stop_busy(timeout: float = 10.0) -> list[str]:
+    """Stop the publisher threads of this process that are not idle, once their current drain ends.
+
+    For test teardowns that empty the tables: a thread still draining holds outbox rows and reads
+    model tables, which can deadlock with the ``TRUNCATE``; a thread waiting to retry would drain
+    the next test's events. Idle threads are left running. Returns the databases whose thread
+    was stopped (the next commit on one starts a new thread).
+    """
+    stopped = []
+    for using, publisher in list(_publishers.items()):
+        if publisher.pid == os.getpid() and publisher.is_alive() and not publisher.idle.is_set():
+            publisher.stop(timeout)
+            _publishers.pop(using, None)
+            stopped.append(using)
+    return stopped
 
 
 #: At exit, seconds a process keeps publishing what is ready while it makes progress (the relay

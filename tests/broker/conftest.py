@@ -127,7 +127,6 @@ def services(broker_url: str, master_app: Celery) -> Iterator[Services]:
     finally:
         set_sender(previous)
         services.close()
-        publisher._inline_paused_until.clear()  # a broker outage in one test must not pause the next
 
 
 def database_name(alias: str) -> str:
