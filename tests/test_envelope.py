@@ -274,3 +274,16 @@ def test_only_a_directed_sync_can_be_forced():
     for envelope in (dataclasses.replace(FULL, queue=None), dataclasses.replace(FULL, signal_type=SignalType.SAVE)):
         with pytest.raises(EnvelopeError, match='forced'):
             decode({**envelope.to_wire(), 'forced': True})
+
+
+def test_a_decoded_envelope_is_a_whole_envelope_equal_frozen_and_replaceable_as_one_built_by_hand():
+    not_before = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    full = dataclasses.replace(FULL, forced=True, retries=3, not_before=not_before)
+
+    decoded = decode(ujson.loads(ujson.dumps(full.to_wire())))
+
+    assert decoded == full
+    assert {f.name: getattr(decoded, f.name) for f in dataclasses.fields(Envelope)} == dataclasses.asdict(full)
+    assert decoded.replace(retries=4) == dataclasses.replace(full, retries=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.retries = 5
