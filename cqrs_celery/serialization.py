@@ -161,12 +161,22 @@ def from_json(model: type[models.Model], data: Mapping[str, Any]) -> dict[str, A
     """
     result: dict[str, Any] = {}
     connection = replica_connection(model)  # looked up once per row, not once per value
+    known = _keys.get(model)
+    if known is None:
+        known = _keys[model] = {}
     for key, value in data.items():
-        field = field_for_key(model, key)
+        field = known.get(key)
         if field is None:
-            continue
+            field = field_for_key(model, key)
+            if field is None:
+                continue
+            known[key] = field  # only keys that name a field: unknown keys cannot grow the cache
         result[field.attname] = python_value(model, field, value, connection)
     return result
+
+
+#: Per replica model, the field each data key seen so far names (``field_for_key``, worked out once).
+_keys: dict[Any, dict[str, Any]] = {}
 
 
 def replica_connection(model: type[models.Model]) -> Any:
@@ -223,6 +233,10 @@ class _Checks(NamedTuple):
     datetime: bool
     #: The field's class is not one whose database preparation cannot fail (``_PREPARED_AS_IS``).
     prepare: bool
+    #: The size validators that are a plain comparison with a fixed limit, as (kind, limit,
+    #: validator): the comparison runs first, and the validator itself (for its message) only
+    #: when the value is out of bounds. The other size validators are in ``validators``.
+    limits: tuple[tuple[str, Any, Any], ...] = ()
 
 
 _checks: dict[Any, _Checks] = {}
@@ -230,9 +244,13 @@ _checks: dict[Any, _Checks] = {}
 
 def _checks_for(field: Any) -> _Checks:
     target = field.target_field if field.is_relation else field
+    sizes: list[Any] = [v for v in target.validators if isinstance(v, _SIZE_VALIDATORS)]
+    limits = tuple((_LIMIT_KINDS[type(v)], v.limit_value, v) for v in sizes
+                   if type(v) in _LIMIT_KINDS and not callable(v.limit_value))
     checks = _Checks(
         json=isinstance(field, models.JSONField),
-        validators=tuple(v for v in target.validators if isinstance(v, _SIZE_VALIDATORS)),
+        validators=tuple(v for v in sizes if not any(v is limit[2] for limit in limits)),
+        limits=limits,
         integer=isinstance(target, models.IntegerField),
         boolean=isinstance(target, models.BooleanField),
         binary=isinstance(target, models.BinaryField),
@@ -247,9 +265,16 @@ def _checks_for(field: Any) -> _Checks:
 #: URL…) are the master's business and are not run again here.
 _SIZE_VALIDATORS = (validators.MinValueValidator, validators.MaxValueValidator, validators.MaxLengthValidator,
                     validators.DecimalValidator)
+#: Validator classes (exactly these, not subclasses) that compare the value, or its length, with
+#: their limit the way Django's own ``compare`` does.
+_LIMIT_KINDS: dict[Any, str] = {validators.MinValueValidator: 'min', validators.MaxValueValidator: 'max',
+                validators.MaxLengthValidator: 'length'}
 
 
 def _check_fits(checks: _Checks, value: Any) -> None:
+    for kind, limit, validator in checks.limits:
+        if (value < limit) if kind == 'min' else (value > limit) if kind == 'max' else (len(value) > limit):
+            validator(value)  # raises, with Django's own message
     for validator in checks.validators:
         validator(value)
     if isinstance(value, str):
@@ -309,6 +334,9 @@ def _short(value: Any) -> str:
 
 def _refuse_coercion(checks: _Checks, value: Any) -> None:
     """Raise for values ``to_python`` would silently turn into something else (str(dict), int(1.5))."""
+    kind = type(value)
+    if kind is str or kind is int:
+        return  # the common cases (exactly these types), decided without the checks below
     if isinstance(value, Mapping | list):
         raise TypeError(f'a JSON {"object" if isinstance(value, Mapping) else "array"} is not a single value')
     if isinstance(value, bool):

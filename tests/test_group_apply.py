@@ -194,3 +194,44 @@ def test_a_forced_directed_sync_repairs_a_replica_that_is_ahead():
     assert apply_many([dataclasses.replace(sync, forced=True, instance_data={**sync.instance_data, 'name': 'again'})],
                       queue)[0].outcome == Outcome.UPDATED
     assert stored() == {'A': ('again', 7)}
+
+
+TRICKY_SKUS = ['q"uote', 'back\\slash', 'com,ma', '{brace}', ' spaced ', 'NULL', '', 'é✓', 'a\\"b']
+
+
+def test_rows_whose_keys_hold_array_punctuation_are_found_locked_and_tombstoned():
+    apply_many([item(sku, 0) for sku in TRICKY_SKUS], settings.CQRS['queue'])
+    results = apply_many([item(sku, 1) for sku in TRICKY_SKUS[:5]]
+                         + [item(sku, 1, SignalType.DELETE) for sku in TRICKY_SKUS[5:]], settings.CQRS['queue'])
+
+    assert [r.outcome for r in results] == [Outcome.UPDATED] * 5 + [Outcome.DELETED] * 4
+    assert stored() == {sku: (f'{sku}@1', 1) for sku in TRICKY_SKUS[:5]}
+    assert dict(ReplicaTombstone.objects.values_list('pk_value', 'revision')) == {sku: 1 for sku in TRICKY_SKUS[5:]}
+    late = apply_many([item(sku, 0) for sku in TRICKY_SKUS], settings.CQRS['queue'])
+    assert {r.outcome for r in late} == {Outcome.STALE}
+
+
+@pytest.mark.skipif(connection.vendor != 'postgresql', reason='array parameters are PostgreSQL only')
+@pytest.mark.parametrize(('values', 'cast'), [
+    ([1, -2, 2 ** 63 - 1, -(2 ** 63)], 'bigint'),
+    (TRICKY_SKUS, 'text'),
+    ([], 'text'),
+], ids=['ints', 'strings', 'empty'])
+def test_an_array_parameter_reaches_postgresql_value_for_value(values, cast):
+    from cqrs_celery.models import array_param
+
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT %s::{cast}[]', [array_param(values)])
+        assert cursor.fetchone()[0] == values
+    assert array_param(['a', 1]) == ['a', 1]  # anything else is left to psycopg
+
+
+def test_data_keys_that_name_no_field_are_not_remembered():
+    from cqrs_celery import serialization
+
+    data = {'sku': 'A', 'name': 'n', 'quantity': 1, 'cqrs_revision': 0, 'cqrs_updated': UPDATED_AT}
+    serialization.from_json(ReplicaItem, data)
+    known = dict(serialization._keys[ReplicaItem])
+    for i in range(50):
+        serialization.from_json(ReplicaItem, {**data, f'unknown_{i}': i})
+    assert serialization._keys[ReplicaItem] == known

@@ -15,7 +15,14 @@ from django.db import IntegrityError, connections, models, router, transaction
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import ApplyError, DataError
-from cqrs_celery.models import ReplicaTombstone, forget_tombstones, pk_key, record_tombstone, tombstone_revision
+from cqrs_celery.models import (
+    ReplicaTombstone,
+    array_param,
+    forget_tombstones,
+    pk_key,
+    record_tombstone,
+    tombstone_revision,
+)
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica.hooks import call_model, has_no_table, meta_kwargs, overrides, private_copy
 from cqrs_celery.replica.outcomes import Outcome as Outcome
@@ -92,12 +99,15 @@ def master_pk(model: Any, data: dict[str, Any], fallback: Any = None) -> Any:
     return fallback
 
 
-def replica_pk(model: Any, data: dict[str, Any], fallback: Any = None) -> Any:
-    """The replica primary key named by master ``data`` (through ``CQRS_MAPPING``), as a Python value."""
+def replica_pk(model: Any, data: dict[str, Any], fallback: Any = None, connection: Any = None) -> Any:
+    """The replica primary key named by master ``data`` (through ``CQRS_MAPPING``), as a Python value.
+
+    ``connection``: the replica's connection for ``model``, when the caller has it at hand.
+    """
     value = master_pk(model, data, fallback)
     if value is None:
         raise DataError(f'{model._meta.label}: no primary key in the data')
-    return python_value(model, model._meta.pk, value)
+    return python_value(model, model._meta.pk, value, connection)
 
 
 def lock_keys(using: str, keys: list[tuple[str, Any]]) -> None:
@@ -115,7 +125,7 @@ def lock_keys(using: str, keys: list[tuple[str, Any]]) -> None:
             cursor.execute('SELECT pg_advisory_xact_lock(%s)', numbers)
         else:
             cursor.execute('SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY '
-                           'AS t(k, n)', [numbers])
+                           'AS t(k, n)', [array_param(numbers)])
 
 
 def apply_row(model: Any, envelope: Envelope, *, dispatch: bool = True) -> Result:
@@ -260,6 +270,10 @@ def _apply_delete(model: Any, envelope: Envelope, using: str, instance: Any, log
     return result
 
 
+#: Per replica model, (attname, name) of the columns a new row needs a value for (worked out once).
+_required: dict[Any, list[tuple[str, str]]] = {}
+
+
 def require_fields(model: Any, values: dict[str, Any]) -> None:
     """``DataError`` when a new row would lack a value for a column that needs one.
 
@@ -268,9 +282,13 @@ def require_fields(model: Any, values: dict[str, Any]) -> None:
     """
     if model.CQRS_CUSTOM_SERIALIZATION:
         return
-    missing = [field.name for field in model._meta.concrete_fields
-               if not (field.null or field.blank or field.has_default() or field.attname in values
-                       or getattr(field, 'db_default', None) not in (None, models.NOT_PROVIDED)
-                       or (field.primary_key and field.auto_created) or isinstance(field, models.AutoField))]
+    required = _required.get(model)
+    if required is None:
+        required = _required[model] = [
+            (field.attname, field.name) for field in model._meta.concrete_fields
+            if not (field.null or field.blank or field.has_default()
+                    or getattr(field, 'db_default', None) not in (None, models.NOT_PROVIDED)
+                    or (field.primary_key and field.auto_created) or isinstance(field, models.AutoField))]
+    missing = [name for attname, name in required if attname not in values]
     if missing:
         raise DataError(f'{model._meta.label}: the data has no value for required field(s) {", ".join(missing)}')

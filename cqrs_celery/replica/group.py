@@ -122,9 +122,10 @@ class _Rows:
 
     def __init__(self, model: Any, using: str, cqrs_id: str, envelopes: Sequence[Envelope]) -> None:
         queryset = model._default_manager.using(using)
-        if connections[using].features.has_select_for_update:
+        connection = connections[using]
+        if connection.features.has_select_for_update:
             queryset = queryset.select_for_update()
-        self.pks = [single.replica_pk(model, e.instance_data, e.instance_pk) for e in envelopes]
+        self.pks = [single.replica_pk(model, e.instance_data, e.instance_pk, connection) for e in envelopes]
         self.stored = {obj.pk: obj for obj in filter_in(queryset, model._meta.pk, set(self.pks))}
         self.tombstones = tombstone_revisions(ReplicaTombstone, using, cqrs_id, [e.instance_pk for e in envelopes])
         self.created: dict[Any, Any] = {}
