@@ -183,3 +183,14 @@ def test_publishers_wait_twice_as_long_each_time_the_broker_stays_away_and_start
     assert away[:4] == [0.5, 1.0, 2.0, 4.0] and away[-1] == publisher.BROKER_RETRY_MAX
     assert backoff.wait(None) is None and backoff.wait(publisher.FAILED_RETRY) == publisher.FAILED_RETRY
     assert backoff.wait(publisher.BROKER_RETRY) == publisher.BROKER_RETRY
+
+
+def test_the_publisher_thread_lets_events_gather_only_while_commits_come_faster_than_its_burst_rate():
+    from cqrs_celery.master.publisher import BURST_RATE, GATHER, GATHER_MAX, gather_for
+
+    assert gather_for(0.0, came=1, took=0.001) == 0.0  # one commit at a time goes out at once
+    assert gather_for(0.0, came=2, took=0.020) == 0.0  # 100 a second while a drain takes 20 ms: no gathering
+    assert gather_for(0.0, came=12, took=0.020) == GATHER  # 600 a second
+    assert gather_for(GATHER, came=12, took=0.020) == 2 * GATHER
+    assert gather_for(GATHER_MAX, came=50, took=0.020) == GATHER_MAX
+    assert gather_for(GATHER_MAX, came=3, took=3 / BURST_RATE * 2) == 0.0  # the burst is over
