@@ -127,13 +127,15 @@ def tombstone_revisions(model: type[_Tombstone], using: str, cqrs_id: str, pks: 
 _TYPMOD = re.compile(r'\([^)]*\)')
 
 
-def cast_type(field: Any, connection: Any) -> str:
+def cast_type(field: Any, connection: Any) -> str | None:
     """The PostgreSQL type to cast a parameter of ``field`` to, without its length or precision.
 
     An explicit cast to ``varchar(30)`` cuts a longer value short without an error, one to
-    ``numeric(10, 2)`` rounds: the bare type leaves those checks to the column itself.
+    ``numeric(10, 2)`` rounds: the bare type leaves those checks to the column itself. ``None``
+    for a field without a database type.
     """
-    return _TYPMOD.sub('', field.cast_db_type(connection))
+    cast = field.cast_db_type(connection)
+    return None if cast is None else _TYPMOD.sub('', cast)
 
 
 def filter_in(queryset: Any, field: Any, values: Iterable[Any]) -> Any:
@@ -145,14 +147,13 @@ def filter_in(queryset: Any, field: Any, values: Iterable[Any]) -> Any:
     """
     values = list(values)
     connection = connections[queryset.db]
-    cast = field.cast_db_type(connection) if connection.vendor == 'postgresql' and values else None
+    cast = cast_type(field, connection) if connection.vendor == 'postgresql' and values else None
     if cast is None:
         return queryset.filter(**{f'{field.name}__in': values})
     prepared = [field.get_db_prep_value(value, connection) for value in values]
     quote = connection.ops.quote_name
     column = f'{quote(queryset.model._meta.db_table)}.{quote(field.column)}'
-    return queryset.extra(where=[f'{column} = ANY(%s::{cast_type(field, connection)}[])'],
-                          params=[array_param(prepared)])
+    return queryset.extra(where=[f'{column} = ANY(%s::{cast}[])'], params=[array_param(prepared)])
 
 
 def array_param(values: list[Any]) -> Any:

@@ -28,7 +28,7 @@ def _publishers_stop_before_the_test_databases_go(django_db_setup, django_db_blo
 def _publisher_threads_finish_before_the_database_is_flushed():
     """A test that commits outside a capture may leave its publisher thread draining: stop it first.
 
-    A transactional test's teardown truncates every table, which can deadlock with a drain; a
+    A transactional test's teardown truncates every table, which has to wait for a drain; a
     thread left waiting to retry (the test's broker refused or was down) would drain the next
     test's events, and an inline publisher paused by an outage would skip them. This fixture is
     torn down before pytest-django's database teardown.

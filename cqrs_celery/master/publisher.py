@@ -250,8 +250,8 @@ def stop_busy(timeout: float = 10.0) -> list[str]:
     """Stop the publisher threads of this process that are not idle, once their current drain ends.
 
     For test teardowns that empty the tables: a thread still draining holds outbox rows and reads
-    model tables, which can deadlock with the ``TRUNCATE``; a thread waiting to retry would drain
-    the next test's events. Idle threads are left running. Returns the databases whose thread
+    model tables while the ``TRUNCATE`` wants them all; a thread waiting to retry would drain the
+    next test's events. Idle threads are left running. Returns the databases whose thread
     was stopped (the next commit on one starts a new thread).
     """
     stopped = []
