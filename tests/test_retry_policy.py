@@ -233,3 +233,49 @@ def test_a_service_without_a_replica_queue_is_not_configured():
 
     assert not app.conf.broker_transport_options
     assert DeadLetterInvalidMessages not in app.steps['consumer']
+
+
+# --- prefetch_one ----------------------------------------------------------------------------
+
+
+class _Worker:
+    """The two attributes ``prefetch_one`` reads of Celery's ``WorkController``."""
+
+    def __init__(self, app, prefetch_multiplier=4):
+        self.app = app
+        self.prefetch_multiplier = prefetch_multiplier
+
+
+def _consuming(app, *names):
+    for name in names:
+        app.amqp.queues.select_add(name)
+    app.amqp.queues.select(names)
+    return app
+
+
+def test_a_worker_of_the_replica_queue_alone_holds_one_message_per_process():
+    worker = _Worker(_consuming(celery_app(AMQP_URL), settings.CQRS['queue']))
+
+    assert queues.prefetch_one(worker)
+    assert worker.prefetch_multiplier == 1
+
+
+def test_a_prefetch_multiplier_set_in_the_celery_configuration_is_kept():
+    worker = _Worker(_consuming(celery_app(AMQP_URL, worker_prefetch_multiplier=4), settings.CQRS['queue']))
+
+    assert not queues.prefetch_one(worker)
+    assert worker.prefetch_multiplier == 4
+
+
+def test_a_prefetch_multiplier_given_on_the_command_line_is_kept():
+    worker = _Worker(_consuming(celery_app(AMQP_URL), settings.CQRS['queue']), prefetch_multiplier=16)
+
+    assert not queues.prefetch_one(worker)
+    assert worker.prefetch_multiplier == 16
+
+
+def test_a_worker_that_also_consumes_other_queues_keeps_celerys_prefetch():
+    worker = _Worker(_consuming(celery_app(AMQP_URL), settings.CQRS['queue'], 'emails'))
+
+    assert not queues.prefetch_one(worker)
+    assert worker.prefetch_multiplier == 4

@@ -137,7 +137,31 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
                 logger.critical('cqrs %s', problem)
             raise SystemExit(f'cqrs_celery: {problems[0]}')
         keep_database_connections(sender.app)
+        prefetch_one(sender)
     bootstrap.install_request_queue(sender.app)
+
+
+def prefetch_one(worker: Any) -> bool:
+    """A worker that consumes only the replica queue holds one message per process; returns True if set.
+
+    Messages a worker prefetches wait in its main process until a pool process is free, and the
+    apply task cannot take them into its group (``gather.py`` takes what is still in the queue):
+    under a steady flow each waits behind the one being applied. With one message per process the
+    others stay in the queue, and the next task takes them all along. A worker that also consumes
+    other queues, or whose multiplier was set in the Celery configuration
+    (``worker_prefetch_multiplier``) or on its command line to another value than Celery's default,
+    is left as it is. (Celery's command line fills ``--prefetch-multiplier`` in with the default, so
+    ``--prefetch-multiplier 4`` cannot be told from no option: set 4 in the configuration instead.)
+    """
+    from celery.app.defaults import DEFAULTS
+
+    app = worker.app
+    if (app.conf.value_set_for('worker_prefetch_multiplier')
+            or worker.prefetch_multiplier != DEFAULTS['worker_prefetch_multiplier']
+            or set(app.amqp.queues.consume_from) != {get_settings().queue}):
+        return False
+    worker.prefetch_multiplier = 1
+    return True
 
 
 def queue_problems(app: Any) -> list[str]:
