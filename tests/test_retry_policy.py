@@ -253,11 +253,15 @@ def _consuming(app, *names):
     return app
 
 
-def test_a_worker_of_the_replica_queue_alone_holds_one_message_per_process():
+def test_a_worker_of_the_replica_queue_alone_holds_one_message_per_process(caplog):
     worker = _Worker(_consuming(celery_app(AMQP_URL), settings.CQRS['queue']))
 
-    assert queues.prefetch_one(worker)
+    with caplog.at_level('INFO', logger='cqrs_celery.replica.queues'):
+        assert queues.prefetch_one(worker)
+
     assert worker.prefetch_multiplier == 1
+    assert 'prefetches one message per pool process' in caplog.text
+    assert 'worker_prefetch_multiplier' in caplog.text
 
 
 def test_a_prefetch_multiplier_set_in_the_celery_configuration_is_kept():

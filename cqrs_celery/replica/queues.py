@@ -161,6 +161,9 @@ def prefetch_one(worker: Any) -> bool:
             or set(app.amqp.queues.consume_from) != {get_settings().queue}):
         return False
     worker.prefetch_multiplier = 1
+    logger.info('cqrs: this worker prefetches one message per pool process from queue %s (the apply task takes '
+                'the waiting ones along); set worker_prefetch_multiplier in the Celery configuration to choose '
+                'another value', get_settings().queue)
     return True
 
 
