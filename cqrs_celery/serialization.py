@@ -198,6 +198,11 @@ def python_value(model: type[models.Model], field: Any, value: Any, connection: 
                 raise ValueError('NULL for a column that does not allow it')
             return None
         checks = _checks.get(field) or _checks_for(field)
+        if type(value) is checks.as_is:  # the common case: only the column's limits to check
+            _check_fits(checks, value)
+            if isinstance(value, str) and '\x00' in value:
+                _check_database_takes(connection or replica_connection(model), field, checks, value)
+            return value
         if checks.json:
             return value
         _refuse_coercion(checks, value)
@@ -237,6 +242,10 @@ class _Checks(NamedTuple):
     #: validator): the comparison runs first, and the validator itself (for its message) only
     #: when the value is out of bounds. The other size validators are in ``validators``.
     limits: tuple[tuple[str, Any, Any], ...] = ()
+    #: The JSON type (exactly it, not a subclass) this field's ``to_python`` returns unchanged and
+    #: whose preparation cannot fail, so such a value is only checked against the limits (None:
+    #: every value takes the whole way).
+    as_is: type | None = None
 
 
 _checks: dict[Any, _Checks] = {}
@@ -256,6 +265,7 @@ def _checks_for(field: Any) -> _Checks:
         binary=isinstance(target, models.BinaryField),
         datetime=isinstance(field, models.DateTimeField),
         prepare=type(field) not in _PREPARED_AS_IS,
+        as_is=_RETURNED_AS_IS.get(type(field)),
     )
     _checks[field] = checks
     return checks
@@ -325,6 +335,17 @@ _PREPARED_AS_IS = frozenset({
     models.SmallAutoField, models.BooleanField, models.FloatField, models.DecimalField, models.DateField,
     models.DateTimeField,
 })
+
+
+#: Built-in field classes (exactly these) whose ``to_python`` returns a JSON value of this type as it
+#: is: text stays text, an int stays the same int, a boolean stays itself.
+_RETURNED_AS_IS: dict[Any, type] = {
+    **dict.fromkeys([models.CharField, models.TextField, models.SlugField, models.EmailField, models.URLField], str),
+    **dict.fromkeys([models.IntegerField, models.BigIntegerField, models.SmallIntegerField,
+                     models.PositiveIntegerField, models.PositiveBigIntegerField, models.PositiveSmallIntegerField,
+                     models.AutoField, models.BigAutoField, models.SmallAutoField], int),
+    models.BooleanField: bool,
+}
 
 
 def _short(value: Any) -> str:
