@@ -7,7 +7,8 @@ times; later rows see what earlier ones did).
 
 * **Bulk path**, for models that keep the library's own ``cqrs_create``/``cqrs_update``/
   ``cqrs_delete`` and have no ``save()`` override or save signals: new rows are written with one
-  ``bulk_create``, changed rows with one UPDATE joined to their values per chunk (``bulk.py``).
+  INSERT per chunk (``bulk_create`` on PostgreSQL), changed rows with one UPDATE joined to their
+  values per chunk (``bulk.py``).
 * **Per-row path**, for every other model: its methods are called for each row, each row inside
   a savepoint of the group's transaction, so a failing row is rolled back and reported alone.
 
@@ -218,7 +219,7 @@ def _write(model: Any, rows: _Rows, using: str, cqrs_id: str) -> None:
     for pk, revision in rows.new_tombstones.values():
         record_tombstone(ReplicaTombstone, using, cqrs_id, pk, revision)
     if rows.created:
-        manager.bulk_create(list(rows.created.values()))
+        bulk.insert_rows(model, list(rows.created.values()), using)
     pk_names = {model._meta.pk.name, model._meta.pk.attname}
     fields = sorted(rows.fields - pk_names)
     if rows.changed and fields:
