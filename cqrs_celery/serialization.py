@@ -30,6 +30,9 @@ from cqrs_celery.exceptions import DataError
 
 def to_json(value: Any) -> Any:
     """``value`` made JSON-safe without losing precision; containers are converted recursively."""
+    python_type = type(value)
+    if python_type is str or python_type is int or python_type is bool or value is None:  # the common cases
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         # JSON has no NaN or infinity (replica queues refuse such bodies); float() reads these back
         return 'NaN' if math.isnan(value) else 'Infinity' if value > 0 else '-Infinity'
@@ -104,8 +107,13 @@ def field_value(field: models.Field[Any, Any], instance: models.Model) -> Any:
         DataError: the value cannot be sent.
     """
     value = field.value_from_object(instance)
+    python_type = type(value)
+    if python_type is str or python_type is int or python_type is bool or value is None:  # the common cases
+        return value
     if isinstance(field, models.JSONField):
         return value
+    if python_type is datetime.datetime or python_type is datetime.date or python_type is decimal.Decimal:
+        return to_json(value)
     if is_plain(value):
         return to_json(value)
     if has_own_value_to_string(field):
@@ -265,7 +273,7 @@ def _checks_for(field: Any) -> _Checks:
         binary=isinstance(target, models.BinaryField),
         datetime=isinstance(field, models.DateTimeField),
         prepare=type(field) not in _PREPARED_AS_IS,
-        as_is=_RETURNED_AS_IS.get(type(field)),
+        as_is=RETURNED_AS_IS.get(type(field)),
     )
     _checks[field] = checks
     return checks
@@ -287,8 +295,13 @@ def _check_fits(checks: _Checks, value: Any) -> None:
             validator(value)  # raises, with Django's own message
     for validator in checks.validators:
         validator(value)
+    python_type = type(value)
+    if (python_type is str or python_type is int or python_type is bool) and not checks.binary:  # the common cases
+        if python_type is str and not value.isascii():
+            value.encode('utf-8')  # a lone surrogate raises UnicodeEncodeError (a ValueError)
+        return
     if isinstance(value, str):
-        value.encode('utf-8')  # a lone surrogate raises UnicodeEncodeError (a ValueError)
+        value.encode('utf-8')
     elif isinstance(value, datetime.datetime) and value.tzinfo is not None:
         value.astimezone(datetime.timezone.utc)  # OverflowError outside years 1…9999 in UTC
     elif checks.binary and not isinstance(value, bytes | bytearray | memoryview):
@@ -339,7 +352,7 @@ _PREPARED_AS_IS = frozenset({
 
 #: Built-in field classes (exactly these) whose ``to_python`` returns a JSON value of this type as it
 #: is: text stays text, an int stays the same int, a boolean stays itself.
-_RETURNED_AS_IS: dict[Any, type] = {
+RETURNED_AS_IS: dict[Any, type] = {
     **dict.fromkeys([models.CharField, models.TextField, models.SlugField, models.EmailField, models.URLField], str),
     **dict.fromkeys([models.IntegerField, models.BigIntegerField, models.SmallIntegerField,
                      models.PositiveIntegerField, models.PositiveBigIntegerField, models.PositiveSmallIntegerField,

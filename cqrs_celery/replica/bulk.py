@@ -40,6 +40,7 @@ from typing import Any
 from django.db import connections
 
 from cqrs_celery.models import cast_type
+from cqrs_celery.serialization import RETURNED_AS_IS
 
 #: Rows per statement at most (and fewer where the database limits query parameters).
 CHUNK_ROWS = 1000
@@ -66,8 +67,11 @@ def insert_rows(model: Any, objs: Sequence[Any], using: str) -> None:
     row = '(' + ', '.join(['%s'] * len(fields)) + ')'
     width = len(fields)
     per_statement = max(1, min(CHUNK_ROWS, _query_params(connection) // width))
-    params = [field.get_db_prep_save(value, connection)
-              for value, field in zip(values, fields * len(objs), strict=True)]
+    # A text, int or boolean value of a built-in field that returns it unchanged is the value
+    # SQLite gets (its preparation would only convert it into itself again).
+    as_is = [RETURNED_AS_IS.get(type(field)) for field in fields]
+    params: list[Any] = [value if type(value) is kind else field.get_db_prep_save(value, connection)
+              for value, field, kind in zip(values, fields * len(objs), as_is * len(objs), strict=True)]
     with connection.cursor() as cursor:
         for start in range(0, len(objs), per_statement):
             count = min(per_statement, len(objs) - start)
