@@ -45,6 +45,7 @@ from cqrs_celery.serialization import RETURNED_AS_IS
 #: Rows per statement at most (and fewer where the database limits query parameters).
 CHUNK_ROWS = 1000
 
+
 def insert_rows(model: Any, objs: Sequence[Any], using: str) -> None:
     """Insert ``objs`` (new rows, primary keys set) into the database ``using``, as ``bulk_create`` would."""
     if not objs:
@@ -71,7 +72,7 @@ def insert_rows(model: Any, objs: Sequence[Any], using: str) -> None:
     # SQLite gets (its preparation would only convert it into itself again).
     as_is = [RETURNED_AS_IS.get(type(field)) for field in fields]
     params: list[Any] = [value if type(value) is kind else field.get_db_prep_save(value, connection)
-              for value, field, kind in zip(values, fields * len(objs), as_is * len(objs), strict=True)]
+                         for value, field, kind in zip(values, fields * len(objs), as_is * len(objs), strict=True)]
     with connection.cursor() as cursor:
         for start in range(0, len(objs), per_statement):
             count = min(per_statement, len(objs) - start)
