@@ -112,8 +112,6 @@ def field_value(field: models.Field[Any, Any], instance: models.Model) -> Any:
         return value
     if isinstance(field, models.JSONField):
         return value
-    if python_type is datetime.datetime or python_type is datetime.date or python_type is decimal.Decimal:
-        return to_json(value)
     if is_plain(value):
         return to_json(value)
     if has_own_value_to_string(field):
