@@ -103,3 +103,64 @@ def test_a_message_the_gate_lets_through_becomes_a_request_that_runs_without_rai
         result = request.execute()
         assert result is None or isinstance(result, str), shown
     assert passed and refused
+
+
+def raw_message(text):
+    """A cqrs task message whose body is the JSON ``text`` exactly as given."""
+    headers = {'lang': 'py', 'task': TASK_NAME, 'id': str(uuid.uuid4()), 'retries': 0, 'timelimit': [None, None]}
+    return Message(body=text.encode(), content_type='application/json', content_encoding='utf-8', headers=headers,
+                   delivery_info={'exchange': 'cqrs.direct', 'routing_key': settings.CQRS['queue']}, channel=None)
+
+
+def call_text(name_json):
+    """The JSON text of a call whose envelope's author name is the JSON value ``name_json``, as written."""
+    text = json.dumps([[envelope(1)], {}, NO_EMBED])
+    return text.replace('"author 1"', name_json)
+
+
+def nested(depth):
+    return '[' * depth + ']' * depth
+
+
+@pytest.mark.parametrize('value, words', [
+    ('NaN', 'NaN is not a JSON number'),
+    ('-Infinity', '-Infinity is not a JSON number'),
+    ('1e400', '1e400 is not a JSON number'),
+    ('[1, -2.5e999]', '-2.5e999 is not a JSON number'),
+    (r'"\ud800"', 'lone surrogate'),
+    (r'"a\uDC01b"', 'lone surrogate'),
+    (r'{"\udbff": 1}', 'lone surrogate'),
+    ('{"__type__": "datetime", "__value__": "2020-01-01"}', 'kombu type marker'),
+    (r'{"\u005f_type__": "datetime", "__value_\u005f": "2020-01-01"}', 'kombu type marker'),
+    (r'{"\u005F\u005Ftype\u005F\u005F": "datetime", "\u005f\u005fvalue__": 1}', 'kombu type marker'),
+    (nested(200), 'nest deeper than max_nesting_depth'),
+])
+def test_the_gate_refuses_what_strict_json_does_not_carry_however_the_bytes_spell_it(value, words):
+    refusal = guard.check(raw_message(call_text(value)))
+
+    assert refusal is not None and words in refusal.message, refusal
+    assert refusal.reason in {'undecodable', 'too deeply nested'}
+
+
+@pytest.mark.parametrize('value', [
+    r'"\ud83d\ude00 and \u00e9"', '"\U0001f600 and é"', '1.5e300', '-0.0', r'"__type__ \u005f"',
+    '{"__type__": "datetime"}', r'"C:\\u005c"',
+])
+def test_the_gate_admits_strict_json_however_it_is_escaped(value):
+    assert guard.check(raw_message(call_text(value))) is None
+
+
+def test_the_gate_measures_depth_without_escapes_as_with_them():
+    limit = django_settings_depth()
+    # the envelope puts the name 5 levels deep: [[{"instance_data": {"name": …}}]] inside the body list
+    fits, too_deep = nested(limit - 4), nested(limit - 3)
+    for escape in ('', r'"\u005f", '):
+        assert guard.check(raw_message(call_text(fits.replace('[', '[' + escape, 1)))) is None
+        refusal = guard.check(raw_message(call_text(too_deep.replace('[', '[' + escape, 1))))
+        assert refusal is not None and refusal.reason == 'too deeply nested'
+
+
+def django_settings_depth():
+    from cqrs_celery.conf import get_settings
+
+    return get_settings().replica.max_nesting_depth

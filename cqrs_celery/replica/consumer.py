@@ -65,16 +65,24 @@ def dead_letter(message: Any, error: BaseException | str, reason: str) -> None:
 
 def refused(message: Any) -> bool:
     """Dead-letter ``message`` when its workers died on it too often or the gate refuses it; True if so."""
+    return admitted(message) is None
+
+
+def admitted(message: Any) -> Any:
+    """The body of ``message`` as the gate parsed it; None when ``message`` was dead-lettered.
+
+    A message is dead-lettered when its workers died on it too often or the gate refuses it.
+    """
     delivered = over_delivery_limit(message)
     if delivered is not None:
         dead_letter(message, f'delivered {delivered + 1} times without being acknowledged (its workers died on '
                     f'it); delivery_limit is {get_settings().replica.delivery_limit}', 'delivery limit')
-        return True
-    refusal = guard.check(message)
+        return None
+    refusal, body = guard.inspect(message)
     if refusal is not None:
         dead_letter(message, refusal.message, refusal.reason)
-        return True
-    return False
+        return None
+    return body
 
 
 def guard_task_handler(create_task_handler: Callable[..., Any]) -> Callable[..., Any]:

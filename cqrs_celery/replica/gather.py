@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import threading
@@ -198,14 +197,15 @@ def _drop(*, pause: bool) -> None:
 
 def _admit(message: Any, queue: str) -> Taken | None:
     """The taken message with its rows; None when it was dead-lettered or copied to the queue's tail."""
-    if consumer.refused(message):
+    body = consumer.admitted(message)
+    if body is None:
         return None
     headers = message.headers
     if headers.get('task') != TASK_NAME or _ahead(headers.get('eta')):
         copy_to_queue(message, queue)  # raises when it cannot: the message is then given back
         message.ack()
         return None
-    raw = json.loads(_text(message.body))[0][0]  # the gate checked the call's shape
+    raw = body[0][0]  # the gate checked the call's shape
     try:
         return Taken(message, decode_message(raw))
     except EnvelopeError as exc:
@@ -221,7 +221,3 @@ def _ahead(eta: Any) -> bool:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return bool(moment > datetime.datetime.now(datetime.timezone.utc))
-
-
-def _text(body: Any) -> str:
-    return body if isinstance(body, str) else bytes(body).decode('utf-8')

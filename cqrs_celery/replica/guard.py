@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -53,13 +54,18 @@ def check(message: Any) -> Refusal | None:
     Nothing here decodes with kombu: the body is parsed as strict JSON by the standard library only
     after its content type, size and encoding passed.
     """
+    return inspect(message)[0]
+
+
+def inspect(message: Any) -> tuple[Refusal | None, Any]:
+    """``check``'s verdict with the body it parsed (None when refused), for a caller that reads it."""
     try:
         return _check(message)
     except Exception as exc:  # the gate itself must never be what stops a worker
-        return Refusal('invalid message', f'the message could not be checked: {exc!r}')
+        return Refusal('invalid message', f'the message could not be checked: {exc!r}'), None
 
 
-def _check(message: Any) -> Refusal | None:
+def _check(message: Any) -> tuple[Refusal | None, Any]:
     headers = message.headers
     content_type = message.content_type
     encoding = str(message.content_encoding or '').lower()
@@ -69,35 +75,75 @@ def _check(message: Any) -> Refusal | None:
                    'compressed' if compression else None]
         shown = f'{content_type!r} ({", ".join(d for d in details if d)})'
         return Refusal('not json', f'content type {shown} refused: a replica queue accepts only uncompressed '
-                                   f'{JSON_CONTENT_TYPE} in utf-8, whatever the Celery app accepts')
+                                   f'{JSON_CONTENT_TYPE} in utf-8, whatever the Celery app accepts'), None
     if not isinstance(headers, Mapping):
-        return Refusal('invalid message', f'message headers must be a mapping, not {type(headers).__name__}')
+        return Refusal('invalid message', f'message headers must be a mapping, not {type(headers).__name__}'), None
     task = headers.get('task')
     if task is None:
-        return Refusal('invalid message', 'no task header: not a Celery task message of protocol 2')
+        return Refusal('invalid message', 'no task header: not a Celery task message of protocol 2'), None
     if task not in _TASKS:
         return Refusal('invalid message', f'task {_short(task)} does not belong on a replica queue '
-                                          f'(only {" and ".join(sorted(_TASKS))} do)')
+                                          f'(only {" and ".join(sorted(_TASKS))} do)'), None
     limits = get_settings().replica
     body = message.body
     data = body.encode('utf-8', 'surrogatepass') if isinstance(body, str) else bytes(body or b'')
     if len(data) > limits.max_message_size:
         return Refusal('too large', f'the body has {len(data)} bytes, more than max_message_size '
-                                    f'({limits.max_message_size})')
+                                    f'({limits.max_message_size})'), None
     parsed, refusal = _parse(data, limits.max_nesting_depth)
-    if refusal is not None:
-        return refusal
-    return _check_call(parsed, task) or _check_headers(headers, task)
+    refusal = refusal or _check_call(parsed, task) or _check_headers(headers, task)
+    return refusal, None if refusal else parsed
+
+
+class _NotANumber(ValueError):
+    """A JSON text held NaN, Infinity, or a number too large for a float."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotANumber(text)
+    return value
+
+
+def _constant(text: str) -> float:
+    raise _NotANumber(text)
+
+
+#: Escapes after which a parsed string may hold what the bytes do not show: a UTF-16 surrogate
+#: (``\ud800``) or an ASCII character (``\u005f``, which could spell a kombu type marker's key).
+_HIDING_ESCAPE = re.compile(rb'\\u(?:[dD][89a-fA-F]|00[0-7])')
 
 
 def _parse(data: bytes, max_depth: int) -> tuple[Any, Refusal | None]:
     try:
-        parsed = json.loads(data.decode('utf-8'))
+        parsed = json.loads(data.decode('utf-8'), parse_float=_finite, parse_constant=_constant)
     except RecursionError:
         return None, _too_deep(max_depth)
+    except _NotANumber as exc:
+        return None, Refusal('undecodable', f'{exc} is not a JSON number')
     except (UnicodeDecodeError, ValueError) as exc:
         return None, Refusal('undecodable', f'the body is not JSON: {exc}')
-    return parsed, _walk(parsed, max_depth)
+    if b'__type__' in data or _HIDING_ESCAPE.search(data):
+        return parsed, _walk(parsed, max_depth)  # every string and key must be looked at
+    # Strict UTF-8 admits no surrogate and the parse no non-finite number: only the depth is left.
+    return parsed, _too_deep(max_depth) if _deeper_than(parsed, max_depth) else None
+
+
+def _deeper_than(parsed: Any, max_depth: int) -> bool:
+    """Whether JSON arrays and objects nest deeper than ``max_depth`` in ``parsed``; scalars are skipped."""
+    stack: list[tuple[Any, int]] = [(parsed, 1)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is not dict and kind is not list:
+            continue
+        if depth > max_depth:
+            return True
+        deeper = depth + 1
+        stack.extend([(item, deeper) for item in (value.values() if kind is dict else value)
+                      if type(item) is dict or type(item) is list])
+    return False
 
 
 def _too_deep(max_depth: int) -> Refusal:
