@@ -110,6 +110,11 @@ def field_value(field: models.Field[Any, Any], instance: models.Model) -> Any:
     python_type = type(value)
     if python_type is str or python_type is int or python_type is bool or value is None:  # the common cases
         return value
+    return _sendable(field, instance, value)
+
+
+def _sendable(field: models.Field[Any, Any], instance: models.Model, value: Any) -> Any:
+    """``field_value`` past its common cases: ``value`` is the field's value in ``instance``."""
     if isinstance(field, models.JSONField):
         return value
     if is_plain(value):
@@ -127,16 +132,44 @@ def concrete_fields(model: type[models.Model], names: Iterable[str] | None = Non
     return [f for f in model._meta.concrete_fields if wanted is None or f.name in wanted]
 
 
+#: Per model and field selection, what ``instance_to_dict`` reads: (name, attname, field, whether
+#: the value is read with a plain attribute lookup, whether a datetime or Decimal value may be
+#: converted at once). Built on first use; a model's fields do not change while it runs.
+_PlanRow = tuple[str, str, Any, bool, bool]
+_plans: dict[tuple[type[models.Model], tuple[str, ...] | None], list[_PlanRow]] = {}
+
+
+def _plan(model: type[models.Model], names: Iterable[str] | None) -> list[_PlanRow]:
+    key = (model, None if names is None else tuple(names))
+    plan = _plans.get(key)
+    if plan is None:
+        fields = concrete_fields(model, names)
+        for extra in (model._meta.pk, model._meta.get_field(FIELD_REVISION), model._meta.get_field(FIELD_UPDATED)):
+            if all(f.name != extra.name for f in fields):
+                fields.append(extra)
+        plan = [(f.name, f.attname, f, type(f).value_from_object is models.Field.value_from_object,
+                 not isinstance(f, models.JSONField)) for f in fields]
+        _plans[key] = plan
+    return plan
+
+
 def instance_to_dict(instance: models.Model, names: Iterable[str] | None = None) -> dict[str, Any]:
-    """The row as a JSON-safe dict keyed by field name, with the revision fields always present."""
-    fields = concrete_fields(type(instance), names)
-    data = {f.name: field_value(f, instance) for f in fields}
-    pk = instance._meta.pk
-    assert pk is not None
-    data.setdefault(pk.name, field_value(pk, instance))
-    for name in (FIELD_REVISION, FIELD_UPDATED):
-        if name not in data:
-            data[name] = field_value(instance._meta.get_field(name), instance)  # type: ignore[arg-type]
+    """The row as a JSON-safe dict keyed by field name, with the revision fields always present.
+
+    Each value is what ``field_value`` gives; the usual types are converted here without its call.
+    """
+    data: dict[str, Any] = {}
+    for name, attname, field, plain_read, convertible in _plan(type(instance), names):
+        value = getattr(instance, attname) if plain_read else field.value_from_object(instance)
+        python_type = type(value)
+        if python_type is str or python_type is int or python_type is bool or value is None:
+            data[name] = value
+        elif convertible and python_type is datetime.datetime:
+            data[name] = value.isoformat()
+        elif convertible and python_type is decimal.Decimal:
+            data[name] = str(value)
+        else:
+            data[name] = _sendable(field, instance, value)
     return data
 
 
@@ -157,16 +190,18 @@ def field_for_key(model: type[models.Model], key: str) -> Any | None:
     return field if getattr(field, 'concrete', False) else None
 
 
-def from_json(model: type[models.Model], data: Mapping[str, Any]) -> dict[str, Any]:
+def from_json(model: type[models.Model], data: Mapping[str, Any], connection: Any = None) -> dict[str, Any]:
     """``data`` converted to Python values of ``model``'s fields, keyed by attname.
 
-    Keys that name no concrete field are dropped.
+    Keys that name no concrete field are dropped. ``connection`` is the one the row is written to
+    (looked up when not given).
 
     Raises:
         DataError: a value does not fit its field; the message names field and value.
     """
     result: dict[str, Any] = {}
-    connection = replica_connection(model)  # looked up once per row, not once per value
+    if connection is None:
+        connection = replica_connection(model)  # looked up once per row, not once per value
     known = _keys.get(model)
     if known is None:
         known = _keys[model] = {}

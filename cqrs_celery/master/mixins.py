@@ -236,6 +236,8 @@ class RawMasterMixin(models.Model):
 
     def _cqrs_refresh_expressions(self, using: str | None, names: list[str] | None) -> None:
         """Read back fields saved as expressions (``F('n') + 1``): their values are in the database."""
+        if not any(isinstance(value, Combinable) for value in self.__dict__.values()):
+            return  # the usual case, seen without a look at each field
         stale = [f.attname for f in self._meta.concrete_fields
                  if (names is None or f.name in names) and isinstance(getattr(self, f.attname, None), Combinable)]
         if stale and self.pk is not None:

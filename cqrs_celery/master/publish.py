@@ -62,7 +62,7 @@ def change_meta(instance: Any, signal_type: SignalType, previous_data: dict[str,
     if instance_data is not None:
         kwargs['instance_data'] = instance_data
     meta = method(**kwargs)
-    if meta is None:
+    if meta is None or (type(meta) is dict and not meta):  # no metadata (the default): nothing to check or convert
         return None
     if not isinstance(meta, dict):
         raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() must return a dict or None, '
