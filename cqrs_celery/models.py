@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import hashlib
 import re
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -147,27 +150,63 @@ def filter_in(queryset: Any, field: Any, values: Iterable[Any]) -> Any:
     """
     values = list(values)
     connection = connections[queryset.db]
+    quote = connection.ops.quote_name
+    column = f'{quote(queryset.model._meta.db_table)}.{quote(field.column)}'
+    if connection.vendor == 'sqlite' and values and connection.features.supports_json_field:
+        # SQLite: one JSON array parameter read by json_each, when every value goes as an int or a
+        # text (JSON keeps both exactly); the same value-by-value compilation is saved.
+        prepared = [field.get_db_prep_value(value, connection) for value in values]
+        if all(type(value) is int and -2 ** 63 <= value < 2 ** 63 or type(value) is str for value in prepared):
+            return queryset.extra(where=[f'{column} IN (SELECT value FROM json_each(%s))'],
+                                  params=[ujson.dumps(prepared, ensure_ascii=False)])
+        return queryset.filter(**{f'{field.name}__in': values})
     cast = cast_type(field, connection) if connection.vendor == 'postgresql' and values else None
     if cast is None:
         return queryset.filter(**{f'{field.name}__in': values})
     prepared = [field.get_db_prep_value(value, connection) for value in values]
-    quote = connection.ops.quote_name
-    column = f'{quote(queryset.model._meta.db_table)}.{quote(field.column)}'
     return queryset.extra(where=[f'{column} = ANY(%s::{cast}[])'], params=[array_param(prepared)])
 
 
 def array_param(values: list[Any]) -> Any:
-    """``values`` as the parameter of a PostgreSQL ``%s::type[]``: array text when they are all ints or all strings.
+    """``values`` as the parameter of a PostgreSQL ``%s::type[]``: the array's text when ``array_text`` can write it.
 
     psycopg adapts a list element by element, which for 500 strings took 4 ms where building the
     array's text (each string quoted, its backslashes and double quotes escaped) takes a tenth of
-    that; other values (UUIDs, dates…) keep psycopg's own adaptation.
+    that; other values keep psycopg's own adaptation.
     """
-    if all(type(value) is int for value in values):
-        return '{' + ','.join(map(str, values)) + '}'
-    if all(type(value) is str for value in values):
-        return '{' + ','.join('"' + value.replace('\\', '\\\\').replace('"', '\\"') + '"' for value in values) + '}'
-    return values
+    text = array_text(values)
+    return values if text is None else text
+
+
+#: How ``array_text`` writes an element of each type it takes (None, text and bool apart).
+_ELEMENT_TEXT: dict[type, Any] = {
+    int: str, decimal.Decimal: str, uuid.UUID: str,
+    datetime.datetime: datetime.datetime.isoformat, datetime.date: datetime.date.isoformat,
+    datetime.time: datetime.time.isoformat,
+}
+
+
+def array_text(values: Iterable[Any]) -> str | None:
+    """The text of a PostgreSQL array of ``values``, for ``%s::type[]`` (the cast reads each element).
+
+    Only for None, text, integers, booleans, Decimals, UUIDs, dates, times and datetimes (a
+    datetime's ISO form keeps its offset); None when another type is among the values.
+    """
+    parts = []
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            parts.append('"' + value.replace('\\', '\\\\').replace('"', '\\"') + '"')
+        elif value is None:
+            parts.append('NULL')
+        elif kind is bool:
+            parts.append('t' if value else 'f')
+        else:
+            write = _ELEMENT_TEXT.get(kind)
+            if write is None:
+                return None
+            parts.append('"' + write(value) + '"')
+    return '{' + ','.join(parts) + '}'
 
 
 def forget_tombstones(model: type[_Tombstone], using: str, cqrs_id: str, keys: list[str]) -> None:

@@ -1,9 +1,9 @@
 """New replica rows of a group (replica/bulk.py ``insert_rows``): on SQLite one ``INSERT … VALUES``
-per chunk, written value for value as ``bulk_create`` writes them; what it does not cover takes
-``bulk_create``.
+per chunk, on PostgreSQL one ``INSERT … SELECT * FROM UNNEST`` of array texts, written value for
+value as ``bulk_create`` writes them; what neither covers takes ``bulk_create``.
 
-The tests run on an in-memory SQLite database of their own, so the SQLite path is checked whatever
-database the suite runs on (CI: PostgreSQL, where ``insert_rows`` is ``bulk_create``).
+The SQLite tests run on an in-memory SQLite database of their own, so that path is checked whatever
+database the suite runs on; the PostgreSQL tests run when the suite does (CI).
 """
 
 import datetime
@@ -103,3 +103,73 @@ def test_a_primary_key_already_there_raises_so_the_group_falls_back_to_one_row_a
     bulk.insert_rows(ReplicaAllFields, rows()[:1], sqlite)
     with pytest.raises(IntegrityError):
         bulk.insert_rows(ReplicaAllFields, rows()[:2], sqlite)
+
+
+postgres_only = pytest.mark.skipif(connections['default'].vendor != 'postgresql', reason='the PostgreSQL path')
+
+#: Text an array literal must escape or quote: quotes, backslashes, braces, commas, NULL, blanks.
+AWKWARD = ['say "hi"', 'back\\slash\\', '{a,b}', 'NULL', '', ' padded ', 'comma, and } brace', 'ünï ☃ 😀',
+           'line\nbreak', "it's"]
+
+
+def unnest_rows() -> list[ReplicaAllFields]:
+    """``rows()`` without the values array text does not take (float, duration, bytes, JSON, IP)."""
+    made = rows()
+    for i, obj in enumerate(made):
+        obj.floating = obj.duration = obj.blob = obj.document = obj.ip = None
+        if i < len(AWKWARD):
+            obj.char, obj.text = AWKWARD[i], AWKWARD[-1 - i]
+    made[1].moment = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone(datetime.timedelta(hours=-5)))
+    return made
+
+
+def inserted_with(objs: list[ReplicaAllFields]) -> tuple[list[tuple], list[str]]:
+    """What ``insert_rows`` stores of ``objs`` (read back), and the INSERT statements it sent."""
+    with CaptureQueriesContext(connections['default']) as queries:
+        bulk.insert_rows(ReplicaAllFields, objs, 'default')
+    return stored('default'), [q['sql'] for q in queries.captured_queries if q['sql'].startswith('INSERT')]
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_postgresql_new_rows_go_as_one_unnest_of_array_texts_and_read_back_as_bulk_create_writes_them() -> None:
+    ReplicaAllFields.objects.bulk_create(unnest_rows())
+    expected = stored('default')
+    ReplicaAllFields.objects.all().delete()
+
+    objs = unnest_rows()
+    found, inserts = inserted_with(objs)
+
+    assert found == expected
+    assert len(inserts) == 1 and 'UNNEST(' in inserts[0] and '::varchar[]' in inserts[0]
+    assert [row[FIELDS.index('char')] for row in found][:len(AWKWARD)] == AWKWARD[:len(found)]
+    assert all(not obj._state.adding and obj._state.db == 'default' for obj in objs)
+
+
+@postgres_only
+@pytest.mark.django_db
+@pytest.mark.parametrize('field, value', [('floating', 1.5), ('duration', datetime.timedelta(seconds=3)),
+                                          ('blob', b'\x00\xff'), ('document', {'a': [1]}), ('ip', '10.0.0.1')])
+def test_postgresql_a_value_array_text_does_not_take_sends_the_rows_by_bulk_create(field: str, value: Any) -> None:
+    ReplicaAllFields.objects.bulk_create(with_value(field, value))
+    expected = stored('default')
+    ReplicaAllFields.objects.all().delete()
+
+    found, inserts = inserted_with(with_value(field, value))
+
+    assert found == expected
+    assert inserts and not any('::varchar[]' in sql for sql in inserts)  # (bulk_create casts keep the length)
+
+
+def with_value(field: str, value: Any) -> list[ReplicaAllFields]:
+    objs = unnest_rows()
+    setattr(objs[2], field, value)
+    return objs
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_postgresql_a_primary_key_already_there_raises_so_the_group_falls_back_to_one_row_at_a_time() -> None:
+    bulk.insert_rows(ReplicaAllFields, unnest_rows()[:1], 'default')
+    with pytest.raises(IntegrityError):
+        bulk.insert_rows(ReplicaAllFields, unnest_rows()[:2], 'default')

@@ -5,7 +5,10 @@ Tier i: the task function runs in this process; retries and dead letters are cap
 """
 
 import dataclasses
+import datetime
+import decimal
 import random
+import uuid
 
 import pytest
 import ujson
@@ -216,14 +219,22 @@ def test_rows_whose_keys_hold_array_punctuation_are_found_locked_and_tombstoned(
     ([1, -2, 2 ** 63 - 1, -(2 ** 63)], 'bigint'),
     (TRICKY_SKUS, 'text'),
     ([], 'text'),
-], ids=['ints', 'strings', 'empty'])
+    ([True, None, False], 'boolean'),
+    ([decimal.Decimal('-1.50'), decimal.Decimal('1E+3'), None, decimal.Decimal('0.000000001')], 'numeric'),
+    ([datetime.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=datetime.timezone(datetime.timedelta(hours=5.5))),
+      datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc), None], 'timestamp with time zone'),
+    ([datetime.date(1, 1, 1), datetime.date(9999, 12, 31)], 'date'),
+    ([datetime.time(0, 0), datetime.time(23, 59, 59, 1)], 'time'),
+    ([uuid.UUID(int=0), uuid.UUID(int=2 ** 128 - 1)], 'uuid'),
+    ([None, None], 'integer'),
+], ids=['ints', 'strings', 'empty', 'booleans', 'decimals', 'datetimes', 'dates', 'times', 'uuids', 'nulls'])
 def test_an_array_parameter_reaches_postgresql_value_for_value(values, cast):
     from cqrs_celery.models import array_param
 
     with connection.cursor() as cursor:
         cursor.execute(f'SELECT %s::{cast}[]', [array_param(values)])
         assert cursor.fetchone()[0] == values
-    assert array_param(['a', 1]) == ['a', 1]  # anything else is left to psycopg
+    assert array_param([1.5, 'a']) == [1.5, 'a']  # anything else is left to psycopg
 
 
 def test_data_keys_that_name_no_field_are_not_remembered():

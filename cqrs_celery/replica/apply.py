@@ -61,8 +61,11 @@ def apply_custom(model: Any, envelope: Envelope) -> Result:
     return call_model(model, private_copy(envelope))
 
 
-def mapped_data(model: Any, data: dict[str, Any]) -> dict[str, Any]:
-    """Master data renamed by ``CQRS_MAPPING`` and converted to the replica's Python values."""
+def mapped_data(model: Any, data: dict[str, Any], connection: Any = None) -> dict[str, Any]:
+    """Master data renamed by ``CQRS_MAPPING`` and converted to the replica's Python values.
+
+    ``connection``: the one the row is written to, when the caller has it at hand.
+    """
     if model.CQRS_CUSTOM_SERIALIZATION:
         return dict(data)
     mapping = model.CQRS_MAPPING
@@ -72,7 +75,7 @@ def mapped_data(model: Any, data: dict[str, Any]) -> dict[str, Any]:
             if name not in mapping.values() and name in data:
                 renamed[name] = data[name]
         data = renamed
-    return from_json(model, data)
+    return from_json(model, data, connection)
 
 
 def mapped_previous(model: Any, previous: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -33,13 +33,15 @@ that is an expression) takes Django's ``bulk_update``.
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connections
+from django.conf import settings
+from django.db import connections, models
 
-from cqrs_celery.models import cast_type
+from cqrs_celery.models import array_text, cast_type
 from cqrs_celery.serialization import RETURNED_AS_IS
 
 #: Rows per statement at most (and fewer where the database limits query parameters).
@@ -53,33 +55,75 @@ def insert_rows(model: Any, objs: Sequence[Any], using: str) -> None:
     connection = connections[using]
     meta = model._meta.concrete_model._meta
     fields = [field for field in meta.local_concrete_fields if not getattr(field, 'generated', False)]
-    if connection.vendor != 'sqlite' or meta.parents or any(obj.pk is None for obj in objs):
+    if connection.vendor not in ('sqlite', 'postgresql') or meta.parents or any(obj.pk is None for obj in objs):
         model._default_manager.using(using).bulk_create(objs)
         return
     if any(field.is_relation for field in fields):
         for obj in objs:  # a related object assigned but not saved is refused, as by bulk_create
             obj._prepare_related_fields_for_save(operation_name='bulk_create')
     values = [field.pre_save(obj, True) for obj in objs for field in fields]
-    if any(hasattr(value, 'resolve_expression') for value in values):
+    if any(hasattr(value, 'resolve_expression') for value in values) or (
+            connection.vendor == 'postgresql' and not _insert_unnest(connection, meta, fields, values)):
         model._default_manager.using(using).bulk_create(objs)
         return
+    if connection.vendor == 'sqlite':
+        _insert_values(connection, meta, fields, values, len(objs))
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = using
+
+
+def _insert_unnest(connection: Any, meta: Any, fields: list[Any], values: list[Any]) -> bool:
+    """PostgreSQL: the rows as ``INSERT … SELECT * FROM UNNEST(%s::type[], …)``, one array text per
+    column; False (nothing written) when a column's type or values cannot go as array text."""
+    casts = [cast_type(field, connection) for field in fields]
+    if any(cast is None for cast in casts):
+        return False
+    width = len(fields)
+    arrays = []
+    for index, field in enumerate(fields):
+        kind = RETURNED_AS_IS.get(type(field))
+        moment = type(field) is models.DateTimeField and settings.USE_TZ
+        text = array_text(
+            value if type(value) is kind
+            # the backend sends an aware datetime as it is (adapt_datetimefield_value)
+            else value if moment and type(value) is datetime.datetime and value.utcoffset() is not None
+            else field.get_db_prep_save(value, connection)
+            for value in values[index::width])
+        if text is None:
+            return False
+        arrays.append(text)
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(f'INSERT INTO {quote(meta.db_table)} ({", ".join(quote(field.column) for field in fields)}) '
+                       f'SELECT * FROM UNNEST({", ".join(f"%s::{cast}[]" for cast in casts)})', arrays)
+    return True
+
+
+def _insert_values(connection: Any, meta: Any, fields: list[Any], values: list[Any], count: int) -> None:
+    """SQLite: the rows as ``INSERT … VALUES (…), (…)``, as many rows per statement as parameters allow."""
     quote = connection.ops.quote_name
     head = f'INSERT INTO {quote(meta.db_table)} ({", ".join(quote(field.column) for field in fields)}) VALUES '
     row = '(' + ', '.join(['%s'] * len(fields)) + ')'
     width = len(fields)
     per_statement = max(1, min(CHUNK_ROWS, _query_params(connection) // width))
     # A text, int or boolean value of a built-in field that returns it unchanged is the value
-    # SQLite gets (its preparation would only convert it into itself again).
+    # SQLite gets (its preparation would only convert it into itself again); an aware datetime of
+    # a plain DateTimeField is what Django's SQLite backend makes of it, naive in the connection's
+    # time zone, as text.
     as_is = [RETURNED_AS_IS.get(type(field)) for field in fields]
-    params: list[Any] = [value if type(value) is kind else field.get_db_prep_save(value, connection)
-                         for value, field, kind in zip(values, fields * len(objs), as_is * len(objs), strict=True)]
+    zone = connection.timezone if settings.USE_TZ else None
+    moments = [zone is not None and type(field) is models.DateTimeField for field in fields]
+    params: list[Any] = [
+        value if type(value) is kind
+        else str(value.astimezone(zone).replace(tzinfo=None))
+        if moment and type(value) is datetime.datetime and value.utcoffset() is not None
+        else field.get_db_prep_save(value, connection)
+        for value, field, kind, moment in zip(values, fields * count, as_is * count, moments * count, strict=True)]
     with connection.cursor() as cursor:
-        for start in range(0, len(objs), per_statement):
-            count = min(per_statement, len(objs) - start)
-            cursor.execute(head + ', '.join([row] * count), params[start * width:(start + count) * width])
-    for obj in objs:
-        obj._state.adding = False
-        obj._state.db = using
+        for start in range(0, count, per_statement):
+            rows = min(per_statement, count - start)
+            cursor.execute(head + ', '.join([row] * rows), params[start * width:(start + rows) * width])
 
 
 def _query_params(connection: Any) -> int:

@@ -123,7 +123,7 @@ class _Rows:
 
     def __init__(self, model: Any, using: str, cqrs_id: str, envelopes: Sequence[Envelope]) -> None:
         queryset = model._default_manager.using(using)
-        connection = connections[using]
+        connection = self.connection = connections[using]
         if connection.features.has_select_for_update:
             queryset = queryset.select_for_update()
         self.pks = [single.replica_pk(model, e.instance_data, e.instance_pk, connection) for e in envelopes]
@@ -184,7 +184,7 @@ def _create(model: Any, rows: _Rows, envelope: Envelope, pk: Any, key: str, revi
         rows.tombstones.pop(key)
         rows.new_tombstones.pop(key, None)
         rows.forgotten.add(key)
-    values = single.mapped_data(model, envelope.instance_data)
+    values = single.mapped_data(model, envelope.instance_data, rows.connection)
     single.require_fields(model, values)
     instance = model(**values)
     rows.created[pk] = instance
@@ -201,7 +201,7 @@ def _update(model: Any, rows: _Rows, envelope: Envelope, pk: Any, revision: int,
         return Result(Outcome.DUPLICATE, instance)
     if revision > stored + 1:
         single.log_gap(envelope, stored)
-    data = single.mapped_data(model, envelope.instance_data)
+    data = single.mapped_data(model, envelope.instance_data, rows.connection)
     for name, value in data.items():
         setattr(instance, name, value)
     if pk not in rows.created:
