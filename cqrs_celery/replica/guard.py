@@ -121,7 +121,7 @@ def _parse(data: bytes, max_depth: int) -> tuple[Any, Refusal | None]:
     except RecursionError:
         return None, _too_deep(max_depth)
     except _NotANumber as exc:
-        return None, Refusal('undecodable', f'{exc} is not a JSON number')
+        return None, Refusal('undecodable', f'{float(str(exc))!r} is not a JSON number')
     except (UnicodeDecodeError, ValueError) as exc:
         return None, Refusal('undecodable', f'the body is not JSON: {exc}')
     if b'__type__' in data or _HIDING_ESCAPE.search(data):
