@@ -337,6 +337,10 @@ def follow(stream, lines: list[str]) -> None:
         lines.append(line.rstrip('\n'))
 
 
+#: The signals that asked the demo to stop (Ctrl-C, SIGTERM, SIGHUP), as they came.
+INTERRUPTED: list[int] = []
+
+
 def run(broker: str, pause: float, live: bool, processes: Processes) -> bool:
     screen = Screen(live)
     python = sys.executable
@@ -393,6 +397,8 @@ def run(broker: str, pause: float, live: bool, processes: Processes) -> bool:
         try:
             snap = Snapshot()
         except sqlite3.OperationalError:  # a writer holds a lock this instant: next time
+            if INTERRUPTED:  # (Ctrl-C during the read can surface as this error)
+                raise KeyboardInterrupt from None
             time.sleep(0.1)
             continue
         if live:
@@ -452,8 +458,10 @@ def main() -> int:
     processes = Processes()
 
     def terminate(signum: int, frame: object) -> None:
+        INTERRUPTED.append(signum)
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, terminate)
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)  # the terminal went away
     try:
