@@ -7,7 +7,7 @@ times; later rows see what earlier ones did).
 
 * **Bulk path**, for models that keep the library's own ``cqrs_create``/``cqrs_update``/
   ``cqrs_delete`` and have no ``save()`` override or save signals: new rows are written with one
-  INSERT per chunk (``bulk_create`` on PostgreSQL), changed rows with one UPDATE joined to their
+  INSERT per chunk (on PostgreSQL one ``UNNEST`` of array texts), changed rows with one UPDATE joined to their
   values per chunk (``bulk.py``).
 * **Per-row path**, for every other model: its methods are called for each row, each row inside
   a savepoint of the group's transaction, so a failing row is rolled back and reported alone.
