@@ -116,3 +116,35 @@ def test_a_directed_publish_to_a_queue_that_does_not_exist_fails(memory_app):
                         instance_data={'id': 1, 'cqrs_revision': 0, 'cqrs_updated': None}, queue='no_such_queue')
     with pytest.raises(UnroutableError, match="no queue 'no_such_queue' is bound to cqrs.direct"):
         send(envelope)
+
+
+def test_a_batch_is_encoded_once_and_reads_back_as_the_json_kombu_decodes(memory_app, monkeypatch):
+    from kombu.utils import json as kombu_json
+
+    from cqrs_celery import producer
+    from cqrs_celery.envelope import decode_message
+
+    name = f'once_{uuid.uuid4().hex[:8]}'
+    encoded = []
+    encode = producer.encode_json
+    monkeypatch.setattr(producer, 'encode_json', lambda value: encoded.append(value) or encode(value))
+    rows = [Envelope(signal_type=SignalType.SYNC, cqrs_id='author', instance_pk=pk,
+                     instance_data={'id': pk, 'name': f'ünï "{pk}" \\ /', 'cqrs_revision': 0, 'cqrs_updated': None})
+            for pk in range(1, 4)]
+    with memory_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        topology.replica_queue(name, ['author'], topology.VIRTUAL)(channel).declare()
+        try:
+            producer.send_batch(rows)
+            message = Queue(name)(channel).get(no_ack=True)
+        finally:
+            for exchange, routing_key, _ in list(channel.state.queue_bindings(name)):
+                channel.queue_unbind(name, exchange, routing_key)
+            channel.queue_delete(name)
+
+    # the batch body once (measured, then sent), then the call's small kwargs and embed parts
+    assert [type(value) for value in encoded] == [dict, dict, dict] and encoded[0]['rows']
+    assert message.content_type == 'application/json' and message.content_encoding == 'utf-8'
+    args, kwargs, embed = kombu_json.loads(message.body)
+    assert kwargs == {} and not any(embed.values())
+    assert decode_message(args[0]) == rows
