@@ -162,10 +162,11 @@ def _too_large(text: str) -> bool:
 
 
 def encode_json(value: Any) -> str:
-    """``value`` as JSON text: by ujson, or by kombu's encoder for what ujson refuses (a lone
-    surrogate, an integer beyond 64 bits), which replica queues then refuse with the reason."""
+    """``value`` as JSON text, ASCII as kombu's ``json`` writes it (a lone surrogate is escaped, and
+    the replica's gate refuses it with the reason): by ujson, or by kombu's encoder for what ujson
+    refuses (an integer beyond 64 bits)."""
     try:
-        return ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False)
+        return ujson.dumps(value, escape_forward_slashes=False)
     except (TypeError, ValueError, OverflowError):
         return str(kombu_json.dumps(value))
 

@@ -1,6 +1,7 @@
 """How the master publishes: pooled producers, publisher confirms, bounded timeouts (no broker needed)."""
 
 import contextlib
+import dataclasses
 import logging
 import uuid
 
@@ -131,6 +132,7 @@ def test_a_batch_is_encoded_once_and_reads_back_as_the_json_kombu_decodes(memory
     rows = [Envelope(signal_type=SignalType.SYNC, cqrs_id='author', instance_pk=pk,
                      instance_data={'id': pk, 'name': f'ünï "{pk}" \\ /', 'cqrs_revision': 0, 'cqrs_updated': None})
             for pk in range(1, 4)]
+    rows[2] = dataclasses.replace(rows[2], meta={'note': 'a lone \ud800 surrogate', 'big': 2 ** 70})
     with memory_app.connection_for_write() as conn:
         channel = conn.default_channel
         topology.replica_queue(name, ['author'], topology.VIRTUAL)(channel).declare()
@@ -145,6 +147,7 @@ def test_a_batch_is_encoded_once_and_reads_back_as_the_json_kombu_decodes(memory
     # the batch body once (measured, then sent), then the call's small kwargs and embed parts
     assert [type(value) for value in encoded] == [dict, dict, dict] and encoded[0]['rows']
     assert message.content_type == 'application/json' and message.content_encoding == 'utf-8'
+    assert '\\ud800' in bytes(message.body).decode('ascii')  # escaped, for the replica's gate to refuse
     args, kwargs, embed = kombu_json.loads(message.body)
     assert kwargs == {} and not any(embed.values())
     assert decode_message(args[0]) == rows
