@@ -149,22 +149,31 @@ def filter_in(queryset: Any, field: Any, values: Iterable[Any]) -> Any:
     query itself (3 ms where the array takes 0.6 ms).
     """
     values = list(values)
-    connection = connections[queryset.db]
-    quote = connection.ops.quote_name
-    column = f'{quote(queryset.model._meta.db_table)}.{quote(field.column)}'
-    if connection.vendor == 'sqlite' and values and connection.features.supports_json_field:
-        # SQLite: one JSON array parameter read by json_each, when every value goes as an int or a
-        # text (JSON keeps both exactly); the same value-by-value compilation is saved.
+    where = where_in(connections[queryset.db], queryset.model._meta.db_table, field, values)
+    if where is None:
+        return queryset.filter(**{f'{field.name}__in': values})
+    return queryset.extra(where=[where[0]], params=[where[1]])
+
+
+def where_in(connection: Any, table: str, field: Any, values: list[Any]) -> tuple[str, Any] | None:
+    """SQL ``table.column IN values`` with one parameter, and that parameter (None: use Django's ``__in``).
+
+    PostgreSQL: ``column = ANY(%s::type[])``. SQLite: ``column IN (SELECT value FROM json_each(%s))``,
+    when every value goes as an int or a text (JSON keeps both exactly).
+    """
+    if not values:
+        return None
+    column = f'{connection.ops.quote_name(table)}.{connection.ops.quote_name(field.column)}'
+    if connection.vendor == 'sqlite' and connection.features.supports_json_field:
         prepared = [field.get_db_prep_value(value, connection) for value in values]
         if all(type(value) is int and -2 ** 63 <= value < 2 ** 63 or type(value) is str for value in prepared):
-            return queryset.extra(where=[f'{column} IN (SELECT value FROM json_each(%s))'],
-                                  params=[ujson.dumps(prepared, ensure_ascii=False)])
-        return queryset.filter(**{f'{field.name}__in': values})
-    cast = cast_type(field, connection) if connection.vendor == 'postgresql' and values else None
+            return f'{column} IN (SELECT value FROM json_each(%s))', ujson.dumps(prepared, ensure_ascii=False)
+        return None
+    cast = cast_type(field, connection) if connection.vendor == 'postgresql' else None
     if cast is None:
-        return queryset.filter(**{f'{field.name}__in': values})
+        return None
     prepared = [field.get_db_prep_value(value, connection) for value in values]
-    return queryset.extra(where=[f'{column} = ANY(%s::{cast}[])'], params=[array_param(prepared)])
+    return f'{column} = ANY(%s::{cast}[])', array_param(prepared)
 
 
 def array_param(values: list[Any]) -> Any:
