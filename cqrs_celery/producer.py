@@ -229,7 +229,7 @@ def _publish(body: dict[str, Any], cqrs_id: str, target: str | None, countdown: 
         routing_key = topology.broadcast_routing_key(cqrs_id)
     _encoding.ready = (body, encode_json(body) if text is None else text)
     try:
-        delivered = _send(TASK_NAME, [body], exchange, routing_key, countdown, f'publishing {what}')
+        delivered = _send(TASK_NAME, [body], exchange, routing_key, countdown, f'publishing {what}', f'[{what}]')
     finally:
         _encoding.ready = None
     if not delivered:
@@ -249,8 +249,12 @@ def publish_task(name: str, args: list[Any], exchange: Any, routing_key: str) ->
     return _send(name, args, exchange, routing_key, None, f'publishing task {name}')
 
 
-def _send(name: str, args: list[Any], exchange: Any, routing_key: str, countdown: float | None, what: str) -> bool:
+def _send(name: str, args: list[Any], exchange: Any, routing_key: str, countdown: float | None, what: str,
+          argsrepr: str | None = None) -> bool:
     """One persistent JSON task message through a pooled producer; False if no queue took it.
+
+    ``argsrepr``: how monitors (Flower, ``celery events``) show the arguments; by default Celery
+    writes a ``repr`` of them, which for a batch of envelopes walked every row to show a kilobyte.
 
     RabbitMQ: the publish is *mandatory* and a ``basic.return`` (which comes before the confirm)
     means no queue was bound. Redis, filesystem, memory: kombu would drop such a message silently,
@@ -274,6 +278,7 @@ def _send(name: str, args: list[Any], exchange: Any, routing_key: str, countdown
                 name, args=args, exchange=exchange.name, routing_key=routing_key, exchange_type=exchange.type,
                 declare=[exchange], serializer=SERIALIZER, producer=producer, delivery_mode=topology.PERSISTENT,
                 countdown=countdown, ignore_result=True, confirm_timeout=timeout, retry=True, mandatory=amqp,
+                **({} if argsrepr is None else {'argsrepr': argsrepr, 'kwargsrepr': '{}'}),
                 retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': timeout / 2,
                               'interval_max': timeout / 2},
             )
