@@ -21,6 +21,7 @@ from django.conf import settings as django_settings
 from django.core import validators
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections, models, router
+from django.db.models.expressions import Combinable
 from django.utils import timezone
 from django.utils.duration import duration_iso_string
 
@@ -153,10 +154,18 @@ def _plan(model: type[models.Model], names: Iterable[str] | None) -> list[_PlanR
     return plan
 
 
+class PendingExpression(DataError):
+    """A field of the instance holds an expression (``F('n') + 1``) whose value is in the database only."""
+
+
 def instance_to_dict(instance: models.Model, names: Iterable[str] | None = None) -> dict[str, Any]:
     """The row as a JSON-safe dict keyed by field name, with the revision fields always present.
 
     Each value is what ``field_value`` gives; the usual types are converted here without its call.
+
+    Raises:
+        PendingExpression: a field holds an expression (saved: read the row back; unsaved: a mistake).
+        DataError: a value cannot be sent.
     """
     data: dict[str, Any] = {}
     for name, attname, field, plain_read, convertible in _plan(type(instance), names):
@@ -168,6 +177,9 @@ def instance_to_dict(instance: models.Model, names: Iterable[str] | None = None)
             data[name] = value.isoformat()
         elif convertible and python_type is decimal.Decimal:
             data[name] = str(value)
+        elif isinstance(value, Combinable):
+            raise PendingExpression(f'{instance._meta.label}.{name} holds an expression ({value!r}), not a value: '
+                                    'save the instance (the value is then read back) before it is sent')
         else:
             data[name] = _sendable(field, instance, value)
     return data

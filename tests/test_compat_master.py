@@ -26,6 +26,7 @@ from cqrs_celery.constants import (
     FIELDS_TRACKER_FIELD_NAME,
 )
 from cqrs_celery.correlation import get_correlation_id
+from cqrs_celery.exceptions import DataError
 from cqrs_celery.metas import MasterMeta, ReplicaMeta
 from cqrs_celery.mixins import bulk_relate_cqrs_serialization as mixins_bulk_relate
 from cqrs_celery.replica.apply import Outcome
@@ -358,6 +359,13 @@ def test_an_f_expression_is_read_back_for_the_dict_and_the_tracked_value_is_the_
 
     assert row.to_cqrs_dict()['status'] == '1'
     assert row.get_tracked_fields_data()['status'] == '1'
+
+
+def test_an_expression_not_saved_yet_cannot_be_sent_and_says_so(cqrs_captured):
+    row = CompatTrackedBulk(status=F('id'))  # no primary key: nothing to read back
+
+    with pytest.raises(DataError, match=r'status holds an expression .* save the instance'):
+        row.to_cqrs_dict()
 
 
 def test_bulk_create_sends_the_created_rows_with_their_tracked_columns(cqrs_captured):

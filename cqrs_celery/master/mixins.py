@@ -20,7 +20,14 @@ from cqrs_celery.master.hooks import call_accepting, name_of, names_parameter, w
 from cqrs_celery.master.managers import MasterManager
 from cqrs_celery.models import MasterTombstone, pk_hash, pk_key, tombstone_revision
 from cqrs_celery.registry import MasterRegistry, require_cqrs_id
-from cqrs_celery.serialization import ENVELOPE_LEVELS, field_value, instance_to_dict, nesting_depth, to_json
+from cqrs_celery.serialization import (
+    ENVELOPE_LEVELS,
+    PendingExpression,
+    field_value,
+    instance_to_dict,
+    nesting_depth,
+    to_json,
+)
 
 
 class RawMasterMixin(models.Model):
@@ -215,8 +222,11 @@ class RawMasterMixin(models.Model):
             data[FIELD_UPDATED] = to_json(self.cqrs_updated)
             return data
         names = None if self.CQRS_FIELDS == '__all__' else self.cqrs_field_names()
-        self._cqrs_refresh_expressions(using, names)
-        return instance_to_dict(self, names)
+        try:
+            return instance_to_dict(self, names)
+        except PendingExpression:  # saved as F('n') + 1: its value is in the database (unsaved: raised again)
+            self._cqrs_refresh_expressions(using)
+            return instance_to_dict(self, names)
 
     @classmethod
     def cqrs_serializer_class(cls) -> Any:
@@ -234,12 +244,10 @@ class RawMasterMixin(models.Model):
             cls._cqrs_serializer_class, cls._cqrs_serializer_path = serializer, path
         return cls.__dict__['_cqrs_serializer_class']
 
-    def _cqrs_refresh_expressions(self, using: str | None, names: list[str] | None) -> None:
+    def _cqrs_refresh_expressions(self, using: str | None) -> None:
         """Read back fields saved as expressions (``F('n') + 1``): their values are in the database."""
-        if not any(isinstance(value, Combinable) for value in self.__dict__.values()):
-            return  # the usual case, seen without a look at each field
         stale = [f.attname for f in self._meta.concrete_fields
-                 if (names is None or f.name in names) and isinstance(getattr(self, f.attname, None), Combinable)]
+                 if isinstance(getattr(self, f.attname, None), Combinable)]
         if stale and self.pk is not None:
             self.refresh_from_db(using=using, fields=stale)
 
