@@ -6,11 +6,13 @@ Tier i: publishes are captured or refused by a test sender; no broker.
 import re
 import time
 from io import StringIO
+from unittest import mock
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import transaction
 
+from cqrs_celery.conf import get_settings
 from cqrs_celery.master import outbox, publisher
 from cqrs_celery.testing import capture_envelopes
 from tests.master_app.models import Author, Item
@@ -186,11 +188,36 @@ def test_publishers_wait_twice_as_long_each_time_the_broker_stays_away_and_start
 
 
 def test_the_publisher_thread_lets_events_gather_only_while_commits_come_faster_than_its_burst_rate():
-    from cqrs_celery.master.publisher import BURST_RATE, GATHER, GATHER_MAX, gather_for
+    from cqrs_celery.master.publisher import BURST_RATE, bursting
 
-    assert gather_for(0.0, came=1, took=0.001) == 0.0  # one commit at a time goes out at once
-    assert gather_for(0.0, came=2, took=0.020) == 0.0  # 100 a second while a drain takes 20 ms: no gathering
-    assert gather_for(0.0, came=12, took=0.020) == GATHER  # 600 a second
-    assert gather_for(GATHER, came=12, took=0.020) == 2 * GATHER
-    assert gather_for(GATHER_MAX, came=50, took=0.020) == GATHER_MAX
-    assert gather_for(GATHER_MAX, came=3, took=3 / BURST_RATE * 2) == 0.0  # the burst is over
+    assert not bursting(came=1, took=0.001)  # one commit at a time goes out at once
+    assert not bursting(came=2, took=0.020)  # 100 a second while a drain takes 20 ms: no gathering
+    assert bursting(came=12, took=0.020)  # 600 a second
+    assert not bursting(came=3, took=3 / BURST_RATE * 2)  # the burst is over
+
+
+def _gathering(wakes_per_slice: list[int], came: int = 0) -> tuple[float, int]:
+    """Run a publisher's gathering with commits arriving per slice as given; (slices slept, commits seen)."""
+    worker = publisher._Publisher('default')
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        worker.wakes += wakes_per_slice[len(slept) - 1] if len(slept) <= len(wakes_per_slice) else 0
+
+    with mock.patch.object(publisher.time, 'sleep', sleep), \
+            mock.patch.object(publisher.time, 'monotonic', lambda: 1000.0 + sum(slept)):
+        worker._gather(came)
+    return len(slept), worker.wakes
+
+
+def test_a_burst_gathers_until_it_pauses_a_batch_is_full_or_the_longest_wait_passes():
+    slices_max = round(publisher.GATHER_MAX / publisher.GATHER)
+    # the burst pauses after three slices: one more slice without a commit, then the drain
+    assert _gathering([5, 5, 5, 0, 5]) == (4, 15)
+    # commits keep coming: at most GATHER_MAX of slices (a slice's commits may arrive while it ends)
+    slices, seen = _gathering([5] * 100)
+    assert slices in (slices_max, slices_max + 1) and seen == 5 * slices  # (+1: the clock's rounding)
+    # a full batch is drained at once
+    full = get_settings().master.publish_batch_size
+    assert _gathering([full // 2] * 10, came=10) == (2, 2 * (full // 2))

@@ -43,15 +43,17 @@ BROKER_RETRY_MAX = 30.0
 FAILED_RETRY = 5.0
 #: After a failed inline publish, inline publishing to that broker waits this long (the relay goes on).
 INLINE_PAUSE = 5.0
-#: While commits come in a burst (several commits while the previous drain ran, at
-#: ``BURST_RATE`` a second or more), the thread lets events gather before draining: ``GATHER``
-#: seconds at first, doubling while the burst lasts up to ``GATHER_MAX``. Fewer, larger messages
-#: mean far less work per save for the master (one query, one publisher confirm and one delete per
-#: batch) and for the replica (one group apply per message). Commits that come one at a time, or at
-#: a steady pace below the rate, are published at once: on a slow machine a drain outlasts the
-#: 10 ms between commits at 100 a second, and gathering them then only added latency.
+#: While commits come in a burst (several commits while the previous drain ran, at ``BURST_RATE``
+#: a second or more), the thread lets events gather before draining, in slices of ``GATHER``
+#: seconds, for as long as commits keep coming, until a batch is full (``publish_batch_size``)
+#: or ``GATHER_MAX`` has passed. Fewer, larger drains mean far less work per save for the master
+#: (a drain costs about 2 ms of the process's interpreter besides its rows: queries, a publisher
+#: confirm, a delete) and for the replica (one group apply per message); a slice without a commit
+#: ends the gathering, so the last events of a burst wait one slice. Commits that come one at a
+#: time, or at a steady pace below the rate, are published at once: on a slow machine a drain
+#: outlasts the 10 ms between commits at 100 a second, and gathering them then only added latency.
 GATHER = 0.004
-GATHER_MAX = 0.032
+GATHER_MAX = 0.064
 BURST_RATE = 250.0
 
 _publishers: dict[str, _Publisher] = {}
@@ -148,7 +150,6 @@ class _Publisher(threading.Thread):
         delay: float | None = None
         backoff = BrokerBackoff()
         last = (0, 0.0)  # commits that came while the last drain ran, and how long it ran
-        gather = 0.0
         while not self.stopping:
             woken = self.wakeup.wait(IDLE_CLOSE if delay is None else delay)
             if self.stopping:
@@ -156,9 +157,8 @@ class _Publisher(threading.Thread):
             if not woken and delay is None:
                 self._close_connection()
                 continue
-            gather = gather_for(gather, *last) if woken else 0.0
-            if gather:
-                time.sleep(gather)
+            if woken and bursting(*last):
+                self._gather(last[0])
             self.wakeup.clear()
             wakes, started = self.wakes, time.monotonic()
             delay = backoff.wait(self._drain())
@@ -168,6 +168,17 @@ class _Publisher(threading.Thread):
                 if self.wakeup.is_set():  # woken again meanwhile: not idle after all
                     self.idle.clear()
         self._close_connection()
+
+    def _gather(self, came: int) -> None:
+        """Let the events of a burst gather (``came`` commits already did): see ``GATHER``."""
+        full = get_settings().master.publish_batch_size
+        began, seen = time.monotonic(), self.wakes
+        while not self.stopping and time.monotonic() - began < GATHER_MAX and came < full:
+            time.sleep(GATHER)
+            wakes = self.wakes
+            if wakes == seen:
+                return  # the burst paused: what it left goes out now
+            came, seen = came + wakes - seen, wakes
 
     def _drain(self) -> float | None:
         return drain_ready(self.using)
@@ -181,15 +192,10 @@ class _Publisher(threading.Thread):
         self.join(timeout)
 
 
-def gather_for(previous: float, came: int, took: float) -> float:
-    """Seconds to let events gather before the next drain (``GATHER``…``GATHER_MAX``, 0: none).
-
-    ``came`` commits woke the thread while its last drain ran for ``took`` seconds; ``previous``
-    is the gathering before that drain.
-    """
-    if came >= 2 and came >= BURST_RATE * took:
-        return min(GATHER_MAX, previous * 2 or GATHER)
-    return 0.0
+def bursting(came: int, took: float) -> bool:
+    """True when ``came`` commits woke the thread while its last drain ran for ``took`` seconds at
+    ``BURST_RATE`` a second or more (and at least two): the next drain waits for more."""
+    return came >= 2 and came >= BURST_RATE * took
 
 
 class BrokerBackoff:
