@@ -218,18 +218,21 @@ def from_json(model: type[models.Model], data: Mapping[str, Any], connection: An
     if known is None:
         known = _keys[model] = {}
     for key, value in data.items():
-        field = known.get(key)
-        if field is None:
+        entry = known.get(key)
+        if entry is None:
             field = field_for_key(model, key)
             if field is None:
                 continue
-            known[key] = field  # only keys that name a field: unknown keys cannot grow the cache
-        result[field.attname] = python_value(model, field, value, connection)
+            # only keys that name a field: unknown keys cannot grow the cache
+            entry = known[key] = (field, field.attname, _checks.get(field) or _checks_for(field))
+        field, attname, checks = entry
+        result[attname] = python_value(model, field, value, connection, checks)
     return result
 
 
-#: Per replica model, the field each data key seen so far names (``field_for_key``, worked out once).
-_keys: dict[Any, dict[str, Any]] = {}
+#: Per replica model, for each data key seen so far that names a field (``field_for_key``): the
+#: field, its attname and its checks, worked out once (a Django field hashes slowly, in Python).
+_keys: dict[Any, dict[str, tuple[Any, str, _Checks]]] = {}
 
 
 def replica_connection(model: type[models.Model]) -> Any:
@@ -237,8 +240,11 @@ def replica_connection(model: type[models.Model]) -> Any:
     return connections[router.db_for_write(model) or 'default']
 
 
-def python_value(model: type[models.Model], field: Any, value: Any, connection: Any = None) -> Any:
+def python_value(model: type[models.Model], field: Any, value: Any, connection: Any = None,
+                 checks: _Checks | None = None) -> Any:
     """One JSON value converted by ``field.to_python`` and checked against what the column holds.
+
+    ``checks``: the field's, when the caller has them at hand.
 
     Raises:
         DataError: the value does not fit the field: wrong type, out of the column's range, too
@@ -250,7 +256,8 @@ def python_value(model: type[models.Model], field: Any, value: Any, connection: 
             if not field.null and not field.primary_key:
                 raise ValueError('NULL for a column that does not allow it')
             return None
-        checks = _checks.get(field) or _checks_for(field)
+        if checks is None:
+            checks = _checks.get(field) or _checks_for(field)
         if type(value) is checks.as_is:  # the common case: only the column's limits to check
             _check_fits(checks, value)
             if isinstance(value, str) and '\x00' in value:

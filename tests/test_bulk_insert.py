@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, connections
+from django.db import IntegrityError, connections, models
 from django.db.models import Value
 from django.db.models.functions import Lower
 from django.db.utils import load_backend
@@ -173,3 +173,17 @@ def test_postgresql_a_primary_key_already_there_raises_so_the_group_falls_back_t
     bulk.insert_rows(ReplicaAllFields, unnest_rows()[:1], 'default')
     with pytest.raises(IntegrityError):
         bulk.insert_rows(ReplicaAllFields, unnest_rows()[:2], 'default')
+
+
+@pytest.mark.parametrize(('field', 'plain'), [
+    (models.CharField(max_length=5), True),
+    (models.DecimalField(max_digits=5, decimal_places=2), True),
+    (models.DateTimeField(), True),
+    (models.DateField(), True),
+    (models.DateTimeField(auto_now=True), False),
+    (models.DateField(auto_now_add=True), False),
+    (models.FileField(), False),
+])
+def test_a_new_rows_values_are_read_directly_only_where_pre_save_would_only_read_them(field: Any, plain: bool):
+    # auto_now, auto_now_add and files keep their pre_save (it sets or saves the value)
+    assert bulk._plain_pre_save(field) is plain

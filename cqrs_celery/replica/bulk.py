@@ -68,7 +68,9 @@ def insert_rows(model: Any, objs: Sequence[Any], using: str) -> None:
     if any(field.is_relation for field in fields):
         for obj in objs:  # a related object assigned but not saved is refused, as by bulk_create
             obj._prepare_related_fields_for_save(operation_name='bulk_create')
-    values = [field.pre_save(obj, True) for obj in objs for field in fields]
+    readers = [(field.attname, _plain_pre_save(field), field) for field in fields]
+    values = [getattr(obj, attname) if plain else field.pre_save(obj, True)
+              for obj in objs for attname, plain, field in readers]
     if any(hasattr(value, 'resolve_expression') for value in values) or (
             connection.vendor == 'postgresql' and not _insert_unnest(connection, meta, fields, values)):
         model._default_manager.using(using).bulk_create(objs)
@@ -78,6 +80,15 @@ def insert_rows(model: Any, objs: Sequence[Any], using: str) -> None:
     for obj in objs:
         obj._state.adding = False
         obj._state.db = using
+
+
+def _plain_pre_save(field: Any) -> bool:
+    """True when ``field.pre_save`` of a new row only reads the attribute (no ``auto_now``, no file)."""
+    method = type(field).pre_save
+    if method is models.Field.pre_save:
+        return True
+    return method in (models.DateField.pre_save, models.DateTimeField.pre_save) \
+        and not field.auto_now and not field.auto_now_add
 
 
 def _insert_unnest(connection: Any, meta: Any, fields: list[Any], values: list[Any]) -> bool:
