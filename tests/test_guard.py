@@ -15,9 +15,10 @@ import pytest
 from celery.exceptions import InvalidTaskError
 from django.conf import settings
 from kombu import Message
+from kombu.serialization import loads
 
 from cqrs_celery.constants import RECONCILE_TASK, TASK_NAME
-from cqrs_celery.replica import guard
+from cqrs_celery.replica import consumer, guard
 from cqrs_celery.replica.guard import GuardedRequest
 from tests.celery_app import app
 
@@ -103,6 +104,23 @@ def test_a_message_the_gate_lets_through_becomes_a_request_that_runs_without_rai
         result = request.execute()
         assert result is None or isinstance(result, str), shown
     assert passed and refused
+
+
+@pytest.mark.parametrize('seed', range(2))
+def test_an_admitted_body_is_what_kombu_decodes_and_celery_reads_it_without_decoding_again(seed):
+    rng = random.Random(f'admit-{seed}')
+    admitted = 0
+    for case in range(150):
+        message = generated_message(rng, pk=seed * 1000 + case)
+        if guard.check(message) is not None:
+            continue  # refused: dead-lettered by the consumer step (tested elsewhere)
+        admitted += 1
+
+        body = consumer.admitted(message)
+
+        assert message._decoded_cache is body
+        assert message.payload == body == loads(message.body, 'application/json', 'utf-8')
+    assert admitted
 
 
 def raw_message(text):

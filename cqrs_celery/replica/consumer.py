@@ -82,6 +82,10 @@ def admitted(message: Any) -> Any:
     if refusal is not None:
         dead_letter(message, refusal.message, refusal.reason)
         return None
+    if getattr(message, '_decoded_cache', True) is None:
+        # kombu's json would decode the body to the same value (the gate admits no kombu type
+        # marker): Celery, which decodes it again only to tell the task protocol, reads this one.
+        message._decoded_cache = body
     return body
 
 
