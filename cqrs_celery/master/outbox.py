@@ -25,7 +25,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from cqrs_celery.conf import get_settings
-from cqrs_celery.constants import SignalType
+from cqrs_celery.constants import FIELD_REVISION, SignalType
 from cqrs_celery.envelope import Envelope, decode
 from cqrs_celery.exceptions import BrokerUnavailableError, UnroutableError
 from cqrs_celery.master.publish import Change, envelopes_for
@@ -61,26 +61,41 @@ def write(using: str, change: Change, event_id: int | None = None) -> int:
     A SAVE event records the revision the row has in this transaction (read inside the same
     statement), so the publisher can tell when the row changed again after it.
     """
-    event = _event(change)
-    revision: Any = event.revision
+    connection = connections[using]
+    pk_value, envelope = outbox_pk(change.pk), change.payload()
     if change.delete_envelope is None:
-        model = MasterRegistry.get(change.cqrs_id)
-        connection = connections[using]
-        pk = model._meta.pk.get_db_prep_value(model._meta.pk.to_python(change.pk), connection)
-        revision = RawSQL(_revision_sql(connection, model), (pk,), output_field=models.BigIntegerField())
+        revision_sql, parameter = _revision_of(connection, change.cqrs_id, change.pk)
+        revision_params = [parameter]
+    else:
+        revision_sql, revision_params = '%s', [change.delete_envelope.revision]
     # The row must still be this change's: after a rolled-back savepoint removed it, SQLite may
     # give its id to another row's event, which must not be overwritten.
-    if event_id is not None and _events(using).filter(id=event_id, cqrs_id=event.cqrs_id,
-                                                      pk_value=event.pk_value).update(
-            signal_type=event.signal_type, revision=revision, envelope=event.envelope):
+    if event_id is not None and _events(using).filter(id=event_id, cqrs_id=change.cqrs_id, pk_value=pk_value).update(
+            signal_type=change.signal_type.value, revision=_revision_value(revision_sql, revision_params),
+            envelope=envelope):
         return event_id
-    return _insert(using, event, revision)
+    return _insert(connection, [change.cqrs_id, pk_value, change.signal_type.value], revision_sql, revision_params,
+                   envelope)
 
 
-def _revision_sql(connection: Any, model: Any) -> str:
-    quote = connection.ops.quote_name
-    return (f'(SELECT {quote("cqrs_revision")} FROM {quote(model._meta.db_table)} '
-            f'WHERE {quote(model._meta.pk.column)} = %s)')
+_revisions: dict[tuple[str, str, Any], str] = {}
+
+
+def _revision_of(connection: Any, cqrs_id: str, pk: Any) -> tuple[str, Any]:
+    """The subquery reading the ``cqrs_revision`` of row ``pk`` (JSON form), and its parameter."""
+    model = MasterRegistry.get(cqrs_id)
+    field = model._meta.pk
+    sql = _revisions.get((connection.alias, connection.vendor, model))
+    if sql is None:
+        quote = connection.ops.quote_name
+        sql = _revisions[(connection.alias, connection.vendor, model)] = (
+            f'(SELECT {quote(FIELD_REVISION)} FROM {quote(model._meta.db_table)} WHERE {quote(field.column)} = %s)')
+    return sql, field.get_db_prep_value(field.to_python(pk), connection)
+
+
+def _revision_value(sql: str, params: list[Any]) -> Any:
+    """The revision for the ORM: the subquery as an expression, or the value itself."""
+    return params[0] if sql == '%s' else RawSQL(sql, params, output_field=models.BigIntegerField())
 
 
 #: Columns of a new event, in the order ``_insert`` gives their values.
@@ -89,22 +104,23 @@ _COLUMNS = ('cqrs_id', 'pk_value', 'signal_type', 'revision', 'envelope', 'creat
 _insert_sql: dict[tuple[str, bool, str], str] = {}
 
 
-def _insert(using: str, event: OutboxEvent, revision: Any) -> int:
-    """INSERT one event with a prepared statement: the save path's one extra write, kept cheap."""
-    connection = connections[using]
+def _insert(connection: Any, head: list[Any], revision_sql: str, revision_params: list[Any], envelope: str) -> int:
+    """INSERT one event with a statement written once: the save path's one extra write, kept cheap.
+
+    ``head`` holds the values of ``cqrs_id``, ``pk_value`` and ``signal_type``.
+    """
     returning = connection.features.can_return_columns_from_insert
     if connection.vendor not in {'postgresql', 'sqlite', 'mysql'}:
-        event.revision = revision
-        event.save(using=using, force_insert=True)
+        event = OutboxEvent(cqrs_id=head[0], pk_value=head[1], signal_type=head[2], envelope=envelope,
+                            revision=_revision_value(revision_sql, revision_params))
+        event.save(using=connection.alias, force_insert=True)
         return int(event.pk)
-    subquery, revision_params = (revision.sql, list(revision.params)) if isinstance(revision, RawSQL) \
-        else ('%s', [revision])
-    key = (connection.vendor, returning, subquery)
+    key = (connection.vendor, returning, revision_sql)
     sql = _insert_sql.get(key)
     if sql is None:
         quote = connection.ops.quote_name
         values = ['%s'] * len(_COLUMNS)
-        values[_COLUMNS.index('revision')] = subquery
+        values[_COLUMNS.index('revision')] = revision_sql
         sql = (f'INSERT INTO {quote(OutboxEvent._meta.db_table)} ({", ".join(map(quote, _COLUMNS))}) '
                f'VALUES ({", ".join(values)})')
         if returning:
@@ -112,8 +128,7 @@ def _insert(using: str, event: OutboxEvent, revision: Any) -> int:
         _insert_sql[key] = sql
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(sql, [event.cqrs_id, event.pk_value, event.signal_type, *revision_params, event.envelope,
-                             now, 0, '', now, False])
+        cursor.execute(sql, [*head, *revision_params, envelope, now, 0, '', now, False])
         return int(cursor.fetchone()[0] if returning else cursor.lastrowid)
 
 
