@@ -143,8 +143,12 @@ class _Publisher(threading.Thread):
 
     def wake(self) -> None:
         self.wakes += 1
-        self.wakeup.set()
-        self.idle.clear()
+        # Every commit wakes the thread: skip the locks when it is woken already (a set flag is
+        # cleared only before the next drain, which then reads this commit's events too).
+        if not self.wakeup.is_set():
+            self.wakeup.set()
+        if self.idle.is_set():
+            self.idle.clear()
 
     def run(self) -> None:
         delay: float | None = None
