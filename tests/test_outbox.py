@@ -19,7 +19,8 @@ import pytest
 import ujson
 from celery import Celery
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, connections, transaction
+from django.db.utils import load_backend
 from django.test import override_settings
 from django.utils import timezone
 from kombu import Queue
@@ -516,6 +517,56 @@ def test_concurrent_relays_never_publish_an_event_twice():
     assert sorted(published) == sorted(a.pk for a in authors)
     assert sum(totals) == len(authors) and all(totals)
     assert events() == []
+
+
+@pytest.fixture
+def sqlite_file(tmp_path, django_db_blocker):
+    """Two connections to one SQLite file in WAL mode, with Django's default (deferred) transactions."""
+    aliases = ('outbox_sqlite_file', 'outbox_sqlite_file_other')
+    database = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': str(tmp_path / 'master.sqlite3'),
+                'OPTIONS': {'timeout': 0.2, 'init_command': 'PRAGMA journal_mode=WAL;'}}
+    configured = connections.configure_settings({'default': {'ENGINE': database['ENGINE'], 'NAME': ':memory:'},
+                                                 **{alias: dict(database) for alias in aliases}})
+    wrappers = [load_backend(database['ENGINE']).DatabaseWrapper(configured[alias], alias) for alias in aliases]
+    with django_db_blocker.unblock():
+        for wrapper in wrappers:
+            connections[wrapper.alias] = wrapper
+        try:
+            with wrappers[0].schema_editor() as editor:
+                editor.create_model(OutboxEvent)
+                editor.create_model(Author)
+            yield aliases
+        finally:
+            for wrapper in wrappers:
+                wrapper.close()
+                del connections[wrapper.alias]
+
+
+def test_a_sqlite_drain_holds_the_write_lock_so_a_write_meanwhile_cannot_make_it_publish_twice(sqlite_file):
+    """A deferred SQLite transaction that reads first cannot wait for the lock when it comes to
+    write: a save committed while the drain published made the drain's delete fail with
+    "database is locked", and its events went out again with the next drain."""
+    alias, other = sqlite_file
+    authors = [Author.objects.using(alias).create(name=f'author {n}') for n in range(3)]
+    published, refused = [], []
+
+    def send(envelope):
+        if not published:  # another connection of the service writes while the drain publishes
+            try:
+                with connections[other].cursor() as cursor:
+                    cursor.execute(f'UPDATE {Author._meta.db_table} SET email = %s', ['meanwhile@example.com'])
+            except OperationalError as exc:
+                refused.append(exc)
+        published.append(envelope.instance_pk)
+
+    with sending_with(send):
+        first = outbox.drain(alias)
+        second = outbox.drain(alias)
+
+    assert (first.published, first.failed, second.taken) == (3, 0, 0)
+    assert sorted(published) == sorted(author.pk for author in authors)
+    assert OutboxEvent.objects.using(alias).count() == 0
+    assert len(refused) == 1  # the write waited for the drain's commit (here: gave up after 0.2 s)
 
 
 # --- one message per batch (tier ii: memory:// broker) ---------------------------------------

@@ -244,6 +244,7 @@ def drain(using: str = 'default', *, limit: int | None = None, ids: Sequence[int
     master = get_settings().master
     now = timezone.now()
     with transaction.atomic(using=using):
+        _take_write_lock(using)
         sql = None if ids is not None or min_age or master.message_ttl else _ready_sql(connections[using])
         if sql is not None:  # what the publisher thread asks for, without compiling a query each time
             events = _taken_raw(using, sql, now, limit or master.outbox_relay_batch)
@@ -258,6 +259,23 @@ def drain(using: str = 'default', *, limit: int | None = None, ids: Sequence[int
         if events:
             _publish(using, events, result, master.publish_batch_size)
     return result
+
+
+def _take_write_lock(using: str) -> None:
+    """On SQLite, take the database's write lock before the drain reads anything.
+
+    A transaction that reads first and writes later (the events, then their delete) cannot wait
+    for the lock when it comes to write: with Django's default ``transaction_mode`` SQLite refuses
+    the delete at once with "database is locked" if a save wrote meanwhile, and the published
+    events went out again with the next drain. A write that changes nothing, as the first
+    statement, waits in SQLite's busy handler as a save does and holds the lock to the commit
+    (what ``transaction_mode='IMMEDIATE'`` does for every transaction).
+    """
+    connection = connections[using]
+    if connection.vendor == 'sqlite':
+        quote, table = connection.ops.quote_name, OutboxEvent._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(f'UPDATE {quote(table)} SET {quote("id")} = {quote("id")} WHERE 0')
 
 
 def _publish(using: str, events: list[Taken], result: Drained, batch_size: int) -> None:
