@@ -131,7 +131,8 @@ def write(records: list[dict], meta: dict, out: Path) -> tuple[Path, Path]:
         '',
         f'`{meta["command"]}` — {meta["started"]}, {meta["duration_min"]:.1f} min; '
         f'{meta["machine"]}; cqrs_celery at {meta["git"]}.',
-        f'N = {meta["n"]} rows per step, {meta["runs"]} run(s) per figure: median (min–max). '
+        f'N = {meta["n"]} rows per step, {meta["runs"]} run(s) per figure: median (min–max); '
+        f'bench row: {meta.get("shape", "item")}. '
         '"better"/"worse" in the ratio column is from cqrs_celery\'s side. See benchmarks/README.md '
         'for what each scenario measures.',
     ]

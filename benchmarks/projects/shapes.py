@@ -1,27 +1,76 @@
-"""The field values of bench row ``i``, the same for both libraries and for the plain model."""
+"""The bench row: its fields and the values of row ``i``, the same for both libraries and the plain model.
+
+Environment (run.py's ``--shape`` and ``--tracked`` set it):
+    BENCH_SHAPE     item (the default: eight columns, the id included), narrow (four) or wide (nineteen, a JSON
+                    document and a 2 KB text among them; no TimeField, which django-cqrs
+                    cannot send)
+    BENCH_TRACKED   1: the master model names ``CQRS_TRACKED_FIELDS`` (quantity and sku), so
+                    every event carries ``previous_data``
+
+Every shape has ``sku`` and ``quantity``: scenario B changes ``quantity``.
+"""
 
 import datetime
 import decimal
+import os
+import uuid
+
+SHAPE = os.environ.get('BENCH_SHAPE', 'item')
+SHAPES = ('item', 'narrow', 'wide')
+if SHAPE not in SHAPES:
+    raise ValueError(f'BENCH_SHAPE must be one of {", ".join(SHAPES)}, not {SHAPE!r}')
+
+#: The master model's ``CQRS_TRACKED_FIELDS`` (None: no tracked fields).
+TRACKED_FIELDS = ['quantity', 'sku'] if os.environ.get('BENCH_TRACKED') == '1' else None
 
 EPOCH = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 NOTES = 'A line of text that a replicated row might carry along with its other fields. ' * 3
+BODY = ''.join(f'Paragraph {n}: a longer text column, as an article or a description would be. ' for n in range(26))
 
 
 def row(i: int) -> dict:
-    return {
-        'sku': f'SKU-{i:08d}',
+    values = {'sku': f'SKU-{i:08d}', 'quantity': i % 1000}
+    if SHAPE == 'narrow':
+        return {**values, 'active': i % 2 == 0}
+    values.update({
         'title': f'Bench item number {i}',
-        'quantity': i % 1000,
         'price': decimal.Decimal(i % 10000) / 100,
         'happened_at': EPOCH + datetime.timedelta(seconds=i),
         'active': i % 2 == 0,
         'notes': NOTES,
-    }
+    })
+    if SHAPE == 'wide':
+        values.update({
+            'ref': uuid.UUID(int=i),
+            'weight': i / 7,
+            'big': 2**40 + i,
+            'small': i % 100,
+            'day': EPOCH.date() + datetime.timedelta(days=i % 3650),
+            'email': f'user{i}@example.com',
+            'slug': f'bench-item-{i}',
+            'maybe': None if i % 3 else f'sometimes {i}',
+            'attributes': {'color': ['red', 'green', 'blue'][i % 3], 'sizes': [i % 5, i % 7],
+                           'dims': {'w': i % 100, 'h': (i * 3) % 100}, 'tags': [f't{i % 11}', 'bench']},
+            'body': BODY,
+            'ratio': decimal.Decimal(i % 1000) / 1000,
+        })
+    return values
 
 
 def item_fields():
     """An abstract model with the bench row's fields (imported from the apps' models modules)."""
     from django.db import models
+
+    if SHAPE == 'narrow':
+        class NarrowFields(models.Model):
+            sku = models.CharField(max_length=40)
+            quantity = models.IntegerField()
+            active = models.BooleanField(default=True)
+
+            class Meta:
+                abstract = True
+
+        return NarrowFields
 
     class ItemFields(models.Model):
         sku = models.CharField(max_length=40)
@@ -35,4 +84,23 @@ def item_fields():
         class Meta:
             abstract = True
 
-    return ItemFields
+    if SHAPE == 'item':
+        return ItemFields
+
+    class WideFields(ItemFields):
+        ref = models.UUIDField()
+        weight = models.FloatField()
+        big = models.BigIntegerField()
+        small = models.SmallIntegerField()
+        day = models.DateField()
+        email = models.EmailField()
+        slug = models.SlugField(max_length=80)
+        maybe = models.CharField(max_length=40, null=True)
+        attributes = models.JSONField()
+        body = models.TextField()
+        ratio = models.DecimalField(max_digits=6, decimal_places=3)
+
+        class Meta:
+            abstract = True
+
+    return WideFields

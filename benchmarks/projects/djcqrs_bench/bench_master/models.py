@@ -2,13 +2,15 @@
 
 from common import CQRS_ID
 from dj_cqrs.mixins import MasterMixin
-from shapes import item_fields
+from shapes import TRACKED_FIELDS, item_fields
 
 ItemFields = item_fields()
 
 
 class Item(MasterMixin, ItemFields):
     CQRS_ID = CQRS_ID
+    if TRACKED_FIELDS:
+        CQRS_TRACKED_FIELDS = TRACKED_FIELDS
 
 
 class PlainItem(ItemFields):
