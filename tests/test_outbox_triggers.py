@@ -4,6 +4,8 @@ statement, and what gets published is exactly what the Python outbox path publis
 Tier i on PostgreSQL: envelopes are captured (``capture_envelopes`` publishes inline).
 """
 
+import contextlib
+
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
@@ -12,9 +14,9 @@ from django.test.utils import CaptureQueriesContext
 
 from cqrs_celery import SignalType
 from cqrs_celery.master import triggers
-from cqrs_celery.models import OutboxEvent
+from cqrs_celery.models import MasterTombstone, OutboxEvent
 from cqrs_celery.testing import capture_envelopes
-from tests.master_app.models import Author, Item, Publisher
+from tests.master_app.models import Author, Book, CompatTrackedBulk, Item, Publisher
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -40,7 +42,8 @@ def installed():
 def test_migrate_installs_triggers_only_on_models_with_nothing_for_python_to_add(installed):
     names = ' '.join(installed)
     assert 'master_app_item' in names and 'master_app_publisher' in names
-    assert 'master_app_author' not in names  # tracked fields and its own get_cqrs_meta
+    assert 'master_app_book' in names  # tracked fields: save() hands the old values to the trigger
+    assert 'master_app_author' not in names  # its own get_cqrs_meta
     with without_meta():
         assert triggers.active('default', Item) and not triggers.active('default', Author)
     assert not triggers.active('default', Item)  # with a meta_function, Python has something to add
@@ -120,3 +123,134 @@ def test_a_meta_function_set_later_takes_the_python_path_and_its_meta_travels(in
 
     assert len(sent) == 1  # the trigger's event and Python's event of the row go out once
     assert sent[0].meta == {'origin': 'tests', 'model': 'item'}
+
+
+class Rollback(Exception):
+    pass
+
+
+def tracked_story():
+    """Saves of models with tracked fields, every way a row's event can be written."""
+    author = Author.objects.create(id=1, name='a')  # its own get_cqrs_meta: the Python path
+    book = Book.objects.create(id=1, title='t1', price=1, author=author)
+    book.title = 't2'
+    book.save()
+    book.price, book.title = 2, 't3'
+    book.save()
+    with transaction.atomic():
+        book.title = 't4'
+        book.save()
+        book.price = 3
+        book.save()  # the same instance again: the revision stays, the old values merge
+    with transaction.atomic():
+        other = Book.objects.get(pk=1)
+        book.title = 't5'
+        book.save()
+        other.price = 4
+        other.save()  # another instance of the row in the same transaction
+    with transaction.atomic():
+        book.title = 't6'
+        book.save()
+        with contextlib.suppress(Rollback), transaction.atomic():
+            book.price = 5
+            book.save()
+            raise Rollback
+        book.save()
+    book.internal_note = 'master only'
+    book.save(update_fields=['internal_note'])
+    book.title = 't7'
+    book.save(update_fields=['title'], update_cqrs_fields=True)
+    CompatTrackedBulk(id=7, status='new').save()  # a pk given: the UPDATE finds nothing, then the INSERT
+    CompatTrackedBulk.objects.get(id=7).delete()
+    CompatTrackedBulk.objects.create(id=7, status='again')  # the tombstone's revision and the payload
+    CompatTrackedBulk.cqrs.bulk_create([CompatTrackedBulk(id=i, status='b') for i in (8, 9)])
+    CompatTrackedBulk.cqrs.bulk_update(CompatTrackedBulk.objects.filter(id=8), status='c')
+
+
+def published(envelopes):
+    return sorted(
+        ((e.cqrs_id, e.signal_type.value, str(e.instance_pk), e.revision, e.previous_data,
+          {k: v for k, v in e.instance_data.items() if k != 'cqrs_updated'}) for e in envelopes),
+        key=repr)
+
+
+def test_models_with_tracked_fields_publish_through_the_trigger_exactly_what_the_python_path_publishes(installed):
+    with without_meta():
+        assert triggers.active('default', Book) and triggers.active('default', CompatTrackedBulk)
+        with capture_envelopes() as sent:
+            tracked_story()
+    by_trigger = published(sent)
+
+    for model in (Book, CompatTrackedBulk, Author, MasterTombstone):
+        model.objects.all()._raw_delete('default')
+    triggers.install('default')  # the test settings' meta_function: no model qualifies, triggers dropped
+    triggers.forget()
+    with without_meta():
+        assert not triggers.active('default', Book)
+        with capture_envelopes() as sent:
+            tracked_story()
+
+    assert published(sent) == by_trigger
+    merged = {(revision, str(sorted(previous.items()))) for cqrs_id, _, _, revision, previous, _ in by_trigger
+              if cqrs_id == 'book'}
+    assert (3, str([('price', 2), ('title', 't3')])) in merged  # the same instance saved twice
+    assert (5, str([('price', '3.0000'), ('title', 't4')])) in merged  # two instances of the row
+    assert (7, str([('price', 3), ('title', 't5')])) in merged  # a save rolled back with its savepoint
+    assert not OutboxEvent.objects.exists()
+
+
+def test_a_tracked_save_with_the_trigger_is_one_statement_carrying_previous_data(installed):
+    with without_meta(), capture_envelopes():
+        author = Author.objects.create(name='a')
+        assert triggers.active('default', Book)  # looked up once per process and table
+    with without_meta(), capture_envelopes() as sent, CaptureQueriesContext(connection) as queries:
+        book = Book.objects.create(title='t1', price=1, author=author)
+        book.title = 't2'
+        book.save()
+
+    statements = [q['sql'] for q in queries.captured_queries]
+    assert statements[0].startswith('INSERT INTO "master_app_book"'), 'no transaction of ours'
+    writes = [sql.split()[0] for sql in statements if sql.startswith(('INSERT INTO "master_app_book"',
+                                                                      'UPDATE "master_app_book"'))]
+    assert writes == ['INSERT', 'UPDATE']
+    assert not [sql for sql in statements if sql.startswith('INSERT INTO "cqrs_celery_outboxevent"')], \
+        'the events are written by the database'
+    assert [e.previous_data for e in sent] == [{'title': None, 'price': None}, {'title': 't1'}]
+    assert not OutboxEvent.objects.exists()
+
+
+def test_a_trigger_that_stores_no_payload_is_not_used_for_a_model_with_tracked_fields(installed):
+    table = connection.ops.quote_name(Book._meta.db_table)
+    function = connection.ops.quote_name(triggers.trigger_name(Book))
+    with connection.cursor() as cursor:  # the function as a version before tracked fields installed it
+        cursor.execute(f'''CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO cqrs_celery_outboxevent (cqrs_id, pk_value, signal_type, revision, envelope, created,
+                                                     attempts, error, available_at, set_aside)
+                VALUES ('book', to_jsonb(NEW.id)::text, 'SAVE', NEW.cqrs_revision, '', now(), 0, '', now(), false);
+                RETURN NULL;
+            END $$''')
+    triggers.forget()
+    with without_meta():
+        assert not triggers.active('default', Book), 'its events would lose previous_data'
+        assert triggers.active('default', Item)
+        with capture_envelopes() as sent:
+            Book.objects.create(title='t1', price=1, author=Author.objects.create(name='a'))
+    book_events = [e for e in sent if e.cqrs_id == 'book']
+    assert [e.previous_data for e in book_events] == [{'title': None, 'price': None}]
+    assert table  # (the trigger itself stays until the next migrate)
+
+
+def test_bulk_operations_on_a_tracked_model_put_the_old_values_on_the_triggers_own_events(installed):
+    with without_meta(), capture_envelopes() as sent, transaction.atomic():
+        CompatTrackedBulk.cqrs.bulk_create([CompatTrackedBulk(id=i, status='b') for i in range(5)])
+        CompatTrackedBulk.cqrs.bulk_update(CompatTrackedBulk.objects.filter(id__in=[1, 2]), status='c')
+        events = list(OutboxEvent.objects.order_by('id').values_list('pk_value', 'revision', 'envelope'))
+
+    # One event per row and change, each with its payload: none can be published apart from its old values.
+    assert [(pk, revision) for pk, revision, _ in events] == [(str(i), 0) for i in range(5)] + [('1', 1), ('2', 1)]
+    assert all(envelope for *_, envelope in events)
+    # (a row created and updated in one transaction is published once: the values before the first change)
+    assert sorted((e.instance_pk, e.revision, e.previous_data) for e in sent) == [
+        (0, 0, {'status': None}), (1, 1, {'status': None, 'description': None}),
+        (2, 1, {'status': None, 'description': None}), (3, 0, {'status': None}), (4, 0, {'status': None})]

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from django.db import connections, models, router, transaction
-from django.db.models.expressions import Combinable, RawSQL
+from django.db.models.expressions import Combinable, RawSQL, Value
 from django.db.models.signals import class_prepared
 from django.utils.module_loading import import_string
 
@@ -136,10 +136,13 @@ class RawMasterMixin(models.Model):
                 if isinstance(loaded, int):
                     self._cqrs_settle_to = loaded + (1 if bump else 0)
             tracker.capture(self, merge=not self.is_initial_cqrs_save)
+            self._cqrs_hand_payload(using)
             try:
                 super().save(*args, **kwargs)
             finally:
                 self._cqrs_settle_revision()
+                self.__dict__.pop('_cqrs_payload', None)
+                self.__dict__.pop('_cqrs_handed', None)
         if connection.in_atomic_block:
             self.__dict__['_cqrs_bumped'] = (using, connection.run_on_commit)
 
@@ -147,12 +150,33 @@ class RawMasterMixin(models.Model):
         """A save whose ``update_fields`` name ``cqrs_revision``: the caller set the revision; publish it."""
         tracker.capture(self, merge=not self.is_initial_cqrs_save)
         self._cqrs_by_trigger = triggers.active(using, type(self))
+        self._cqrs_hand_payload(using)
         given = isinstance(self.cqrs_revision, Combinable)
         with contextlib.nullcontext() if self._cqrs_by_trigger else transaction.atomic(using=using, savepoint=False):
-            super().save(*args, **kwargs)
+            try:
+                super().save(*args, **kwargs)
+            finally:
+                self.__dict__.pop('_cqrs_payload', None)
+                self.__dict__.pop('_cqrs_handed', None)
             if given:  # read back what the expression made of it
                 self.cqrs_revision = type(self)._base_manager.using(using).values_list(
                     FIELD_REVISION, flat=True).get(pk=self.pk)
+
+    def _cqrs_hand_payload(self, using: str) -> None:
+        """With the trigger, have this save's statement hand the event's ``previous_data`` to it.
+
+        What the row's earlier saves in the transaction handed is merged in (their values win), so
+        the event carries what the Python path's would. Kept until the save ends: ``_do_update`` and
+        ``_do_insert`` add it to the revision's value; ``post_save`` records it (``_cqrs_handed``).
+        """
+        if not (self._cqrs_by_trigger and tracker.has_tracker(type(self))):
+            return
+        from cqrs_celery.master.publish import event_payload, handed_before
+
+        data = {**(self.get_tracked_fields_data() or {}), **(handed_before(using, self) or {})}
+        self.__dict__['_cqrs_handed'] = data
+        if data:
+            self.__dict__['_cqrs_payload'] = event_payload(data)
 
     def _cqrs_count_save(self, connection: Any) -> None:
         if not connection.in_atomic_block:
@@ -178,22 +202,40 @@ class RawMasterMixin(models.Model):
             settled = getattr(self, '_cqrs_settle_to', None)
             self.cqrs_revision = settled if isinstance(settled, int) else 0
 
+    def _do_update(self, base_qs: Any, using: str, pk_val: Any, values: Any,  # type: ignore[override]
+                   *args: Any, **kwargs: Any) -> Any:
+        payload = self.__dict__.get('_cqrs_payload')
+        if payload is not None:  # the trigger's payload travels in the revision's new value
+            extra = _payload_expression(type(self), payload)
+            values = [(field, model, _plus(value, extra) if field.attname == FIELD_REVISION else value)
+                      for field, model, value in values]
+        return super()._do_update(base_qs, using, pk_val, values, *args, **kwargs)
+
     def _do_insert(self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool) -> Any:
         """Insert with the revision a new row starts at: 0, or one past its pk's tombstone.
 
         Where the database returns inserted columns, the tombstone is read inside the INSERT
-        (a subquery) and the revision comes back with it: one statement for a new row.
+        (a subquery) and the revision comes back with it: one statement for a new row. The
+        trigger's payload, if any, travels in the same value.
         """
-        if not isinstance(self.cqrs_revision, Combinable):
+        payload = self.__dict__.get('_cqrs_payload')
+        revised = isinstance(self.cqrs_revision, Combinable)
+        if not revised and payload is None:
             return super()._do_insert(manager, using, fields, returning_fields, raw)  # type: ignore[misc]
         if not connections[using].features.can_return_columns_from_insert:
             self.cqrs_revision = self._cqrs_revision_for_insert(using)
-            return super()._do_insert(manager, using, fields, returning_fields, raw)
-        key = pk_hash(pk_key(to_json(self.pk)))
-        self.cqrs_revision = RawSQL(_insert_revision_sql(connections[using]), (self.CQRS_ID, key),
-                                    output_field=models.IntegerField())
+            return super()._do_insert(manager, using, fields, returning_fields, raw)  # type: ignore[misc]
+        params: list[Any]
+        if revised:
+            sql, params = _insert_revision_sql(connections[using]), [self.CQRS_ID, pk_hash(pk_key(to_json(self.pk)))]
+        else:
+            sql, params = '%s', [self.cqrs_revision]
+        if payload is not None:
+            extra, extra_params = triggers.payload_sql(type(self), payload)
+            sql, params = f'({sql} + {extra})', [*params, *extra_params]
+        self.cqrs_revision = RawSQL(sql, params, output_field=models.IntegerField())
         returning = [*(returning_fields or []), self._meta.get_field(FIELD_REVISION)]
-        rows = super()._do_insert(manager, using, fields, returning, raw)
+        rows = super()._do_insert(manager, using, fields, returning, raw)  # type: ignore[misc]
         self.cqrs_revision = rows[0][-1]
         return [row[:-1] for row in rows]
 
@@ -342,6 +384,18 @@ def _same_transaction(alias: str, hooks: Any) -> bool:
     """
     connection = connections[alias]
     return bool(connection.in_atomic_block) and connection.run_on_commit is hooks
+
+
+def _payload_expression(model: Any, payload: str) -> RawSQL:
+    sql, params = triggers.payload_sql(model, payload)
+    return RawSQL(sql, params, output_field=models.IntegerField())
+
+
+def _plus(value: Any, extra: RawSQL) -> Any:
+    """``value + extra`` as an expression, ``value`` being an expression or a plain number."""
+    if not hasattr(value, 'resolve_expression'):
+        value = Value(value, output_field=models.IntegerField())
+    return value + extra
 
 
 _REVISION_SQL: dict[str, str] = {}

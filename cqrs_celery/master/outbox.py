@@ -132,6 +132,27 @@ def _insert(connection: Any, head: list[Any], revision_sql: str, revision_params
         return int(cursor.fetchone()[0] if returning else cursor.lastrowid)
 
 
+def hand_payloads(using: str, cqrs_id: str, rows: Sequence[tuple[Any, int, str]]) -> list[int]:
+    """Put payloads on the SAVE events a trigger wrote (PostgreSQL), in one statement.
+
+    ``rows`` are (pk in its JSON form, revision, payload): each payload goes to the row's event of
+    that revision that carries none yet. Returns the indexes of the rows that have no such event.
+    """
+    connection = connections[using]
+    table = connection.ops.quote_name(OutboxEvent._meta.db_table)
+    keys = [outbox_pk(pk) for pk, _, _ in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'UPDATE {table} AS o SET envelope = v.payload '
+            f'FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS v(pk_value, revision, payload) '
+            f"WHERE o.cqrs_id = %s AND o.signal_type = 'SAVE' AND o.envelope = '' "
+            f'AND o.pk_value = v.pk_value AND o.revision = v.revision RETURNING o.pk_value, o.revision',
+            [keys, [revision for _, revision, _ in rows], [payload for _, _, payload in rows], cqrs_id])
+        found = set(cursor.fetchall())
+    return [index for index, (key, (_, revision, _)) in enumerate(zip(keys, rows, strict=True))
+            if (key, revision) not in found]
+
+
 def write_many(using: str, changes: Sequence[Change]) -> list[int]:
     """Store new events in one INSERT where the database returns their ids; returns the ids."""
     if not connections[using].features.can_return_rows_from_bulk_insert:

@@ -130,10 +130,16 @@ class Change:
         """What the outbox stores for this change besides the row's name."""
         if self.delete_envelope is not None:
             return ujson.dumps(self.delete_envelope.to_wire(), ensure_ascii=False)
-        if self.previous_data is None and self.meta is None and self.correlation_id is None:
-            return ''
-        return ujson.dumps({'previous_data': self.previous_data, 'meta': self.meta,
-                            'correlation_id': self.correlation_id}, ensure_ascii=False)
+        return event_payload(self.previous_data, self.meta, self.correlation_id)
+
+
+def event_payload(previous_data: dict[str, Any] | None, meta: dict[str, Any] | None = None,
+                  correlation_id: str | None = None) -> str:
+    """What a SAVE event stores besides the row's name: ``''`` when there is nothing."""
+    if previous_data is None and meta is None and correlation_id is None:
+        return ''
+    return ujson.dumps({'previous_data': previous_data, 'meta': meta, 'correlation_id': correlation_id},
+                       ensure_ascii=False)
 
 
 def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exception | None]:
@@ -199,6 +205,10 @@ class _Batch:
         self.rows: dict[tuple[type[models.Model], Any], Change] = {}
         #: The database wrote events of this transaction too (triggers.py): publish what is ready.
         self.by_trigger = False
+        #: ``previous_data`` the trigger's events of this transaction carry, per row: a later save of
+        #: a row merges it into its own, as ``rows`` does for the Python path (savepoints that were
+        #: rolled back included).
+        self.handed: dict[tuple[type[models.Model], Any], dict[str, Any]] = {}
 
     def add(self, instance: Any, signal_type: SignalType, previous_data: dict[str, Any] | None,
             delete_envelope: Envelope | None) -> None:
@@ -281,11 +291,19 @@ class _Batch:
         return stored == envelope.revision
 
 
-def _current_batch(using: str) -> _Batch:
-    connection = connections[using]
+def _open_batch(connection: Any) -> _Batch | None:
+    """The batch of the connection's current transaction, if it has one."""
     batch: _Batch | None = getattr(connection, '_cqrs_batch', None)
     # A batch whose callback was discarded by a savepoint rollback is no longer valid.
     if batch is None or not any(entry[1] == batch.flush for entry in connection.run_on_commit):
+        return None
+    return batch
+
+
+def _current_batch(using: str) -> _Batch:
+    connection = connections[using]
+    batch = _open_batch(connection)
+    if batch is None:
         batch = _Batch(using)
         connection._cqrs_batch = batch  # type: ignore[attr-defined]
         # Publishing only after commit means replicas never see a change that was rolled back,
@@ -306,14 +324,30 @@ def schedule(instance: Any, signal_type: SignalType, using: str, *,
     _current_batch(using).add(instance, signal_type, previous_data, delete_envelope)
 
 
-def wake_after_commit(using: str) -> None:
-    """Have the events the database wrote in this transaction published after it commits."""
+def wake_after_commit(using: str, handed: tuple[Any, dict[str, Any]] | None = None) -> None:
+    """Have the events the database wrote in this transaction published after it commits.
+
+    ``handed``: the instance just saved and the ``previous_data`` its statement gave the trigger.
+    """
     from cqrs_celery.master import publisher
 
     if connections[using].in_atomic_block:
-        _current_batch(using).by_trigger = True
+        batch = _current_batch(using)
+        batch.by_trigger = True
+        if handed is not None:
+            instance, previous_data = handed
+            batch.handed[(type(instance), instance._meta.pk.to_python(instance.pk))] = previous_data
     else:
         publisher.committed(using, [], everything=True)
+
+
+def handed_before(using: str, instance: Any) -> dict[str, Any] | None:
+    """``previous_data`` given to the trigger for this row earlier in the current transaction."""
+    connection = connections[using]
+    if not connection.in_atomic_block or instance.pk is None:
+        return None
+    batch = _open_batch(connection)
+    return None if batch is None else batch.handed.get((type(instance), instance._meta.pk.to_python(instance.pk)))
 
 
 def schedule_many(instances: Iterable[Any], signal_type: SignalType, using: str) -> None:
@@ -323,11 +357,22 @@ def schedule_many(instances: Iterable[Any], signal_type: SignalType, using: str)
     instances = [i for i in instances if i.CQRS_PRODUCE and i.is_sync_instance()]
     if not instances:
         return
-    if triggers.active(using, type(instances[0])):
+    model = type(instances[0])
+    if triggers.active(using, model):
         wake_after_commit(using)
-        return
+        # A multi-row statement cannot hand each row's old values to the trigger: they are put on
+        # its events now; a row whose event is not found (its revision was not bumped) gets one.
+        from cqrs_celery.master import outbox
+
+        instances = [i for i in instances if i.get_tracked_fields_data()]
+        if not instances:
+            return
+        rows = [(to_json(i.pk), i.cqrs_revision, event_payload(i.get_tracked_fields_data())) for i in instances]
+        instances = [instances[index] for index in outbox.hand_payloads(using, model.CQRS_ID, rows)]
+        if not instances:
+            return
     with transaction.atomic(using=using, savepoint=False):
-        _current_batch(using).add_saved(type(instances[0]), instances)
+        _current_batch(using).add_saved(model, instances)
 
 
 def delete_envelope(instance: Any, using: str, revision: int) -> Envelope:

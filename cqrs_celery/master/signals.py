@@ -19,7 +19,8 @@ def on_post_save(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
     if getattr(instance, '_cqrs_skip', False):
         return
     if getattr(instance, '_cqrs_by_trigger', False):
-        publish.wake_after_commit(using)  # the database wrote the event
+        handed = instance.__dict__.get('_cqrs_handed')
+        publish.wake_after_commit(using, None if handed is None else (instance, handed))  # the database wrote the event
         return
     publish.schedule(instance, SignalType.SAVE, using, previous_data=instance.get_tracked_fields_data() or None)
 

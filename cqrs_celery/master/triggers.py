@@ -1,18 +1,28 @@
 """Outbox events written by the database itself (PostgreSQL): the save pays for its own statement only.
 
-For a master model with nothing for Python to add to its events — no tracked fields, no
-``get_cqrs_meta``/``is_sync_instance`` of its own, and no ``meta_function``/``correlation_function``
-configured — an ``AFTER INSERT OR UPDATE`` trigger writes the outbox event in the same statement
-as the row, for every write that changed ``cqrs_revision``. ``save()`` then runs as the plain
-Django save does (one statement, in autocommit one round trip) and only wakes the publisher after
-commit. Everything else (other databases, models with more to say, deletes) takes the Python
-outbox path of ``publish.py``. Both paths write the same events; the publisher cannot tell them
-apart.
+For a master model with nothing for Python to add to its events but the tracked fields' old
+values — no ``get_cqrs_meta``/``is_sync_instance`` of its own, and no
+``meta_function``/``correlation_function`` configured — an ``AFTER INSERT OR UPDATE`` trigger
+writes the outbox event in the same statement as the row, for every write that changed
+``cqrs_revision``. ``save()`` then runs as the plain Django save does (one statement, in
+autocommit one round trip) and only wakes the publisher after commit.
+
+A model with ``CQRS_TRACKED_FIELDS`` takes the same path: ``save()`` hands the event's payload
+(``previous_data``, known before the write) to the trigger inside the row's own statement, as a
+transaction-local setting that the revision's value expression sets (:func:`payload_sql`); the
+trigger stores it in the event and clears it. A save that wrote the row before in the same
+transaction (the revision stays) adds an event with the merged payload; the publisher merges the
+events of a row taken together, as it merges those of the Python path.
+
+Everything else (other databases, models with more to say, multi-table inheritance, deletes)
+takes the Python outbox path of ``publish.py``. Both paths write the same events; the publisher
+cannot tell them apart.
 
 Triggers are (re)installed after every ``migrate`` on PostgreSQL (``post_migrate``), and removed
 from models that stop qualifying. A process uses the trigger path for a table only after it has
-seen the trigger in the database (checked once per process and table), so a database that was not
-migrated since an upgrade keeps the Python path and loses nothing.
+seen the trigger in the database (checked once per process and table), and for a model with
+tracked fields only a trigger that reads the payload; so a database that was not migrated since an
+upgrade keeps the Python path and loses nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from typing import Any
 from django.db import connections
 
 from cqrs_celery.conf import get_settings
+from cqrs_celery.master import tracker
 from cqrs_celery.models import OutboxEvent
 from cqrs_celery.registry import MasterRegistry
 
@@ -35,18 +46,38 @@ _seen: dict[tuple[str, str], bool] = {}
 def _function_sql(connection: Any, model: Any, name: str) -> str:
     """The trigger function of one table: its CQRS_ID and pk column are written into it."""
     quote = connection.ops.quote_name
+    setting = _literal(payload_setting(model))
     return f'''
 CREATE OR REPLACE FUNCTION {quote(name)}() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    payload text := COALESCE(current_setting({setting}, true), '');
 BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.cqrs_revision IS NOT DISTINCT FROM OLD.cqrs_revision THEN
+    IF payload <> '' THEN
+        PERFORM set_config({setting}, '', true);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.cqrs_revision IS NOT DISTINCT FROM OLD.cqrs_revision AND payload = '' THEN
         RETURN NULL;
     END IF;
     INSERT INTO {quote(OutboxEvent._meta.db_table)} (cqrs_id, pk_value, signal_type, revision, envelope, created,
                                                     attempts, error, available_at, set_aside)
     VALUES ({_literal(model.CQRS_ID)}, to_jsonb(NEW.{quote(model._meta.pk.column)})::text, 'SAVE',
-            NEW.cqrs_revision, '', now(), 0, '', now(), false);
+            NEW.cqrs_revision, payload, now(), 0, '', now(), false);
     RETURN NULL;
 END $$'''
+
+
+def payload_setting(model: Any) -> str:
+    """The transaction-local setting through which ``save()`` hands an event's payload to the trigger.
+
+    Named after the table (hashed: a setting's name must be a plain identifier), so that a payload
+    can only ever reach its own table's trigger.
+    """
+    return f'cqrs_celery.p{hashlib.sha256(model._meta.db_table.encode()).hexdigest()[:24]}'
+
+
+def payload_sql(model: Any, payload: str) -> tuple[str, list[str]]:
+    """SQL to add to the revision's value in the row's statement: 0, after setting the payload."""
+    return '0 * length(set_config(%s, %s, true))', [payload_setting(model), payload]
 
 
 def trigger_name(model: Any) -> str:
@@ -60,13 +91,11 @@ def trigger_name(model: Any) -> str:
 def qualifies(model: Any) -> bool:
     """True when the model's events need nothing from Python (settings included)."""
     from cqrs_celery.master.mixins import RawMasterMixin
-    from cqrs_celery.master.tracker import TRACKER_NAME
 
     master = get_settings().master
     return bool(
         model._cqrs_auto_publish and model.CQRS_PRODUCE and master.outbox
-        and master.meta_function is None and master.correlation_function is None
-        and not getattr(model, TRACKER_NAME, None) and not model._meta.parents
+        and master.meta_function is None and master.correlation_function is None and not model._meta.parents
         and model.get_cqrs_meta is RawMasterMixin.get_cqrs_meta
         and model.is_sync_instance is RawMasterMixin.is_sync_instance
     )
@@ -119,9 +148,13 @@ def active(using: str, model: Any) -> bool:
     seen = _seen.get(key)
     if seen is None:
         with connection.cursor() as cursor:
-            cursor.execute('SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = %s::regclass',
-                           [trigger_name(model), connection.ops.quote_name(model._meta.db_table)])
-            seen = _seen[key] = cursor.fetchone() is not None
+            cursor.execute('SELECT position(%s IN p.prosrc) > 0 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid '
+                           'WHERE t.tgname = %s AND t.tgrelid = %s::regclass',
+                           [payload_setting(model), trigger_name(model),
+                            connection.ops.quote_name(model._meta.db_table)])
+            found = cursor.fetchone()
+        # A trigger installed by a version that stored no payload serves models without tracked fields only.
+        seen = _seen[key] = found is not None and (bool(found[0]) or not tracker.has_tracker(model))
     return seen
 
 
