@@ -627,8 +627,6 @@ def test_all_basic_fields_is_the_all_value():
 def triggers_installed():
     from cqrs_celery.master import triggers
 
-    if settings.DATABASE_KIND != 'postgres':
-        pytest.skip('outbox triggers are PostgreSQL only')
     with master_settings(meta_function=None):
         triggers.install('default')
         triggers.forget()

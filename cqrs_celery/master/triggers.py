@@ -1,4 +1,4 @@
-"""Outbox events written by the database itself (PostgreSQL): the save pays for its own statement only.
+"""Outbox events written by the database itself (PostgreSQL, SQLite): the save pays for its own statement only.
 
 For a master model with nothing for Python to add to its events but the tracked fields' old
 values — no ``get_cqrs_meta``/``is_sync_instance`` of its own, and no
@@ -7,7 +7,11 @@ writes the outbox event in the same statement as the row, for every write that c
 ``cqrs_revision``. ``save()`` then runs as the plain Django save does (one statement, in
 autocommit one round trip) and only wakes the publisher after commit.
 
-A model with ``CQRS_TRACKED_FIELDS`` takes the same path: ``save()`` hands the event's payload
+On SQLite two triggers (``AFTER INSERT``, ``AFTER UPDATE``) do the same, for models whose primary
+key is an integer or text column (``json_quote`` then names the row exactly as Python does) and
+that have no tracked fields (SQLite has no setting to hand their old values through).
+
+On PostgreSQL, a model with ``CQRS_TRACKED_FIELDS`` takes the same path: ``save()`` hands the event's payload
 (``previous_data``, known before the write) to the trigger inside the row's own statement, as a
 transaction-local setting that the revision's value expression sets (:func:`payload_sql`); the
 trigger stores it in the event and clears it. A save that wrote the row before in the same
@@ -18,7 +22,7 @@ Everything else (other databases, models with more to say, multi-table inheritan
 takes the Python outbox path of ``publish.py``. Both paths write the same events; the publisher
 cannot tell them apart.
 
-Triggers are (re)installed after every ``migrate`` on PostgreSQL (``post_migrate``), and removed
+Triggers are (re)installed after every ``migrate`` (``post_migrate``), and removed
 from models that stop qualifying. A process uses the trigger path for a table only after it has
 seen the trigger in the database (checked once per process and table), and for a model with
 tracked fields only a trigger that reads the payload; so a database that was not migrated since an
@@ -31,9 +35,10 @@ import hashlib
 import logging
 from typing import Any
 
-from django.db import connections
+from django.db import connections, models
 
 from cqrs_celery.conf import get_settings
+from cqrs_celery.constants import FIELD_REVISION
 from cqrs_celery.master import tracker
 from cqrs_celery.models import OutboxEvent
 from cqrs_celery.registry import MasterRegistry
@@ -88,6 +93,44 @@ def trigger_name(model: Any) -> str:
     return f'cqrs_outbox_{hashlib.sha256(model._meta.db_table.encode()).hexdigest()[:24]}'
 
 
+#: Primary keys whose SQLite value ``json_quote`` writes as ``outbox.outbox_pk`` writes the pk
+#: (exact types: a subclass may store something else than the value Python sends).
+_SQLITE_PKS = frozenset({
+    models.AutoField, models.BigAutoField, models.SmallAutoField, models.IntegerField, models.BigIntegerField,
+    models.SmallIntegerField, models.PositiveIntegerField, models.PositiveBigIntegerField,
+    models.PositiveSmallIntegerField, models.CharField, models.TextField, models.SlugField, models.EmailField,
+})
+#: What an SQLite trigger writes for ``created``/``available_at``: UTC text as Django stores datetimes.
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+def _sqlite_sql(connection: Any, model: Any, name: str) -> list[str]:
+    """The two triggers of one table on SQLite (INSERT; UPDATE that changed the revision)."""
+    quote = connection.ops.quote_name
+    insert = (f'INSERT INTO {quote(OutboxEvent._meta.db_table)} (cqrs_id, pk_value, signal_type, revision, envelope, '
+              f'created, attempts, error, available_at, set_aside) '
+              f"VALUES ({_literal(model.CQRS_ID)}, json_quote(NEW.{quote(model._meta.pk.column)}), 'SAVE', "
+              f"NEW.{quote(FIELD_REVISION)}, '', {_SQLITE_NOW}, 0, '', {_SQLITE_NOW}, 0);")
+    table, revision = quote(model._meta.db_table), quote(FIELD_REVISION)
+    return [f'CREATE TRIGGER {quote(name)} AFTER INSERT ON {table} FOR EACH ROW BEGIN {insert} END',
+            f'CREATE TRIGGER {quote(_sqlite_update_name(name))} AFTER UPDATE ON {table} FOR EACH ROW '
+            f'WHEN NEW.{revision} IS NOT OLD.{revision} BEGIN {insert} END']
+
+
+def _sqlite_update_name(name: str) -> str:
+    return f'{name}_update'
+
+
+def serves(connection: Any, model: Any) -> bool:
+    """True when the database behind ``connection`` can write ``model``'s events itself."""
+    if connection.vendor == 'postgresql':
+        return qualifies(model)
+    if connection.vendor == 'sqlite':
+        return (qualifies(model) and not tracker.has_tracker(model) and type(model._meta.pk) in _SQLITE_PKS
+                and connection.features.supports_json_field)
+    return False
+
+
 def qualifies(model: Any) -> bool:
     """True when the model's events need nothing from Python (settings included)."""
     from cqrs_celery.master.mixins import RawMasterMixin
@@ -104,7 +147,7 @@ def qualifies(model: Any) -> bool:
 def install(using: str = 'default') -> list[str]:
     """Create or drop the triggers of every master model on ``using``; returns what was done."""
     connection = connections[using]
-    if connection.vendor != 'postgresql':
+    if connection.vendor not in {'postgresql', 'sqlite'}:
         return []
     done = []
     tables = set(connection.introspection.table_names())
@@ -114,14 +157,23 @@ def install(using: str = 'default') -> list[str]:
                 continue
             name, table = trigger_name(model), connection.ops.quote_name(model._meta.db_table)
             quoted = connection.ops.quote_name(name)
-            cursor.execute(f'DROP TRIGGER IF EXISTS {quoted} ON {table}')
-            if qualifies(model):
-                cursor.execute(_function_sql(connection, model, name))
-                cursor.execute(f'CREATE TRIGGER {quoted} AFTER INSERT OR UPDATE ON {table} '
-                               f'FOR EACH ROW EXECUTE FUNCTION {quoted}()')
-                done.append(f'{name} on {model._meta.db_table}')
+            if connection.vendor == 'sqlite':
+                for statement in (f'DROP TRIGGER IF EXISTS {quoted}',
+                                  f'DROP TRIGGER IF EXISTS {connection.ops.quote_name(_sqlite_update_name(name))}'):
+                    cursor.execute(statement)
+                if serves(connection, model):
+                    for statement in _sqlite_sql(connection, model, name):
+                        cursor.execute(statement)
+                    done.append(f'{name} on {model._meta.db_table}')
             else:
-                cursor.execute(f'DROP FUNCTION IF EXISTS {quoted}()')
+                cursor.execute(f'DROP TRIGGER IF EXISTS {quoted} ON {table}')
+                if serves(connection, model):
+                    cursor.execute(_function_sql(connection, model, name))
+                    cursor.execute(f'CREATE TRIGGER {quoted} AFTER INSERT OR UPDATE ON {table} '
+                                   f'FOR EACH ROW EXECUTE FUNCTION {quoted}()')
+                    done.append(f'{name} on {model._meta.db_table}')
+                else:
+                    cursor.execute(f'DROP FUNCTION IF EXISTS {quoted}()')
             _seen.pop((using, model._meta.db_table), None)
     return done
 
@@ -142,20 +194,29 @@ def on_post_migrate(sender: Any = None, using: str = 'default', **kwargs: Any) -
 def active(using: str, model: Any) -> bool:
     """True when this save's event is written by the database (the trigger exists and applies)."""
     connection = connections[using]
-    if connection.vendor != 'postgresql' or not qualifies(model):
+    if connection.vendor not in {'postgresql', 'sqlite'} or not qualifies(model):
         return False
     key = (using, model._meta.db_table)
     seen = _seen.get(key)
     if seen is None:
-        with connection.cursor() as cursor:
-            cursor.execute('SELECT position(%s IN p.prosrc) > 0 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid '
-                           'WHERE t.tgname = %s AND t.tgrelid = %s::regclass',
-                           [payload_setting(model), trigger_name(model),
-                            connection.ops.quote_name(model._meta.db_table)])
-            found = cursor.fetchone()
-        # A trigger installed by a version that stored no payload serves models without tracked fields only.
-        seen = _seen[key] = found is not None and (bool(found[0]) or not tracker.has_tracker(model))
+        seen = _seen[key] = serves(connection, model) and _installed(connection, model)
     return seen
+
+
+def _installed(connection: Any, model: Any) -> bool:
+    """Whether the database has the triggers this process's ``serves`` expects (checked once per table)."""
+    name = trigger_name(model)
+    with connection.cursor() as cursor:
+        if connection.vendor == 'sqlite':
+            cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s "
+                           'AND name IN (%s, %s)', [model._meta.db_table, name, _sqlite_update_name(name)])
+            return bool(cursor.fetchone()[0] == 2)
+        cursor.execute('SELECT position(%s IN p.prosrc) > 0 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid '
+                       'WHERE t.tgname = %s AND t.tgrelid = %s::regclass',
+                       [payload_setting(model), name, connection.ops.quote_name(model._meta.db_table)])
+        found = cursor.fetchone()
+    # A trigger installed by a version that stored no payload serves models without tracked fields only.
+    return found is not None and (bool(found[0]) or not tracker.has_tracker(model))
 
 
 def forget() -> None:
