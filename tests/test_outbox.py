@@ -9,6 +9,7 @@ only a real producer shows (one message per batch, the publisher thread).
 
 import contextlib
 import datetime
+import fcntl
 import json
 import logging
 import threading
@@ -542,10 +543,10 @@ def sqlite_file(tmp_path, django_db_blocker):
                 del connections[wrapper.alias]
 
 
-def test_a_sqlite_drain_holds_the_write_lock_so_a_write_meanwhile_cannot_make_it_publish_twice(sqlite_file):
-    """A deferred SQLite transaction that reads first cannot wait for the lock when it comes to
-    write: a save committed while the drain published made the drain's delete fail with
-    "database is locked", and its events went out again with the next drain."""
+def test_a_save_while_a_sqlite_drain_publishes_goes_through_and_nothing_is_published_twice(sqlite_file):
+    """SQLite has one writer: a drain that held the write lock while it published made every save
+    of the service wait for the broker. Only its delete takes the lock now; a save committed while
+    it published neither waits for it nor makes it publish anything again."""
     alias, other = sqlite_file
     authors = [Author.objects.using(alias).create(name=f'author {n}') for n in range(3)]
     published, refused = [], []
@@ -563,10 +564,41 @@ def test_a_sqlite_drain_holds_the_write_lock_so_a_write_meanwhile_cannot_make_it
         first = outbox.drain(alias)
         second = outbox.drain(alias)
 
+    assert refused == [], 'the write did not wait for the drain (its timeout here is 0.2 s)'
     assert (first.published, first.failed, second.taken) == (3, 0, 0)
     assert sorted(published) == sorted(author.pk for author in authors)
     assert OutboxEvent.objects.using(alias).count() == 0
-    assert len(refused) == 1  # the write waited for the drain's commit (here: gave up after 0.2 s)
+    assert set(Author.objects.using(alias).values_list('email', flat=True)) == {'meanwhile@example.com'}
+
+
+def test_sqlite_drains_of_one_file_exclude_one_another_across_processes(sqlite_file):
+    """Without row locks, two drains could take the same events: a drain holds an exclusive lock
+    on a file beside the database from its first read to its delete (a ``flock``, which another
+    process's open of the file conflicts with, as another open in this process does)."""
+    alias, _ = sqlite_file
+    Author.objects.using(alias).create(name='author')
+    lock_file = f'{connections[alias].settings_dict["NAME"]}-cqrs-drain.lock'
+    while_publishing = []
+
+    def try_lock() -> bool:
+        with open(lock_file, 'ab') as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return True
+
+    def send(envelope):
+        attempt = threading.Thread(target=lambda: while_publishing.append(try_lock()))
+        attempt.start()
+        attempt.join(10)
+
+    with sending_with(send):
+        assert outbox.drain(alias).published == 1
+
+    assert while_publishing == [False], 'another drain could take the events while this one published'
+    assert try_lock(), 'the lock is let go once the drain is over'
 
 
 # --- one message per batch (tier ii: memory:// broker) ---------------------------------------

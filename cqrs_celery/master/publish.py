@@ -155,8 +155,9 @@ def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exce
             model = MasterRegistry.get(cqrs_id)
             pks = {_python_pk(model, c.pk) for c in changes if c.cqrs_id == cqrs_id and c.delete_envelope is None}
             # With several models, each is read in a savepoint: a failing query must not abort the
-            # caller's transaction for the others.
-            with transaction.atomic(using=using) if len(cqrs_ids) > 1 else contextlib.nullcontext():
+            # caller's transaction for the others (outside one, as SQLite drains read, nothing to abort).
+            savepoint = len(cqrs_ids) > 1 and connections[using].in_atomic_block
+            with transaction.atomic(using=using) if savepoint else contextlib.nullcontext():
                 queryset = model.relate_cqrs_serialization(model._base_manager.using(using))
                 rows[cqrs_id] = {obj.pk: obj for obj in filter_in(queryset, model._meta.pk, pks)}
         except Exception as exc:  # e.g. a CQRS_ID no master model has any more: its changes alone fail
