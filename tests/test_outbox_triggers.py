@@ -286,3 +286,12 @@ def test_on_sqlite_the_triggers_name_rows_and_stamp_events_as_python_does(instal
         assert created.tzinfo is not None and abs((timezone.now() - created).total_seconds()) < 60
         assert available_at == created and set_aside is False
     assert [e.instance_pk for e in sent] == ['a"b/\u00e9', publisher.pk]
+
+
+def test_no_trigger_is_installed_where_the_router_keeps_the_outbox_table_out(installed, monkeypatch):
+    tables = [t for t in connection.introspection.table_names() if t != OutboxEvent._meta.db_table]
+    monkeypatch.setattr(type(connection.introspection), 'table_names', lambda self, *args, **kwargs: tables)
+    with without_meta():
+        assert triggers.install('default') == []  # its INSERT would fail every save of the model
+        triggers.forget()
+        assert not triggers.active('default', Item)

@@ -151,6 +151,8 @@ def install(using: str = 'default') -> list[str]:
         return []
     done = []
     tables = set(connection.introspection.table_names())
+    # Where the router keeps the outbox out of this database, a trigger could only fail the saves.
+    outbox_here = OutboxEvent._meta.db_table in tables
     with connection.cursor() as cursor:
         for model in MasterRegistry.models():
             if model._meta.db_table not in tables or model._meta.proxy or model._meta.abstract:
@@ -161,13 +163,13 @@ def install(using: str = 'default') -> list[str]:
                 for statement in (f'DROP TRIGGER IF EXISTS {quoted}',
                                   f'DROP TRIGGER IF EXISTS {connection.ops.quote_name(_sqlite_update_name(name))}'):
                     cursor.execute(statement)
-                if serves(connection, model):
+                if outbox_here and serves(connection, model):
                     for statement in _sqlite_sql(connection, model, name):
                         cursor.execute(statement)
                     done.append(f'{name} on {model._meta.db_table}')
             else:
                 cursor.execute(f'DROP TRIGGER IF EXISTS {quoted} ON {table}')
-                if serves(connection, model):
+                if outbox_here and serves(connection, model):
                     cursor.execute(_function_sql(connection, model, name))
                     cursor.execute(f'CREATE TRIGGER {quoted} AFTER INSERT OR UPDATE ON {table} '
                                    f'FOR EACH ROW EXECUTE FUNCTION {quoted}()')
