@@ -12,6 +12,7 @@ import datetime
 import fcntl
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -599,6 +600,20 @@ def test_sqlite_drains_of_one_file_exclude_one_another_across_processes(sqlite_f
 
     assert while_publishing == [False], 'another drain could take the events while this one published'
     assert try_lock(), 'the lock is let go once the drain is over'
+
+
+def test_a_sqlite_drain_that_cannot_open_its_lock_file_still_publishes_and_says_so(sqlite_file, caplog):
+    alias, _ = sqlite_file
+    Author.objects.using(alias).create(name='author')
+    os.mkdir(f'{connections[alias].settings_dict["NAME"]}-cqrs-drain.lock')  # not a file one can open
+    published = []
+
+    with sending_with(lambda envelope: published.append(envelope.instance_pk)):
+        result = outbox.drain(alias)
+
+    assert result.published == 1 and len(published) == 1
+    assert OutboxEvent.objects.using(alias).count() == 0
+    assert 'cannot open the drain lock' in caplog.text
 
 
 # --- one message per batch (tier ii: memory:// broker) ---------------------------------------
