@@ -261,31 +261,20 @@ def test_bulk_operations_on_a_tracked_model_put_the_old_values_on_the_triggers_o
 
 
 @pytest.mark.skipif(POSTGRES, reason='the SQLite triggers')
-def test_on_sqlite_a_primary_key_json_quote_cannot_name_as_python_does_keeps_the_python_path(installed):
-    # Django stores a UUID on SQLite as 32 hex digits: the trigger would name the row otherwise than
-    # the events Python writes for it (a DELETE's, a tracked save's), so no trigger is installed.
-    names = ' '.join(installed)
-    assert 'master_app_allfields' not in names and 'master_app_item' in names
-    with without_meta():
-        assert not triggers.active('default', AllFields)
-        with capture_envelopes() as sent:
-            row = AllFields.objects.create(big=1)
-    assert [(e.instance_pk, e.revision) for e in sent] == [(str(row.pk), 0)]
-
-
-@pytest.mark.skipif(POSTGRES, reason='the SQLite triggers')
 def test_on_sqlite_the_triggers_name_rows_and_stamp_events_as_python_does(installed):
     with without_meta(), capture_envelopes() as sent, transaction.atomic():
         Item.objects.create(sku='a"b/\u00e9', name='n')
         Publisher.objects.create(name='p')
+        row = AllFields.objects.create(big=1)  # Django stores the UUID as 32 hex digits
         events = list(OutboxEvent.objects.order_by('id').values_list('pk_value', 'revision', 'created',
                                                                     'available_at', 'set_aside'))
     publisher = Publisher.objects.get()
-    assert [e[:2] for e in events] == [(outbox.outbox_pk('a"b/\u00e9'), 0), (outbox.outbox_pk(publisher.pk), 0)]
+    assert [e[:2] for e in events] == [(outbox.outbox_pk('a"b/\u00e9'), 0), (outbox.outbox_pk(publisher.pk), 0),
+                                       (outbox.outbox_pk(str(row.pk)), 0)]
     for _, _, created, available_at, set_aside in events:  # read back as Django reads its own datetimes
         assert created.tzinfo is not None and abs((timezone.now() - created).total_seconds()) < 60
         assert available_at == created and set_aside is False
-    assert [e.instance_pk for e in sent] == ['a"b/\u00e9', publisher.pk]
+    assert [e.instance_pk for e in sent] == ['a"b/\u00e9', publisher.pk, str(row.pk)]
 
 
 def test_no_trigger_is_installed_where_the_router_keeps_the_outbox_table_out(installed, monkeypatch):

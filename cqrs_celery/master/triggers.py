@@ -8,8 +8,8 @@ writes the outbox event in the same statement as the row, for every write that c
 autocommit one round trip) and only wakes the publisher after commit.
 
 On SQLite two triggers (``AFTER INSERT``, ``AFTER UPDATE``) do the same, for models whose primary
-key is an integer or text column (``json_quote`` then names the row exactly as Python does) and
-that have no tracked fields (SQLite has no setting to hand their old values through).
+key is an integer, text or UUID column (``json_quote`` then names the row exactly as Python does)
+and that have no tracked fields (SQLite has no setting to hand their old values through).
 
 On PostgreSQL, a model with ``CQRS_TRACKED_FIELDS`` takes the same path: ``save()`` hands the event's payload
 (``previous_data``, known before the write) to the trigger inside the row's own statement, as a
@@ -93,15 +93,26 @@ def trigger_name(model: Any) -> str:
     return f'cqrs_outbox_{hashlib.sha256(model._meta.db_table.encode()).hexdigest()[:24]}'
 
 
-#: Primary keys whose SQLite value ``json_quote`` writes as ``outbox.outbox_pk`` writes the pk
+#: Primary keys whose SQLite value the trigger can write as ``outbox.outbox_pk`` writes the pk
 #: (exact types: a subclass may store something else than the value Python sends).
 _SQLITE_PKS = frozenset({
     models.AutoField, models.BigAutoField, models.SmallAutoField, models.IntegerField, models.BigIntegerField,
     models.SmallIntegerField, models.PositiveIntegerField, models.PositiveBigIntegerField,
     models.PositiveSmallIntegerField, models.CharField, models.TextField, models.SlugField, models.EmailField,
+    models.UUIDField,
 })
 #: What an SQLite trigger writes for ``created``/``available_at``: UTC text as Django stores datetimes.
 _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+def _sqlite_pk(connection: Any, model: Any) -> str:
+    """SQL naming the new row as ``outbox.outbox_pk`` does: its pk as JSON text."""
+    column = f'NEW.{connection.ops.quote_name(model._meta.pk.column)}'
+    if type(model._meta.pk) is models.UUIDField:  # stored as 32 hex digits; Python sends str(uuid)
+        spans = ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+        parts = [f'substr({column}, {start}, {length})' for start, length in spans]
+        column = 'lower(' + " || '-' || ".join(parts) + ')'
+    return f'json_quote({column})'
 
 
 def _sqlite_sql(connection: Any, model: Any, name: str) -> list[str]:
@@ -109,7 +120,7 @@ def _sqlite_sql(connection: Any, model: Any, name: str) -> list[str]:
     quote = connection.ops.quote_name
     insert = (f'INSERT INTO {quote(OutboxEvent._meta.db_table)} (cqrs_id, pk_value, signal_type, revision, envelope, '
               f'created, attempts, error, available_at, set_aside) '
-              f"VALUES ({_literal(model.CQRS_ID)}, json_quote(NEW.{quote(model._meta.pk.column)}), 'SAVE', "
+              f"VALUES ({_literal(model.CQRS_ID)}, {_sqlite_pk(connection, model)}, 'SAVE', "
               f"NEW.{quote(FIELD_REVISION)}, '', {_SQLITE_NOW}, 0, '', {_SQLITE_NOW}, 0);")
     table, revision = quote(model._meta.db_table), quote(FIELD_REVISION)
     return [f'CREATE TRIGGER {quote(name)} AFTER INSERT ON {table} FOR EACH ROW BEGIN {insert} END',
