@@ -24,11 +24,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ujson
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: drains of one process exclude one another only
-    fcntl = None  # type: ignore[assignment]
 from django.db import connections, models, transaction
 from django.db.models import Count, Min
 from django.db.models.expressions import RawSQL
@@ -42,6 +37,11 @@ from cqrs_celery.master.publish import Change, envelopes_for
 from cqrs_celery.models import OutboxEvent, where_in
 from cqrs_celery.producer import send_batch
 from cqrs_celery.registry import MasterRegistry
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: drains of one process exclude one another only
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 

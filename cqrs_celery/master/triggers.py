@@ -35,7 +35,7 @@ import hashlib
 import logging
 from typing import Any
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION
@@ -164,7 +164,8 @@ def install(using: str = 'default') -> list[str]:
     tables = set(connection.introspection.table_names())
     # Where the router keeps the outbox out of this database, a trigger could only fail the saves.
     outbox_here = OutboxEvent._meta.db_table in tables
-    with connection.cursor() as cursor:
+    # One transaction: a save of another process never falls between a trigger's drop and its creation.
+    with transaction.atomic(using=using), connection.cursor() as cursor:
         for model in MasterRegistry.models():
             if model._meta.db_table not in tables or model._meta.proxy or model._meta.abstract:
                 continue
