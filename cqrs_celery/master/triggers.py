@@ -49,8 +49,32 @@ _seen: dict[tuple[str, str], bool] = {}
 
 
 def _function_sql(connection: Any, model: Any, name: str) -> str:
-    """The trigger function of one table: its CQRS_ID and pk column are written into it."""
+    """The trigger function of one table: its CQRS_ID and pk column are written into it.
+
+    The function is as short as the model allows, since it runs inside every save: the payload
+    setting is read only for a model with tracked fields, and an integer pk is named by its text,
+    which is its JSON (``to_jsonb`` costs as much again as the rest of the function).
+    """
     quote = connection.ops.quote_name
+    column = f'NEW.{quote(model._meta.pk.column)}'
+    pk_json = f'{column}::text' if type(model._meta.pk) in _INTEGER_PKS else f'to_jsonb({column})::text'
+
+    def insert(envelope: str) -> str:
+        return (f'INSERT INTO {quote(OutboxEvent._meta.db_table)} (cqrs_id, pk_value, signal_type, revision, '
+                f'envelope, created, attempts, error, available_at, set_aside)\n'
+                f"    VALUES ({_literal(model.CQRS_ID)}, {pk_json}, 'SAVE', NEW.cqrs_revision, {envelope}, now(), 0, "
+                f"'', now(), false);")
+
+    if not tracker.has_tracker(model):
+        return f'''
+CREATE OR REPLACE FUNCTION {quote(name)}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.cqrs_revision IS NOT DISTINCT FROM OLD.cqrs_revision THEN
+        RETURN NULL;
+    END IF;
+    {insert("''")}
+    RETURN NULL;
+END $$'''
     setting = _literal(payload_setting(model))
     return f'''
 CREATE OR REPLACE FUNCTION {quote(name)}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -63,10 +87,7 @@ BEGIN
     IF TG_OP = 'UPDATE' AND NEW.cqrs_revision IS NOT DISTINCT FROM OLD.cqrs_revision AND payload = '' THEN
         RETURN NULL;
     END IF;
-    INSERT INTO {quote(OutboxEvent._meta.db_table)} (cqrs_id, pk_value, signal_type, revision, envelope, created,
-                                                    attempts, error, available_at, set_aside)
-    VALUES ({_literal(model.CQRS_ID)}, to_jsonb(NEW.{quote(model._meta.pk.column)})::text, 'SAVE',
-            NEW.cqrs_revision, payload, now(), 0, '', now(), false);
+    {insert('payload')}
     RETURN NULL;
 END $$'''
 
@@ -93,12 +114,16 @@ def trigger_name(model: Any) -> str:
     return f'cqrs_outbox_{hashlib.sha256(model._meta.db_table.encode()).hexdigest()[:24]}'
 
 
-#: Primary keys whose SQLite value the trigger can write as ``outbox.outbox_pk`` writes the pk
-#: (exact types: a subclass may store something else than the value Python sends).
-_SQLITE_PKS = frozenset({
+#: Primary keys whose text in PostgreSQL is their JSON (exact types, as below).
+_INTEGER_PKS = frozenset({
     models.AutoField, models.BigAutoField, models.SmallAutoField, models.IntegerField, models.BigIntegerField,
     models.SmallIntegerField, models.PositiveIntegerField, models.PositiveBigIntegerField,
-    models.PositiveSmallIntegerField, models.CharField, models.TextField, models.SlugField, models.EmailField,
+    models.PositiveSmallIntegerField,
+})
+#: Primary keys whose SQLite value the trigger can write as ``outbox.outbox_pk`` writes the pk
+#: (exact types: a subclass may store something else than the value Python sends).
+_SQLITE_PKS = _INTEGER_PKS | frozenset({
+    models.CharField, models.TextField, models.SlugField, models.EmailField,
     models.UUIDField,
 })
 #: What an SQLite trigger writes for ``created``/``available_at``: UTC text as Django stores datetimes.
