@@ -32,6 +32,7 @@ from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import MetaError
 from cqrs_celery.master.hooks import wants_keyword
 from cqrs_celery.master.mixins import RawMasterMixin
+from cqrs_celery.master.timestamps import utc_loader
 from cqrs_celery.models import MasterTombstone, filter_in, tombstone_revision
 from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import ENVELOPE_LEVELS, nesting_depth, to_json
@@ -157,7 +158,8 @@ def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exce
             # With several models, each is read in a savepoint: a failing query must not abort the
             # caller's transaction for the others (outside one, as SQLite drains read, nothing to abort).
             savepoint = len(cqrs_ids) > 1 and connections[using].in_atomic_block
-            with transaction.atomic(using=using) if savepoint else contextlib.nullcontext():
+            with (transaction.atomic(using=using) if savepoint else contextlib.nullcontext(),
+                  utc_loader(connections[using])):
                 queryset = model.relate_cqrs_serialization(model._base_manager.using(using))
                 rows[cqrs_id] = {obj.pk: obj for obj in filter_in(queryset, model._meta.pk, pks)}
         except Exception as exc:  # e.g. a CQRS_ID no master model has any more: its changes alone fail
