@@ -1,8 +1,8 @@
 """Reading ``timestamptz`` columns in C while the publisher reads rows (PostgreSQL with psycopg 3).
 
 Django loads every ``timestamptz`` value through a loader written in Python (it pins the value's
-time zone to the connection's): about 3 µs a value, which made reading the rows a fifth of the
-publisher thread's time per event (every master row has ``cqrs_updated``). With ``USE_TZ`` and
+time zone to the connection's): about 3 µs a value, 7.5 % of the publisher thread's profile on the
+benchmark's row (every master row has ``cqrs_updated``). With ``USE_TZ`` and
 the connection in UTC, psycopg's own loader, written in C, gives the very same value
 (``datetime`` in ``datetime.timezone.utc``) ten times faster.
 
