@@ -166,6 +166,49 @@ def test_a_follower_publishes_events_committed_while_it_runs_then_stops_when_tol
     assert outbox.pending() == 0
 
 
+def test_the_newest_event_id_grows_as_commits_write_events():
+    assert outbox.newest_id() == 0
+    Author.objects.create(name='Ann')
+    first = outbox.newest_id()
+    Author.objects.create(name='Bob')
+
+    assert first > 0 and outbox.newest_id() > first
+
+
+def test_a_follower_lets_a_burst_gather_watching_the_newest_event_and_polls_otherwise(monkeypatch):
+    import threading
+
+    from cqrs_celery.master import follow
+
+    waits: list[float] = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout or 0.0)
+            return self.is_set()
+
+    stop = Stop()
+    # what each drain answers: nothing, a burst (400 events in a few ms), one event, the broker away
+    answers = iter([(None, 0), (None, 400), (None, 1), (publisher.BROKER_RETRY, 0)])
+
+    def drain_ready(using: str) -> tuple[float | None, int]:
+        answer = next(answers, None)
+        if answer is None:
+            stop.set()
+            return None, 0
+        return answer
+
+    gathered: list[tuple[int, int, bool]] = []
+    monkeypatch.setattr(follow, 'drain_ready', drain_ready)
+    monkeypatch.setattr(follow.outbox, 'newest_id', lambda using: 42)
+    monkeypatch.setattr(follow, 'gather',
+                        lambda commits, came, stopping: gathered.append((commits(), came, stopping())))
+    follow.follow('default', poll=0.01, stop=stop)
+
+    assert gathered == [(42, 0, False)]  # the burst: gathered by the outbox's newest id, no poll
+    assert waits == [0.01, 0.01, publisher.BROKER_RETRY, 0.01]
+
+
 @pytest.mark.parametrize(('args', 'message'), [
     (['status', '--follow'], '--follow goes with relay'),
     (['retry', '--follow'], '--follow goes with relay'),
@@ -198,17 +241,17 @@ def test_the_publisher_thread_lets_events_gather_only_while_commits_come_faster_
 
 def _gathering(wakes_per_slice: list[int], came: int = 0) -> tuple[float, int]:
     """Run a publisher's gathering with commits arriving per slice as given; (slices slept, commits seen)."""
-    worker = publisher._Publisher('default')
+    commits = [0]
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
-        worker.wakes += wakes_per_slice[len(slept) - 1] if len(slept) <= len(wakes_per_slice) else 0
+        commits[0] += wakes_per_slice[len(slept) - 1] if len(slept) <= len(wakes_per_slice) else 0
 
     with mock.patch.object(publisher.time, 'sleep', sleep), \
             mock.patch.object(publisher.time, 'monotonic', lambda: 1000.0 + sum(slept)):
-        worker._gather(came)
-    return len(slept), worker.wakes
+        publisher.gather(lambda: commits[0], came, lambda: False)
+    return len(slept), commits[0]
 
 
 def test_a_burst_gathers_until_it_pauses_a_batch_is_full_or_the_longest_wait_passes():

@@ -7,14 +7,22 @@ drains the outbox while events are ready, then looks again every ``poll`` second
 with ``SKIP LOCKED``, so any number of followers (and the beat relay) may run at once; an event
 a follower published but could not delete before it died is published again, and replicas skip
 it as a duplicate.
+
+While commits come in a burst (a drain published events at ``publisher.BURST_RATE`` a second or
+more since the one before), the follower lets them gather before the next drain as the publisher
+thread does (``publisher.GATHER``), watching the outbox's newest event id instead of wake-ups:
+each drain costs the follower, the broker and the replica about as much as dozens of events, and
+polling every ``poll`` seconds through a burst sent them many small batches.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from cqrs_celery.master.publisher import BrokerBackoff, close_connection, drain_ready
+from cqrs_celery.master import outbox
+from cqrs_celery.master.publisher import BrokerBackoff, bursting, close_connection, drain_ready, gather
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +36,17 @@ def follow(using: str = 'default', *, poll: float = POLL, stop: threading.Event 
     backoff = BrokerBackoff()
     logger.info('cqrs outbox follower publishing from %s (looking every %.3f s when idle)', using, poll)
     try:
+        previous = time.monotonic()
         while not stop.is_set():
-            delay = backoff.wait(drain_ready(using))
-            stop.wait(poll if delay is None else delay)
+            started = time.monotonic()
+            delay, published = drain_ready(using)
+            delay = backoff.wait(delay)
+            # The events just published were committed since the previous drain began.
+            if delay is None and bursting(published, time.monotonic() - previous):
+                gather(lambda: outbox.newest_id(using), 0, stop.is_set)
+            else:
+                stop.wait(poll if delay is None else delay)
+            previous = started
     finally:
         close_connection(using)
     logger.info('cqrs outbox follower on %s stopped', using)

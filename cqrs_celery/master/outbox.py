@@ -25,7 +25,7 @@ from typing import Any
 
 import ujson
 from django.db import connections, models, transaction
-from django.db.models import Count, Min
+from django.db.models import Count, Max, Min
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -548,6 +548,11 @@ def relay(using: str = 'default', batch: int | None = None, min_age: float | Non
 def pending(using: str = 'default') -> int:
     """Events not yet published (set-aside ones included)."""
     return int(_events(using).count())
+
+
+def newest_id(using: str = 'default') -> int:
+    """The id of the newest event in the outbox (0 when empty): it grows as commits write events."""
+    return int(_events(using).aggregate(newest=Max('id'))['newest'] or 0)
 
 
 def status(using: str = 'default') -> dict[str, Any]:

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from django.db import connections
@@ -162,7 +162,7 @@ class _Publisher(threading.Thread):
                 self._close_connection()
                 continue
             if woken and bursting(*last):
-                self._gather(last[0])
+                gather(lambda: self.wakes, last[0], lambda: self.stopping)
             self.wakeup.clear()
             wakes, started = self.wakes, time.monotonic()
             delay = backoff.wait(self._drain())
@@ -173,19 +173,8 @@ class _Publisher(threading.Thread):
                     self.idle.clear()
         self._close_connection()
 
-    def _gather(self, came: int) -> None:
-        """Let the events of a burst gather (``came`` commits already did): see ``GATHER``."""
-        full = get_settings().master.publish_batch_size
-        began, seen = time.monotonic(), self.wakes
-        while not self.stopping and time.monotonic() - began < GATHER_MAX and came < full:
-            time.sleep(GATHER)
-            wakes = self.wakes
-            if wakes == seen:
-                return  # the burst paused: what it left goes out now
-            came, seen = came + wakes - seen, wakes
-
     def _drain(self) -> float | None:
-        return drain_ready(self.using)
+        return drain_ready(self.using)[0]
 
     def _close_connection(self) -> None:
         close_connection(self.using)
@@ -200,6 +189,22 @@ def bursting(came: int, took: float) -> bool:
     """True when ``came`` commits woke the thread while its last drain ran for ``took`` seconds at
     ``BURST_RATE`` a second or more (and at least two): the next drain waits for more."""
     return came >= 2 and came >= BURST_RATE * took
+
+
+def gather(commits: Callable[[], int], came: int, stopping: Callable[[], bool]) -> None:
+    """Let the events of a burst gather (``came`` of them already did): see ``GATHER``.
+
+    ``commits()`` counts up as commits come (the publisher thread's wake-ups, the follower's newest
+    outbox event id); a slice in which it stays put ends the gathering.
+    """
+    full = get_settings().master.publish_batch_size
+    began, seen = time.monotonic(), commits()
+    while not stopping() and time.monotonic() - began < GATHER_MAX and came < full:
+        time.sleep(GATHER)
+        now = commits()
+        if now <= seen:
+            return  # the burst paused (or another publisher took the events): what it left goes out now
+        came, seen = came + now - seen, now
 
 
 class BrokerBackoff:
@@ -220,23 +225,26 @@ class BrokerBackoff:
         return delay
 
 
-def drain_ready(using: str) -> float | None:
-    """Publish until nothing is ready; returns how long to wait before looking again (None: nothing left)."""
+def drain_ready(using: str) -> tuple[float | None, int]:
+    """Publish until nothing is ready; returns how long to wait before looking again (None: nothing
+    left) and how many events were published."""
     from cqrs_celery.master import outbox
 
     limit = get_settings().master.outbox_relay_batch
+    published = 0
     try:
         while True:
             result = outbox.drain(using, limit=limit)
+            published += result.published
             if result.broker_down is not None:
                 logger.warning('cqrs publisher: broker unavailable, retrying: %s', result.broker_down)
-                return BROKER_RETRY
+                return BROKER_RETRY, published
             if result.taken < limit or result.published == 0:
-                return FAILED_RETRY if result.failed else None
+                return (FAILED_RETRY if result.failed else None), published
     except Exception:
         logger.exception('cqrs publisher failed on %s; the events stay in the outbox', using)
         close_connection(using)
-        return FAILED_RETRY
+        return FAILED_RETRY, published
 
 
 def close_connection(using: str) -> None:
