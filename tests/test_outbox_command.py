@@ -10,7 +10,7 @@ from unittest import mock
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import transaction
+from django.db import OperationalError, transaction
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.master import outbox, publisher
@@ -207,6 +207,32 @@ def test_a_follower_lets_a_burst_gather_watching_the_newest_event_and_polls_othe
 
     assert gathered == [(42, 0, False)]  # the burst: gathered by the outbox's newest id, no poll
     assert waits == [0.01, 0.01, publisher.BROKER_RETRY, 0.01]
+
+
+def test_a_follower_that_cannot_read_the_newest_event_stops_gathering_and_goes_on(monkeypatch):
+    import threading
+
+    from cqrs_celery.master import follow
+
+    stop = threading.Event()
+    drains: list[str] = []
+    reads: list[str] = []
+
+    def drain_ready(using: str) -> tuple[float | None, int]:
+        drains.append(using)
+        if len(drains) == 3:
+            stop.set()
+        return None, 400 if len(drains) == 1 else 0  # a burst first
+
+    def newest_id(using: str) -> int:
+        reads.append(using)
+        raise OperationalError('the database went away')
+
+    monkeypatch.setattr(follow, 'drain_ready', drain_ready)
+    monkeypatch.setattr(follow.outbox, 'newest_id', newest_id)
+    follow.follow('default', poll=0.01, stop=stop)  # returns normally: the failed read ended the gathering
+
+    assert reads and len(drains) == 3  # it gathered after the burst, and drained on after the failure
 
 
 @pytest.mark.parametrize(('args', 'message'), [

@@ -43,10 +43,20 @@ def follow(using: str = 'default', *, poll: float = POLL, stop: threading.Event 
             delay = backoff.wait(delay)
             # The events just published were committed since the previous drain began.
             if delay is None and bursting(published, time.monotonic() - previous):
-                gather(lambda: outbox.newest_id(using), 0, stop.is_set)
+                gather(lambda: _newest(using), 0, stop.is_set)
             else:
                 stop.wait(poll if delay is None else delay)
             previous = started
     finally:
         close_connection(using)
     logger.info('cqrs outbox follower on %s stopped', using)
+
+
+def _newest(using: str) -> int:
+    """The outbox's newest event id, or -1 when it cannot be read: the gathering then ends, and the
+    next drain meets the failure and backs off as it does for any other."""
+    try:
+        return outbox.newest_id(using)
+    except Exception:
+        logger.debug('cqrs outbox follower: the newest event id could not be read', exc_info=True)
+        return -1
