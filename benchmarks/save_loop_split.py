@@ -1,0 +1,156 @@
+"""Where scenario A's share of the master's save loop goes: the loop in four set-ups, fresh processes.
+
+Run (PostgreSQL, RabbitMQ and Redis on 127.0.0.1; nothing else benchmarking):
+
+    .venv/bin/python benchmarks/save_loop_split.py [--broker amqp] [--db postgres] [--saves 1000] [--runs 5]
+
+Scenario A's master is a fresh process that saves N new rows flat out; its rate is compared with
+the plain model's save loop. This runs that loop, N creates in a fresh process each time, in
+steps that add one part of replication at a time:
+
+1. ``plain``: ``PlainItem`` (no cqrs_celery), the baseline;
+2. ``outbox row``: ``Item`` with ``publisher = 'relay'`` and nobody publishing, so the save pays
+   only for its revision and its outbox event;
+3. ``publisher thread``: ``Item`` as configured by default, a replica queue declared that nothing
+   consumes;
+4. ``thread + worker``: as 3, with the replica's ``celery worker -c 1`` applying the rows, as in A.
+
+For each it prints the loop's rate (median and min–max of ``--runs`` runs, the steps alternating
+within each run) and its share of the plain loop; where a publisher thread runs, the CPU time per
+save of the saving thread and of the publisher thread (from ``/proc/self/task``). The figures
+split A's gap to the plain loop into the save itself, the publisher thread and the replica's
+work on the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STEPS = ('plain', 'outbox row', 'publisher thread', 'thread + worker')
+
+
+def child(saves: int, start: int, plain: bool) -> None:
+    """One loop, inside a bench project's environment: prints its rate and CPU split as JSON."""
+    project = Path(os.environ['BENCH_PROJECT']).resolve()
+    sys.path[:0] = [str(project), str(HERE / 'projects')]
+    import threading
+
+    import django
+
+    django.setup()
+    from bench_master.models import Item, PlainItem
+    from shapes import row
+
+    from cqrs_celery.master import publisher
+
+    def cpu(thread_id: int | None) -> float:
+        try:
+            with open(f'/proc/self/task/{thread_id}/stat') as stat:
+                fields = stat.read().rsplit(')', 1)[1].split()
+        except (OSError, TypeError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+    def threads() -> tuple[float, float]:
+        publishers = [p.native_id for p in list(publisher._publishers.values())]
+        return cpu(threading.main_thread().native_id), sum(cpu(t) for t in publishers)
+
+    model = PlainItem if plain else Item
+    main_before, pub_before = threads()
+    began = time.perf_counter()
+    for i in range(saves):
+        model(**row(start + i)).save()
+    took = time.perf_counter() - began
+    publisher.wait_idle(60)  # the publisher thread's CPU for these saves, all of it
+    main_after, pub_after = threads()
+    print(json.dumps({'rate': saves / took, 'main_us': (main_after - main_before) / saves * 1e6,
+                      'publisher_us': (pub_after - pub_before) / saves * 1e6}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--broker', choices=['amqp', 'redis'], default='amqp')
+    parser.add_argument('--db', choices=['postgres', 'sqlite'], default='postgres')
+    parser.add_argument('--saves', type=int, default=1000)
+    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--child', choices=['plain', 'item'], help=argparse.SUPPRESS)
+    parser.add_argument('--start', type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.saves, args.start, args.child == 'plain')
+        return 0
+
+    sys.path.insert(0, str(HERE))
+    from benchlib.processes import CQRS_CELERY, Worker
+    from benchlib.scenarios import Section
+    from benchlib.services import Broker, wait_for
+
+    section = Section(CQRS_CELERY, Broker(args.broker), args.db)
+    queue = section.new_queue()
+    section.prepare()
+    master, replica = section.services(queue)
+    relay_master, _ = section.services(queue, publisher='relay')
+    section.declare(replica)
+    worker = Worker(replica, 1)
+    results: dict[str, list[dict]] = {step: [] for step in STEPS}
+    offset = 0
+
+    def loop(service, kind: str) -> dict:
+        nonlocal offset
+        offset += args.saves
+        output = service.run([sys.executable, str(Path(__file__).resolve()), '--child', kind, '--saves',
+                              str(args.saves), '--start', str(offset)], timeout=300)
+        return json.loads(output.strip().splitlines()[-1])
+
+    try:
+        for run in range(args.runs):
+            order = STEPS if run % 2 == 0 else STEPS[::-1]
+            for step in order:
+                section.empty()
+                section.broker.purge(queue)
+                if step == 'thread + worker':
+                    worker.start()
+                    # warm: the worker has applied a row before the timed loop starts
+                    master.driver('create', '2', '--start', '90000000')
+                    wait_for(section.replica_db.applied, lambda applied: applied >= 2, 90)
+                    section.empty()
+                try:
+                    service = relay_master if step == 'outbox row' else master
+                    results[step].append(loop(service, 'plain' if step == 'plain' else 'item'))
+                    if step == 'thread + worker':
+                        wait_for(section.replica_db.applied, lambda applied: applied >= args.saves, 60)
+                finally:
+                    worker.stop()
+            print(f'run {run + 1}/{args.runs}: ' + ', '.join(
+                f'{step} {results[step][-1]["rate"]:.0f}/s' for step in STEPS), flush=True)
+    finally:
+        worker.stop()
+        section.clean(queue)
+        section.clean_exchanges()
+        section.drop()
+
+    def median(step: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[step])
+
+    plain = median('plain', 'rate')
+    print(f'\n{args.broker} + {args.db}, {args.saves} creates a loop, {args.runs} runs: median (min–max)\n')
+    print('| loop | saves/s | share of plain | CPU µs a save: saving thread / publisher thread |')
+    print('|---|---|---|---|')
+    for step in STEPS:
+        rates = [r['rate'] for r in results[step]]
+        cpu = f'{median(step, "main_us"):.0f} / {median(step, "publisher_us"):.0f}' if step != 'plain' else \
+            f'{median(step, "main_us"):.0f} / –'
+        print(f'| {step} | {statistics.median(rates):.0f} ({min(rates):.0f}–{max(rates):.0f}) '
+              f'| {statistics.median(rates) / plain * 100:.0f} % | {cpu} |')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
