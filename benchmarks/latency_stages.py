@@ -246,12 +246,16 @@ def analyse(result: dict, worst: int = 0) -> list[str]:
     if collections:
         lines.append(f'{len(collections)} garbage collections of 2 ms or more in the master and worker processes '
                      f'(generation, ms): ' + ', '.join(f'{g} {ms:.1f}' for g, ms in collections[:12]))
-    slowest = sorted((row for row in rows.values() if 'visible' in row), key=lambda row: row['visible'] - row['commit'])
-    for row in reversed(slowest[-worst:] if worst else []):
+    order = {pk: index for index, pk in enumerate(sorted(rows, key=lambda pk: rows[pk]['commit']), 1)}
+    slowest = sorted((pk for pk, row in rows.items() if 'visible' in row),
+                     key=lambda pk: rows[pk]['visible'] - rows[pk]['commit'])
+    for pk in reversed(slowest[-worst:] if worst else []):
+        row = rows[pk]
         steps = [step for step in STEPS if step in row]
         gaps = (f'{step} +{(row[step] - row[before]) * 1000:.1f}'
                 for before, step in zip(steps, steps[1:], strict=False))
-        lines.append(f'  {(row["visible"] - row["commit"]) * 1000:7.1f} ms: ' + ', '.join(gaps))
+        lines.append(f'  {(row["visible"] - row["commit"]) * 1000:7.1f} ms, save {order[pk]} of {len(rows)}: '
+                     + ', '.join(gaps))
     return lines
 
 

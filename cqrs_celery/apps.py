@@ -51,6 +51,30 @@ def _configure_broker() -> None:
     from cqrs_celery.conf import get_settings
 
     try:
-        get_settings().celery_app()
+        app = get_settings().celery_app()
     except Exception:  # reported by check_settings (E001-E005) with a hint
         return
+    _load_transport(app)
+
+
+def _load_transport(app: object) -> None:
+    """A master service that publishes from its own processes loads the broker's kombu transport now.
+
+    Loading it imports the broker's client library (redis-py takes some 60 ms): done by the first
+    publish, that delayed the process's first events by as much, and held the interpreter while
+    its request threads ran. Only the module is loaded; nothing connects to the broker here, and a
+    failure (a missing client library, a bad URL) is left for the first publish to report.
+    """
+    from cqrs_celery.conf import get_settings
+    from cqrs_celery.registry import MasterRegistry
+
+    try:
+        master = get_settings().master
+        if not MasterRegistry.models() or (master.outbox and master.publisher == 'relay'):
+            return
+        from cqrs_celery.master import outbox, publisher  # noqa: F401  (what the first drain would import)
+        from cqrs_celery.producer import transport_family
+
+        transport_family(app)
+    except Exception:  # the first publish reports it, with its context
+        pass

@@ -151,3 +151,34 @@ def test_a_batch_is_encoded_once_and_reads_back_as_the_json_kombu_decodes(memory
     args, kwargs, embed = kombu_json.loads(message.body)
     assert kwargs == {} and not any(embed.values())
     assert decode_message(args[0]) == rows
+
+
+def _loaded_at_start(broker: str, publisher: str) -> str:
+    """What a fresh master process has loaded once ``django.setup()`` returned: redis's transport or not."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'tests.settings', 'CQRS_TEST_DATABASE': 'sqlite',
+           'CQRS_TEST_BROKER': broker, 'CQRS_TEST_PUBLISHER': publisher}
+    script = ('import sys, django; django.setup(); '
+              "print('loaded' if 'kombu.transport.redis' in sys.modules else 'not loaded')")
+    done = subprocess.run([sys.executable, '-c', script], env=env, cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_master_that_publishes_loads_its_broker_transport_at_start_up_without_connecting():
+    # (port 1: nothing listens there, so a connection attempt would fail the start-up or hang it)
+    assert _loaded_at_start('redis://127.0.0.1:1/0', 'thread') == 'loaded'
+    assert _loaded_at_start('redis://127.0.0.1:1/0', 'inline') == 'loaded'
+
+
+def test_a_master_that_leaves_publishing_to_the_relay_loads_no_transport_at_start_up():
+    assert _loaded_at_start('redis://127.0.0.1:1/0', 'relay') == 'not loaded'
+
+
+def test_a_broker_url_no_transport_serves_does_not_stop_the_start_up():
+    assert _loaded_at_start('nosuchtransport://127.0.0.1/', 'thread') == 'not loaded'
