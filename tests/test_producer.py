@@ -154,7 +154,8 @@ def test_a_batch_is_encoded_once_and_reads_back_as_the_json_kombu_decodes(memory
 
 
 def _loaded_at_start(broker: str, publisher: str) -> str:
-    """What a fresh master process has loaded once ``django.setup()`` returned: redis's transport or not."""
+    """What a fresh master process has loaded once ``django.setup()`` returned: redis's transport or
+    not, and any connection it attempted."""
     import os
     import subprocess
     import sys
@@ -162,8 +163,15 @@ def _loaded_at_start(broker: str, publisher: str) -> str:
 
     env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'tests.settings', 'CQRS_TEST_DATABASE': 'sqlite',
            'CQRS_TEST_BROKER': broker, 'CQRS_TEST_PUBLISHER': publisher}
-    script = ('import sys, django; django.setup(); '
-              "print('loaded' if 'kombu.transport.redis' in sys.modules else 'not loaded')")
+    # Every connection the start-up attempts is recorded (nothing else connects: the database is SQLite).
+    script = ('import socket, sys\n'
+              'tried = []\n'
+              'real = socket.socket.connect\n'
+              'socket.socket.connect = lambda self, address: (tried.append(address), real(self, address))[1]\n'
+              'import django\n'
+              'django.setup()\n'
+              "print(('loaded' if 'kombu.transport.redis' in sys.modules else 'not loaded')"
+              " + (f' and connected to {tried}' if tried else ''))\n")
     done = subprocess.run([sys.executable, '-c', script], env=env, cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -171,7 +179,6 @@ def _loaded_at_start(broker: str, publisher: str) -> str:
 
 
 def test_a_master_that_publishes_loads_its_broker_transport_at_start_up_without_connecting():
-    # (port 1: nothing listens there, so a connection attempt would fail the start-up or hang it)
     assert _loaded_at_start('redis://127.0.0.1:1/0', 'thread') == 'loaded'
     assert _loaded_at_start('redis://127.0.0.1:1/0', 'inline') == 'loaded'
 
