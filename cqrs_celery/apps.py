@@ -58,12 +58,13 @@ def _configure_broker() -> None:
 
 
 def _load_transport(app: object) -> None:
-    """A master service that publishes from its own processes loads the broker's kombu transport now.
+    """A master service that publishes from its own processes loads its publishing machinery now.
 
-    Loading it imports the broker's client library (redis-py takes some 60 ms): done by the first
-    publish, that delayed the process's first events by as much, and held the interpreter while
-    its request threads ran. Only the module is loaded; nothing connects to the broker here, and a
-    failure (a missing client library, a bad URL) is left for the first publish to report.
+    The broker's transport, Celery's message builder and the modules they import (see
+    ``producer.prepare``): loaded by the first publish, they delayed the process's first events
+    (redis-py alone took some 60 ms) and held the interpreter while its request threads ran.
+    Nothing connects to the broker here, and a failure (a missing client library, a bad URL) is
+    left for the first publish to report.
     """
     from cqrs_celery.conf import get_settings
     from cqrs_celery.registry import MasterRegistry
@@ -73,8 +74,8 @@ def _load_transport(app: object) -> None:
         if not MasterRegistry.models() or (master.outbox and master.publisher == 'relay'):
             return
         from cqrs_celery.master import outbox, publisher  # noqa: F401  (what the first drain would import)
-        from cqrs_celery.producer import transport_family
+        from cqrs_celery.producer import prepare
 
-        transport_family(app)
+        prepare(app)
     except Exception:  # the first publish reports it, with its context
         pass

@@ -93,6 +93,29 @@ def transport_family(app: Any) -> str:
     return _families[key]
 
 
+def prepare(app: Any) -> None:
+    """Load what the first publish of a process would load, without connecting to the broker.
+
+    The broker's kombu transport (redis-py alone takes some 60 ms to import), Celery's message
+    builder and router, the modules of its event dispatcher and of the result backend it looks up
+    on every send, and the IDNA codec a connection by host name uses. The first publish did all of
+    this itself: a fresh process's first events waited for it, and its request threads waited for
+    the interpreter while it ran. Nothing connects here: what is built holds no connection until the
+    first publish uses it.
+
+    Raises:
+        Exception: whatever loading raised (a missing client library, a bad broker URL); the
+            caller leaves it for the first publish to report.
+    """
+    import encodings.idna  # noqa: F401  (socket.getaddrinfo imports it for a host name)
+
+    from celery.app import backends
+
+    transport_family(app)
+    app.amqp.send_task_message  # noqa: B018  (Celery's message sender, its router and a disabled event dispatcher)
+    backends.by_url(app.backend_cls or app.conf.result_backend, app.loader)  # the class only, not an instance
+
+
 def ensure_filesystem_folders(app: Any) -> None:
     """Create the folders of kombu's filesystem transport, which fails on missing ones."""
     filesystem.ensure_folders(app.conf.broker_transport_options or {})

@@ -153,9 +153,12 @@ def test_a_batch_is_encoded_once_and_reads_back_as_the_json_kombu_decodes(memory
     assert decode_message(args[0]) == rows
 
 
-def _loaded_at_start(broker: str, publisher: str) -> str:
-    """What a fresh master process has loaded once ``django.setup()`` returned: redis's transport or
-    not, and any connection it attempted."""
+def _fresh_master(broker: str, publisher: str, then: str = '') -> str:
+    """Run ``then`` in a fresh master process once ``django.setup()`` returned; its last output line.
+
+    Every connection the process attempts is recorded in ``tried`` (nothing else connects: the
+    database is SQLite).
+    """
     import os
     import subprocess
     import sys
@@ -163,19 +166,38 @@ def _loaded_at_start(broker: str, publisher: str) -> str:
 
     env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'tests.settings', 'CQRS_TEST_DATABASE': 'sqlite',
            'CQRS_TEST_BROKER': broker, 'CQRS_TEST_PUBLISHER': publisher}
-    # Every connection the start-up attempts is recorded (nothing else connects: the database is SQLite).
     script = ('import socket, sys\n'
               'tried = []\n'
               'real = socket.socket.connect\n'
               'socket.socket.connect = lambda self, address: (tried.append(address), real(self, address))[1]\n'
               'import django\n'
-              'django.setup()\n'
-              "print(('loaded' if 'kombu.transport.redis' in sys.modules else 'not loaded')"
-              " + (f' and connected to {tried}' if tried else ''))\n")
+              'django.setup()\n' + then)
     done = subprocess.run([sys.executable, '-c', script], env=env, cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
+
+
+def _loaded_at_start(broker: str, publisher: str) -> str:
+    """Whether a fresh master process has loaded redis's transport once started, and any connection it attempted."""
+    return _fresh_master(broker, publisher,
+                         "print(('loaded' if 'kombu.transport.redis' in sys.modules else 'not loaded')"
+                         " + (f' and connected to {tried}' if tried else ''))\n")
+
+
+#: A fresh master's first publish (a queue bound first): the modules it imports, printed.
+_FIRST_PUBLISH = """
+from cqrs_celery import SignalType, topology
+from cqrs_celery.conf import get_settings
+from cqrs_celery.envelope import Envelope
+from cqrs_celery.producer import send_batch
+with get_settings().celery_app().connection_for_write() as conn:
+    topology.replica_queue('first_publish', ['author'], topology.VIRTUAL)(conn.default_channel).declare()
+before = set(sys.modules)
+send_batch([Envelope(signal_type=SignalType.SAVE, cqrs_id='author', instance_pk=1,
+                     instance_data={'id': 1, 'name': 'ann', 'cqrs_revision': 0, 'cqrs_updated': None})])
+print(sorted(set(sys.modules) - before))
+"""
 
 
 def test_a_master_that_publishes_loads_its_broker_transport_at_start_up_without_connecting():
@@ -189,3 +211,7 @@ def test_a_master_that_leaves_publishing_to_the_relay_loads_no_transport_at_star
 
 def test_a_broker_url_no_transport_serves_does_not_stop_the_start_up():
     assert _loaded_at_start('nosuchtransport://127.0.0.1/', 'thread') == 'not loaded'
+
+
+def test_a_master_that_publishes_has_loaded_at_start_up_everything_its_first_publish_needs():
+    assert _fresh_master('memory://', 'thread', _FIRST_PUBLISH) == '[]'
