@@ -54,18 +54,13 @@ def _configure_broker() -> None:
         app = get_settings().celery_app()
     except Exception:  # reported by check_settings (E001-E005) with a hint
         return
-    _load_transport(app)
+    _prepare_publishing(app)
 
 
-def _load_transport(app: object) -> None:
-    """A master service that publishes from its own processes loads its publishing machinery now.
-
-    The broker's transport, Celery's message builder and the modules they import (see
-    ``producer.prepare``): loaded by the first publish, they delayed the process's first events
-    (redis-py alone took some 60 ms) and held the interpreter while its request threads ran.
-    Nothing connects to the broker here, and a failure (a missing client library, a bad URL) is
-    left for the first publish to report.
-    """
+def _prepare_publishing(app: object) -> None:
+    """A master service that publishes from its own processes loads its publishing machinery now
+    (``producer.prepare``), not at its first publish; nothing connects, and a failure is left for
+    the first publish to report."""
     from cqrs_celery.conf import get_settings
     from cqrs_celery.registry import MasterRegistry
 
