@@ -489,6 +489,32 @@ def test_cqrs_produce_false_publishes_nothing(cqrs_captured, monkeypatch):
     assert cqrs_captured == []
 
 
+def test_a_model_that_does_not_produce_saves_in_no_transaction_of_its_own(cqrs_captured, monkeypatch):
+    # Nothing to write besides the row: the save is Django's single statement, in autocommit too.
+    from django.db import connections
+    from django.db.models.signals import post_save
+
+    monkeypatch.setattr(Item, 'CQRS_PRODUCE', False)
+    in_transaction = []
+
+    def receiver(sender, instance, using, **kwargs):
+        in_transaction.append(connections[using].in_atomic_block)
+
+    post_save.connect(receiver, sender=Item, weak=False)
+    try:
+        item = Item.objects.create(sku='Q', name='quiet')
+        item.name = 'still quiet'
+        item.save()
+        with transaction.atomic():
+            item.save()  # the caller's transaction, as ever
+    finally:
+        post_save.disconnect(receiver, sender=Item)
+
+    assert in_transaction == [False, False, True]
+    assert stored_revision(Item, item.pk) == 2
+    assert Item.objects.get(pk=item.pk).name == 'still quiet'
+    assert cqrs_captured == []
+
 def test_a_raw_master_publishes_nothing_on_save_or_delete(cqrs_captured):
     note = ManualNote.objects.create(text='hello')
     note.text = 'changed'

@@ -121,9 +121,7 @@ class RawMasterMixin(models.Model):
             type(self).cqrs_serializer_class()  # likewise: a serializer that cannot be imported
         self._cqrs_by_trigger = triggers.active(using, type(self))
         bump = not self._cqrs_bumped_in(connection)
-        # With a trigger the database writes the outbox event in the row's own statement: nothing to
-        # add, so no transaction of our own either (see master/triggers.py).
-        with contextlib.nullcontext() if self._cqrs_by_trigger else transaction.atomic(using=using, savepoint=False):
+        with self._cqrs_transaction(using):
             loaded = self.cqrs_revision
             # The database adds 1 in the UPDATE itself, which orders concurrent saves without reading
             # the row first; if the save turns out to be an INSERT, _do_insert picks the revision.
@@ -152,7 +150,7 @@ class RawMasterMixin(models.Model):
         self._cqrs_by_trigger = triggers.active(using, type(self))
         self._cqrs_hand_payload(using)
         given = isinstance(self.cqrs_revision, Combinable)
-        with contextlib.nullcontext() if self._cqrs_by_trigger else transaction.atomic(using=using, savepoint=False):
+        with self._cqrs_transaction(using):
             try:
                 super().save(*args, **kwargs)
             finally:
@@ -161,6 +159,17 @@ class RawMasterMixin(models.Model):
             if given:  # read back what the expression made of it
                 self.cqrs_revision = type(self)._base_manager.using(using).values_list(
                     FIELD_REVISION, flat=True).get(pk=self.pk)
+
+    def _cqrs_transaction(self, using: str) -> contextlib.AbstractContextManager[Any]:
+        """The transaction a save runs in: one of its own only when Python writes its outbox event.
+
+        With a trigger the database writes the event in the row's own statement (see
+        master/triggers.py), and a model with ``CQRS_PRODUCE = False`` writes none: the save is then
+        the plain Django save's single statement, in autocommit one round trip.
+        """
+        if self._cqrs_by_trigger or not self.CQRS_PRODUCE:
+            return contextlib.nullcontext()
+        return transaction.atomic(using=using, savepoint=False)
 
     def _cqrs_hand_payload(self, using: str) -> None:
         """With the trigger, have this save's statement hand the event's ``previous_data`` to it.
