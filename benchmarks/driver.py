@@ -139,8 +139,9 @@ def _summary(samples: list[float]) -> dict:
 
 
 def cost(n: int) -> dict:
-    """Milliseconds per create and per update of ``Item`` and of ``PlainItem``, in this process."""
-    from bench_master.models import Item, PlainItem
+    """Milliseconds per create and per update of ``Item``, of ``PlainItem`` and of ``QuietItem`` (``Item``
+    with ``CQRS_PRODUCE = False``), in this process."""
+    from bench_master.models import Item, PlainItem, QuietItem
     from shapes import row
 
     result = {}
@@ -148,7 +149,7 @@ def cost(n: int) -> dict:
         # No delete signals: the replicated model would publish a DELETE per row.
         model.objects.all()._raw_delete(model.objects.db)
 
-    for label, model in (('plain', PlainItem), ('cqrs', Item), ('plain2', PlainItem)):
+    for label, model in (('plain', PlainItem), ('quiet', QuietItem), ('cqrs', Item), ('plain2', PlainItem)):
         clear(model)
         _timed(lambda i, model=model: model.objects.create(**row(10_000_000 + i)), 20)  # warm-up
         creates = _timed(lambda i, model=model: model.objects.create(**row(i)), n)

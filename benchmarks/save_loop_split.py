@@ -9,17 +9,20 @@ the plain model's save loop. This runs that loop, N creates in a fresh process e
 steps that add one part of replication at a time:
 
 1. ``plain``: ``PlainItem`` (no cqrs_celery), the baseline;
-2. ``outbox row``: ``Item`` with ``publisher = 'relay'`` and nobody publishing, so the save pays
+2. ``replication off``: ``QuietItem``, the replicated model with ``CQRS_PRODUCE = False``: its two
+   revision columns and its save, no outbox event;
+3. ``outbox row``: ``Item`` with ``publisher = 'relay'`` and nobody publishing, so the save pays
    only for its revision and its outbox event;
-3. ``publisher thread``: ``Item`` as configured by default, a replica queue declared that nothing
+4. ``publisher thread``: ``Item`` as configured by default, a replica queue declared that nothing
    consumes;
-4. ``thread + worker``: as 3, with the replica's ``celery worker -c 1`` applying the rows, as in A.
+5. ``thread + worker``: as 4, with the replica's ``celery worker -c 1`` applying the rows, as in A.
 
 For each it prints the loop's rate (median and min–max of ``--runs`` runs, the steps alternating
-within each run) and its share of the plain loop; where a publisher thread runs, the CPU time per
-save of the saving thread and of the publisher thread (from ``/proc/self/task``). The figures
-split A's gap to the plain loop into the save itself, the publisher thread and the replica's
-work on the same cores.
+within each run) and its share of the plain loop; the CPU time per save of the saving thread and
+of the publisher thread (from ``/proc/self/task``); and the machine's CPU time per save while the
+loop ran, by who spent it (the database server's processes, the broker's, the replica worker's,
+and what was left idle; from ``/proc``). The figures split A's gap to the plain loop into the
+model's columns, the outbox event, the publisher thread and the replica's work on the same cores.
 """
 
 from __future__ import annotations
@@ -33,10 +36,53 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STEPS = ('plain', 'outbox row', 'publisher thread', 'thread + worker')
+STEPS = ('plain', 'replication off', 'outbox row', 'publisher thread', 'thread + worker')
+#: Processes whose CPU time is reported: by the name the kernel gives them (``/proc/<pid>/stat``), the
+#: worker by its command line (``python -m celery …`` and its pool's children).
+SERVERS = {'database': ('postgres',), 'broker': ('beam.smp', 'redis-server'), 'worker': ()}
 
 
-def child(saves: int, start: int, plain: bool) -> None:
+def machine_cpu() -> tuple[dict[int, tuple[str, float]], float]:
+    """CPU seconds so far of every process with a name in ``SERVERS`` (by pid), and the machine's idle seconds."""
+    tick = os.sysconf('SC_CLK_TCK')
+    processes = {}
+    for pid in (int(p) for p in os.listdir('/proc') if p.isdigit()):
+        try:
+            with open(f'/proc/{pid}/stat') as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        name = text[text.index('(') + 1:text.rindex(')')]
+        kind = next((k for k, names in SERVERS.items() if any(name.startswith(n) for n in names)), None)
+        if kind is None and _runs_celery(pid):
+            kind = 'worker'
+        if kind is not None:
+            fields = text.rsplit(')', 1)[1].split()
+            processes[pid] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+    with open('/proc/stat') as stat:
+        idle = int(stat.readline().split()[4]) / tick
+    return processes, idle
+
+
+def _runs_celery(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as cmdline:
+            return b'celery' in cmdline.read()
+    except OSError:
+        return False
+
+
+def machine_spent(before: tuple[dict[int, tuple[str, float]], float], saves: int) -> dict[str, float]:
+    """Microseconds a save of CPU time by kind of process, and idle, since ``before``."""
+    (old, idle), (new, idle_now) = before, machine_cpu()
+    spent = {kind: 0.0 for kind in SERVERS}
+    for pid, (kind, seconds) in new.items():
+        spent[kind] += seconds - old.get(pid, (kind, 0.0))[1]
+    spent['idle'] = idle_now - idle
+    return {kind: seconds / saves * 1e6 for kind, seconds in spent.items()}
+
+
+def child(saves: int, start: int, kind: str) -> None:
     """One loop, inside a bench project's environment: prints its rate and CPU split as JSON."""
     project = Path(os.environ['BENCH_PROJECT']).resolve()
     sys.path[:0] = [str(project), str(HERE / 'projects')]
@@ -45,7 +91,7 @@ def child(saves: int, start: int, plain: bool) -> None:
     import django
 
     django.setup()
-    from bench_master.models import Item, PlainItem
+    from bench_master.models import Item, PlainItem, QuietItem
     from shapes import row
 
     from cqrs_celery.master import publisher
@@ -62,16 +108,18 @@ def child(saves: int, start: int, plain: bool) -> None:
         publishers = [p.native_id for p in list(publisher._publishers.values())]
         return cpu(threading.main_thread().native_id), sum(cpu(t) for t in publishers)
 
-    model = PlainItem if plain else Item
+    model = {'plain': PlainItem, 'quiet': QuietItem, 'item': Item}[kind]
     main_before, pub_before = threads()
+    machine_before = machine_cpu()
     began = time.perf_counter()
     for i in range(saves):
         model(**row(start + i)).save()
     took = time.perf_counter() - began
+    machine = machine_spent(machine_before, saves)  # while the loop ran (the worker's part of A)
     publisher.wait_idle(60)  # the publisher thread's CPU for these saves, all of it
     main_after, pub_after = threads()
     print(json.dumps({'rate': saves / took, 'main_us': (main_after - main_before) / saves * 1e6,
-                      'publisher_us': (pub_after - pub_before) / saves * 1e6}))
+                      'publisher_us': (pub_after - pub_before) / saves * 1e6, **machine}))
 
 
 def main() -> int:
@@ -80,11 +128,11 @@ def main() -> int:
     parser.add_argument('--db', choices=['postgres', 'sqlite'], default='postgres')
     parser.add_argument('--saves', type=int, default=1000)
     parser.add_argument('--runs', type=int, default=5)
-    parser.add_argument('--child', choices=['plain', 'item'], help=argparse.SUPPRESS)
+    parser.add_argument('--child', choices=['plain', 'quiet', 'item'], help=argparse.SUPPRESS)
     parser.add_argument('--start', type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.saves, args.start, args.child == 'plain')
+        child(args.saves, args.start, args.child)
         return 0
 
     sys.path.insert(0, str(HERE))
@@ -123,7 +171,8 @@ def main() -> int:
                     section.empty()
                 try:
                     service = relay_master if step == 'outbox row' else master
-                    results[step].append(loop(service, 'plain' if step == 'plain' else 'item'))
+                    kind = {'plain': 'plain', 'replication off': 'quiet'}.get(step, 'item')
+                    results[step].append(loop(service, kind))
                     if step == 'thread + worker':
                         wait_for(section.replica_db.applied, lambda applied: applied >= args.saves, 60)
                 finally:
@@ -141,14 +190,18 @@ def main() -> int:
 
     plain = median('plain', 'rate')
     print(f'\n{args.broker} + {args.db}, {args.saves} creates a loop, {args.runs} runs: median (min–max)\n')
-    print('| loop | saves/s | share of plain | CPU µs a save: saving thread / publisher thread |')
-    print('|---|---|---|---|')
+    print('| loop | saves/s | share of plain | wall µs a save | CPU µs a save: saving thread / publisher thread '
+          '| CPU µs a save: database / broker / worker / idle |')
+    print('|---|---|---|---|---|---|')
     for step in STEPS:
         rates = [r['rate'] for r in results[step]]
-        cpu = f'{median(step, "main_us"):.0f} / {median(step, "publisher_us"):.0f}' if step != 'plain' else \
-            f'{median(step, "main_us"):.0f} / –'
+        publishing = step not in ('plain', 'replication off')
+        cpu = f'{median(step, "main_us"):.0f} / ' + (f'{median(step, "publisher_us"):.0f}' if publishing else '–')
+        machine = ' / '.join(f'{median(step, kind):.0f}' for kind in (*SERVERS, 'idle'))
         print(f'| {step} | {statistics.median(rates):.0f} ({min(rates):.0f}–{max(rates):.0f}) '
-              f'| {statistics.median(rates) / plain * 100:.0f} % | {cpu} |')
+              f'| {statistics.median(rates) / plain * 100:.0f} % | {1e6 / statistics.median(rates):.0f} | {cpu} '
+              f'| {machine} |')
+    print('\nidle: of the machine\'s cores (2 cores give twice the wall time); worker: counted while the loop ran.')
     return 0
 
 

@@ -302,9 +302,12 @@ def run_cost(section: Section, rec: Recorder, n: int) -> None:
         if not suffix:
             rec.add('ceiling', 'master save loop, replication off', label, 1000 / plain['create']['mean_ms'],
                     'saves/s')
+            rec.add('ceiling', 'master save loop, CQRS_PRODUCE = False', label,
+                    1000 / result['quiet']['create']['mean_ms'], 'saves/s')
         rec.log(f'  {label}: F create +{cqrs["create"]["mean_ms"] - plain["create"]["mean_ms"]:.2f} ms, '
                 f'update +{cqrs["update"]["mean_ms"] - plain["update"]["mean_ms"]:.2f} ms '
-                f'(plain create {plain["create"]["mean_ms"]:.2f} ms)')
+                f'(plain create {plain["create"]["mean_ms"]:.2f} ms, CQRS_PRODUCE = False '
+                f'{result["quiet"]["create"]["mean_ms"]:.2f} ms)')
 
 
 def run_memory(section: Section, rec: Recorder, concurrency: int, checkpoints: list[int]) -> None:
