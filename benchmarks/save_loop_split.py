@@ -65,11 +65,13 @@ def machine_cpu() -> tuple[dict[int, tuple[str, float]], float]:
 
 
 def _runs_celery(pid: int) -> bool:
+    """True for a ``celery … worker`` process (the replica's worker and its pool's children)."""
     try:
         with open(f'/proc/{pid}/cmdline', 'rb') as cmdline:
-            return b'celery' in cmdline.read()
+            args = cmdline.read().split(b'\0')
     except OSError:
         return False
+    return b'celery' in args and b'worker' in args
 
 
 def machine_spent(before: tuple[dict[int, tuple[str, float]], float], saves: int) -> dict[str, float]:
