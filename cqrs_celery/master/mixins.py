@@ -164,8 +164,9 @@ class RawMasterMixin(models.Model):
         """The transaction a save runs in: one of its own only when Python writes its outbox event.
 
         With a trigger the database writes the event in the row's own statement (see
-        master/triggers.py), and a model with ``CQRS_PRODUCE = False`` writes none: the save is then
-        the plain Django save's single statement, in autocommit one round trip.
+        master/triggers.py), and a model with ``CQRS_PRODUCE = False`` writes none: the save then
+        runs what the plain Django save runs (on PostgreSQL and SQLite one statement for a new row
+        or a changed one), nothing more.
         """
         if self._cqrs_by_trigger or not self.CQRS_PRODUCE:
             return contextlib.nullcontext()
