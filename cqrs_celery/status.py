@@ -42,10 +42,11 @@ def collect(database: str = 'default', dead_letters_by_id: bool = False) -> dict
         }
         if cqrs_id in masters:
             row.update(waiting.get(cqrs_id, _empty_outbox()))
+            row['events_written_by'] = _writer(MasterRegistry.get(cqrs_id))
             row['unroutable'] = unroutable.get(cqrs_id, 0) if isinstance(unroutable, Mapping) else unroutable
         else:
             row.update(outbox_waiting=NOT_HERE, outbox_set_aside=NOT_HERE, outbox_oldest_age=NOT_HERE,
-                       unroutable=NOT_HERE)
+                       events_written_by=NOT_HERE, unroutable=NOT_HERE)
         if letters is not None:
             row['dead_letters'] = letters.get(cqrs_id, 0) if cqrs_id in replicas else NOT_HERE
         row.update(_reconciliation(cqrs_id))
@@ -59,6 +60,16 @@ def _count(model: Any, master: bool) -> Any:
     manager = model._base_manager if master else model._default_manager
     try:
         return manager.using(router.db_for_read(model)).count()
+    except Exception as exc:
+        return f'{UNKNOWN} ({exc})'
+
+
+def _writer(model: Any) -> str:
+    """Who writes the model's outbox events: its trigger, the save, or nobody (``triggers.state``)."""
+    from cqrs_celery.master import triggers
+
+    try:
+        return triggers.state(router.db_for_write(model) or 'default', model)
     except Exception as exc:
         return f'{UNKNOWN} ({exc})'
 

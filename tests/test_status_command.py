@@ -157,3 +157,32 @@ def test_a_recorded_reconciliation_run_is_shown():
 
     assert (row['last_reconciliation'], row['drift_found']) == ('2026-03-04T05:06:07+00:00', 6)
     assert by_id(json.loads(status('--json')))['item']['last_reconciliation'] == 'never'
+
+
+def test_it_says_who_writes_each_models_outbox_events_and_a_trigger_out_of_step(monkeypatch):
+    from django.conf import settings
+    from django.test import override_settings
+
+    from cqrs_celery.master import triggers
+
+    def writers():
+        return {cqrs_id: row['events_written_by'] for cqrs_id, row in by_id(json.loads(status('--json'))).items()}
+
+    without_meta = override_settings(CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'],
+                                                                        'meta_function': None}})
+    try:
+        # The test settings have a meta_function: Python adds it to every event, and migrate installed no trigger.
+        found = writers()
+        assert found['item'] == found['author'] == 'python'
+        with without_meta:
+            assert writers()['item'] == 'python, trigger missing (run migrate)'
+            triggers.install('default')
+            assert (writers()['item'], writers()['author']) == ('trigger', 'python')  # its own get_cqrs_meta
+        # The meta_function is back, the trigger still there: it writes events Python writes too.
+        assert writers()['item'] == 'stale trigger (run migrate)'
+        assert 'stale trigger (run migrate)' in status()
+    finally:
+        triggers.install('default')
+        triggers.forget()
+    monkeypatch.setattr(Item, 'CQRS_PRODUCE', False)
+    assert writers()['item'] == 'off'

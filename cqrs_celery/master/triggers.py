@@ -23,7 +23,8 @@ takes the Python outbox path of ``publish.py``. Both paths write the same events
 cannot tell them apart.
 
 Triggers are (re)installed after every ``migrate`` (``post_migrate``), and removed
-from models that stop qualifying. A process uses the trigger path for a table only after it has
+from models that stop qualifying; until then a model that stopped qualifying keeps a stale trigger,
+which ``cqrs_status`` names (``state``). A process uses the trigger path for a table only after it has
 seen the trigger in the database (checked once per process and table), and for a model with
 tracked fields only a trigger that reads the payload; so a database that was not migrated since an
 upgrade keeps the Python path and loses nothing.
@@ -244,18 +245,53 @@ def active(using: str, model: Any) -> bool:
 
 def _installed(connection: Any, model: Any) -> bool:
     """Whether the database has the triggers this process's ``serves`` expects (checked once per table)."""
+    count, reads_payload = _found(connection, model)
+    if connection.vendor == 'sqlite':
+        return count == 2
+    # A trigger installed by a version that stored no payload serves models without tracked fields only.
+    return count > 0 and (reads_payload or not tracker.has_tracker(model))
+
+
+def _found(connection: Any, model: Any) -> tuple[int, bool]:
+    """How many of the model's triggers the database has, and whether one reads the payload (PostgreSQL)."""
     name = trigger_name(model)
     with connection.cursor() as cursor:
         if connection.vendor == 'sqlite':
             cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s "
                            'AND name IN (%s, %s)', [model._meta.db_table, name, _sqlite_update_name(name)])
-            return bool(cursor.fetchone()[0] == 2)
+            return int(cursor.fetchone()[0]), False
         cursor.execute('SELECT position(%s IN p.prosrc) > 0 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid '
                        'WHERE t.tgname = %s AND t.tgrelid = %s::regclass',
                        [payload_setting(model), name, connection.ops.quote_name(model._meta.db_table)])
         found = cursor.fetchone()
-    # A trigger installed by a version that stored no payload serves models without tracked fields only.
-    return found is not None and (bool(found[0]) or not tracker.has_tracker(model))
+    return (0, False) if found is None else (1, bool(found[0]))
+
+
+#: ``state``'s answers.
+BY_TRIGGER, BY_PYTHON, NO_EVENTS = 'trigger', 'python', 'off'
+TRIGGER_MISSING, TRIGGER_STALE = 'python, trigger missing (run migrate)', 'stale trigger (run migrate)'
+
+
+def state(using: str, model: Any) -> str:
+    """Who writes ``model``'s outbox events on ``using`` (``cqrs_status``); reads the database every call.
+
+    ``BY_TRIGGER``: the database, in the row's own statement. ``BY_PYTHON``: the save, after the
+    statement (no trigger applies to the model or the database). ``NO_EVENTS``: nobody
+    (``CQRS_PRODUCE = False``). ``TRIGGER_MISSING``: a trigger would apply, the database has none
+    (not migrated since an upgrade): saves take the Python path and lose nothing, but pay more.
+    ``TRIGGER_STALE``: the database still has the trigger of a configuration the model no longer
+    has (``CQRS_PRODUCE`` turned off, a ``meta_function`` or ``get_cqrs_meta`` added, without
+    ``migrate`` since): it keeps writing events, published even with ``CQRS_PRODUCE = False``.
+    """
+    connection = connections[using]
+    producing = bool(model._cqrs_auto_publish and model.CQRS_PRODUCE)
+    if connection.vendor not in {'postgresql', 'sqlite'}:
+        return BY_PYTHON if producing else NO_EVENTS
+    if serves(connection, model):
+        return BY_TRIGGER if _installed(connection, model) else TRIGGER_MISSING
+    if _found(connection, model)[0]:
+        return TRIGGER_STALE
+    return BY_PYTHON if producing else NO_EVENTS
 
 
 def forget() -> None:

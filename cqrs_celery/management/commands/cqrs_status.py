@@ -11,14 +11,16 @@ from cqrs_celery import status
 
 COLUMNS = [('cqrs_id', 'CQRS_ID'), ('master_rows', 'master rows'), ('replica_rows', 'replica rows'),
            ('outbox_waiting', 'outbox'), ('outbox_set_aside', 'set aside'), ('outbox_oldest_age', 'oldest (s)'),
+           ('events_written_by', 'events by'),
            ('unroutable', 'unroutable'), ('dead_letters', 'dead letters'),
            ('last_reconciliation', 'last reconciliation'), ('drift_found', 'drift')]
 
 
 class Command(BaseCommand):
     help = ('Per CQRS_ID of this service: master and replica rows, outbox events waiting and set aside (age of '
-            'the oldest), unroutable publishes, last reconciliation and the drift it found; then the depth of '
-            'this service\'s replica and dead-letter queues.')
+            'the oldest), who writes the outbox events (a database trigger or the save), unroutable publishes, '
+            'last reconciliation and the drift it found; then the depth of this service\'s replica and '
+            'dead-letter queues.')
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument('--json', action='store_true', help='Print one JSON object instead of a table.')
