@@ -9,7 +9,8 @@ import decimal
 import pytest
 import ujson
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
+from django.db.models.signals import post_save
 from django.test import override_settings
 
 from cqrs_celery import DataError, SignalType
@@ -490,10 +491,7 @@ def test_cqrs_produce_false_publishes_nothing(cqrs_captured, monkeypatch):
 
 
 def test_a_model_that_does_not_produce_saves_in_no_transaction_of_its_own(cqrs_captured, monkeypatch):
-    # Nothing to write besides the row: the save is Django's single statement, in autocommit too.
-    from django.db import connections
-    from django.db.models.signals import post_save
-
+    # Nothing to write besides the row: the save runs Django's own statements only, in autocommit too.
     monkeypatch.setattr(Item, 'CQRS_PRODUCE', False)
     in_transaction = []
 
@@ -514,6 +512,7 @@ def test_a_model_that_does_not_produce_saves_in_no_transaction_of_its_own(cqrs_c
     assert stored_revision(Item, item.pk) == 2
     assert Item.objects.get(pk=item.pk).name == 'still quiet'
     assert cqrs_captured == []
+
 
 def test_a_raw_master_publishes_nothing_on_save_or_delete(cqrs_captured):
     note = ManualNote.objects.create(text='hello')
