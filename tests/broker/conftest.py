@@ -69,8 +69,10 @@ class Services:
         queue = harness.unique_queue('master')
         self.queues.append(queue)
         database = database_name('default')
-        self.workers.append(harness.MasterWorker(self.broker_url, database, queue).start())
-        self.workers.append(harness.Beat(self.broker_url, database, queue).start())
+        started = [harness.MasterWorker(self.broker_url, database, queue),
+                   harness.Beat(self.broker_url, database, queue)]
+        self.workers += started
+        harness.start_all(*started)
         return queue
 
     def follower(self, name: str) -> harness.Follower:
@@ -92,8 +94,7 @@ class Services:
 
     def close(self) -> None:
         publisher.wait_idle(10)  # this test's events go out before its services stop
-        for worker in self.workers:
-            worker.stop()
+        harness.stop_all(self.workers)
         if self.kind == 'amqp' and not harness._port_open('127.0.0.1', 5672):
             harness.start_broker('amqp')
         if self.kind == 'redis' and not harness._port_open('127.0.0.1', 6379):

@@ -115,6 +115,7 @@ class CeleryProcess:
         self.arguments = arguments
         self.name = name
         self.process: subprocess.Popen[bytes] | None = None
+        self._offset = 0
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f'{name}.log'
 
@@ -126,11 +127,21 @@ class CeleryProcess:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 60) -> CeleryProcess:
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        """Launch the process and wait until its log says it is ready."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> CeleryProcess:
+        """Start the process without waiting for it to be ready."""
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open('ab')
         self.process = subprocess.Popen(self.command(), env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> CeleryProcess:
+        offset = self._offset
         wait_until(lambda: self._ready(offset), timeout=timeout,
                    message=lambda: f'{self.name} ready; log tail:\n{self.log_tail()}')
         return self
@@ -150,12 +161,21 @@ class CeleryProcess:
 
     def stop(self, timeout: float = 30) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        # Warm shutdown is the main process's job; it stops its pool children itself.
-        try:
-            os.kill(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
+        self.terminate()
+        self.wait_stopped(timeout)
+
+    def terminate(self) -> None:
+        """Ask for a warm shutdown (SIGTERM) without waiting for it.
+
+        Warm shutdown is the main process's job; it stops its pool children itself.
+        """
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 30) -> None:
+        """Wait for the process to exit; SIGKILL its process group if it has not within ``timeout``."""
+        if self.process is None:
             return
         try:
             self.process.wait(timeout)
@@ -169,6 +189,22 @@ class CeleryProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
+
+
+def start_all(*processes: CeleryProcess, timeout: float = 60) -> None:
+    """Start every process at once and wait until each is ready: each start takes seconds."""
+    for process in processes:
+        process.launch()
+    for process in processes:
+        process.wait_ready(timeout)
+
+
+def stop_all(processes: list[CeleryProcess], timeout: float = 30) -> None:
+    """Warm-shut down every process at once: each takes seconds, and they do not wait for each other."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait_stopped(timeout)
 
 
 class ReplicaWorker(CeleryProcess):

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from cqrs_celery.models import ReconciliationRun
 from tests.broker.compare import describe, in_step
-from tests.broker.harness import ReplicaBeat, wait_until
+from tests.broker.harness import ReplicaBeat, start_all, wait_until
 from tests.master_app.models import Item
 from tests.replica_app.models import ReplicaItem
 
@@ -121,17 +121,20 @@ def test_two_beats_and_two_worker_nodes_reconcile_safely_while_changes_keep_flow
     master_queue = services.master()
     queue = services.queue('drift2')
     database = replica_db('replica_a')
-    for node in ('one', 'two'):
-        services.worker(queue, database, node=node, CQRS_TEST_RECONCILE_MASTER_QUEUE=master_queue).start()
+    start_all(*[services.worker(queue, database, node=node, CQRS_TEST_RECONCILE_MASTER_QUEUE=master_queue)
+                for node in ('one', 'two')])
     Item.cqrs.bulk_create([Item(sku=f'live-{i:04d}', name=f'item {i}', quantity=i) for i in range(2000)])
     wait_until(lambda: in_step('replica_a', 'item'), timeout=90, interval=1,
                message=lambda: describe('replica_a', 'item'))
+    beats = []
     for name in ('a', 'b'):  # two beats of the same replica service, started together
         beat = ReplicaBeat(services.broker_url, queue, database, master_queue, every=1.0, content_every=1.5)
         beat.name = f'{queue}-beat-{name}'
         beat.log_path = beat.log_path.with_name(f'{beat.name}.log')
         beat.arguments[-1] = str(beat.log_path.with_name(f'{beat.name}-schedule'))
-        services.workers.append(beat.start())
+        beats.append(beat)
+    services.workers += beats
+    start_all(*beats)
 
     replica = ReplicaItem.objects.using('replica_a')
     replica.filter(sku__in=[f'live-{i:04d}' for i in range(0, 40)]).delete()

@@ -143,11 +143,14 @@ class Service:
             harness.wait_until(ready, timeout=90,
                                message=lambda log_path=log_path: f'{log_path.name}\n{tail(log_path)}')
 
-    def stop(self) -> None:
-        """SIGTERM to each Celery main process (it stops its own pool), SIGKILL if it hangs."""
+    def terminate(self) -> None:
+        """SIGTERM to each Celery main process (it stops its own pool), without waiting."""
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
+
+    def wait_stopped(self) -> None:
+        """Wait for each process to exit, SIGKILL if it hangs."""
         for process in self.processes:
             with suppress(subprocess.TimeoutExpired):
                 process.wait(30)
@@ -199,8 +202,10 @@ class Stack:
             service.wait_ready()
 
     def stop(self) -> None:
+        for service in self.services:  # every service shuts down at once
+            service.terminate()
         for service in self.services:
-            service.stop()
+            service.wait_stopped()
         queues = [q for queue in self.queues for q in (queue, topology.dead_letter_queue_name(queue))]
         harness.clean_broker(self.broker_url, [*queues, 'example_master'], ['cqrs.stock'])
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.broker.compare import describe, in_step
 from tests.broker.conftest import require_postgres
-from tests.broker.harness import manage, wait_until
+from tests.broker.harness import manage, start_all, wait_until
 from tests.master_app.models import Author, Flaky, Item
 from tests.replica_app.models import ReplicaFlaky
 
@@ -23,8 +23,8 @@ def broker_url(tmp_path, monkeypatch):
 
 def test_the_filesystem_broker_replicates_to_two_services(services, replica_db):
     queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
-    services.worker(queue_a, replica_db('replica_a')).start()
-    services.worker(queue_b, replica_db('replica_b')).start()
+    start_all(services.worker(queue_a, replica_db('replica_a')),
+              services.worker(queue_b, replica_db('replica_b')))
     author = Author.objects.create(name='Ann')
     items = [Item.objects.create(sku=f'fs-{i}', name='x', quantity=i) for i in range(20)]
     author.name = 'Ann B.'

@@ -99,23 +99,32 @@ class Process:
         wait_until(seen, timeout=timeout, message=lambda: f'{marker!r} in log:\n{self.text()[-4000:]}')
 
     def stop(self) -> None:
+        self.terminate()
+        self.wait_stopped()
+
+    def terminate(self) -> None:
+        """Ask for a warm shutdown (SIGTERM) without waiting for it."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(30)
+
+    def wait_stopped(self) -> None:
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
 
 
 @pytest.fixture
 def started() -> Iterator[list[Process]]:
     processes: list[Process] = []
     yield processes
-    for process in reversed(processes):
-        process.stop()
+    for process in processes:  # all at once: each warm shutdown takes seconds
+        process.terminate()
+    for process in processes:
+        process.wait_stopped()
 
 
 def rows(database: Path, query: str) -> list[tuple]:

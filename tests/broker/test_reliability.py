@@ -19,7 +19,7 @@ from cqrs_celery.constants import TASK_NAME
 from cqrs_celery.master import outbox
 from cqrs_celery.models import OutboxEvent
 from tests.broker.compare import describe, in_step
-from tests.broker.harness import ROOT, manage, queue_depth, start_broker, stop_broker, wait_until
+from tests.broker.harness import ROOT, manage, queue_depth, start_all, start_broker, stop_broker, wait_until
 from tests.master_app.models import Flaky, Item
 from tests.replica_app.faults import attempts
 from tests.replica_app.models import AppliedLog, ReplicaFlaky
@@ -37,8 +37,8 @@ def dead_letters(services, queue: str, database: str) -> list[dict]:
 def test_a_failing_replica_retries_on_its_own_queue_then_dead_letters_retry_and_purge_work(
         services, replica_db, tmp_path):
     queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
-    services.worker(queue_a, replica_db('replica_a'), CQRS_TEST_FAULT_DIR=str(tmp_path)).start()
-    services.worker(queue_b, replica_db('replica_b')).start()
+    start_all(services.worker(queue_a, replica_db('replica_a'), CQRS_TEST_FAULT_DIR=str(tmp_path)),
+              services.worker(queue_b, replica_db('replica_b')))
 
     flaky = Flaky.objects.create(id=1, name='fails three times', fail_times=3)
     (tmp_path / 'always_fail_2').touch()

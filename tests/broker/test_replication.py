@@ -12,7 +12,7 @@ from django.db import transaction
 
 from cqrs_celery.producer import publish_to_broker, set_sender
 from tests.broker.compare import describe, in_step
-from tests.broker.harness import queue_depth, wait_until
+from tests.broker.harness import queue_depth, start_all, wait_until
 from tests.master_app.models import Author, Book, Item, Publisher
 from tests.replica_app.models import AppliedLog, ReplicaAuthor, ReplicaBook, ReplicaPublisher
 
@@ -23,8 +23,8 @@ def applied(alias: str, **filters) -> int:
 
 def test_creates_updates_and_deletes_reach_two_replica_services_field_for_field(services, replica_db):
     queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
-    services.worker(queue_a, replica_db('replica_a')).start()
-    services.worker(queue_b, replica_db('replica_b')).start()
+    start_all(services.worker(queue_a, replica_db('replica_a')),
+              services.worker(queue_b, replica_db('replica_b')))
 
     ann = Author.objects.create(name='Ann', email='ann@example.com')
     bob = Author.objects.create(name='Bob')
@@ -78,8 +78,8 @@ def test_a_replica_that_is_down_gets_every_change_when_its_worker_starts(service
     assert changes >= 1000
     assert Item.objects.count() == 250
 
-    services.worker(queue_a, replica_db('replica_a')).start()
-    services.worker(queue_b, replica_db('replica_b')).start()
+    start_all(services.worker(queue_a, replica_db('replica_a')),
+              services.worker(queue_b, replica_db('replica_b')))
     for alias in ('replica_a', 'replica_b'):
         wait_until(lambda alias=alias: in_step(alias, 'item'), timeout=180,
                    message=lambda alias=alias: describe(alias, 'item'))
@@ -87,8 +87,8 @@ def test_a_replica_that_is_down_gets_every_change_when_its_worker_starts(service
 
 def test_two_worker_nodes_of_one_replica_service_share_its_queue(services, replica_db):
     queue_a = services.queue('replica_a')
-    services.worker(queue_a, replica_db('replica_a'), node='one').start()
-    services.worker(queue_a, replica_db('replica_a'), node='two').start()
+    start_all(services.worker(queue_a, replica_db('replica_a'), node='one'),
+              services.worker(queue_a, replica_db('replica_a'), node='two'))
     for i in range(200):
         Item.objects.create(sku=f'shared-{i:03d}', name='shared', quantity=i)
     wait_until(lambda: applied('replica_a') >= 200, timeout=90, message='200 envelopes handled')
@@ -101,8 +101,8 @@ def test_two_worker_nodes_of_one_replica_service_share_its_queue(services, repli
 def test_a_directed_sync_reaches_only_its_queue_and_only_direct_replicas_ignore_broadcast_syncs(
         services, replica_db):
     queue_a, queue_b = services.queue('replica_a'), services.queue('replica_b')
-    services.worker(queue_a, replica_db('replica_a')).start()
-    services.worker(queue_b, replica_db('replica_b')).start()
+    start_all(services.worker(queue_a, replica_db('replica_a')),
+              services.worker(queue_b, replica_db('replica_b')))
     publisher = Publisher.objects.create(name='Original')
     author = Author.objects.create(name='Drifting')
     for alias in ('replica_a', 'replica_b'):

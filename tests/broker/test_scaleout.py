@@ -11,7 +11,7 @@ import time
 
 from cqrs_celery.models import ReconciliationRun
 from tests.broker.compare import describe, in_step, master_rows
-from tests.broker.harness import ReplicaBeat, wait_until
+from tests.broker.harness import ReplicaBeat, start_all, wait_until
 from tests.broker.test_bootstrap import report, writer
 from tests.replica_app.models import ReplicaAuthor
 
@@ -24,8 +24,9 @@ def test_two_master_processes_and_two_worker_nodes_keep_one_replica_equal_to_the
     queue = services.queue('scaled')
     database = replica_db('replica_a')
     nodes = [services.worker(queue, database, concurrency=2, node=f'node{i}',
-                             CQRS_TEST_RECONCILE_MASTER_QUEUE=master_queue).start()
+                             CQRS_TEST_RECONCILE_MASTER_QUEUE=master_queue)
              for i in (1, 2)]
+    start_all(*nodes)
 
     seeded, _ = report(writer(services, 'bulk', SEED_ROWS))
     assert seeded['unroutable'] == {}
