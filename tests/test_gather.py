@@ -3,6 +3,7 @@
 Tier i/ii: the taking itself, with RabbitMQ and Redis, is shown by ``tests/broker/test_gathering.py``.
 """
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -74,4 +75,36 @@ def test_taking_stops_once_the_messages_taken_reach_max_message_size_bytes(no_te
         gather.acknowledge(taken)
         assert all(item.message.acknowledged for item in taken)
         assert queue.get(no_ack=True) is not None  # the rest wait in the queue
+        queue.purge()
+
+
+def test_after_a_look_finds_the_queue_empty_the_process_does_not_look_again_for_a_moment(no_test_sender,
+                                                                                           monkeypatch):
+    from kombu import Queue
+
+    from cqrs_celery.constants import TASK_NAME
+    from tests.celery_app import app
+    from tests.test_dead_letters_memory import item_envelope
+
+    with app.connection_for_write() as connection:
+        queue = Queue('gather_quiet')(connection.channel())
+        queue.declare()
+        looks = []
+        monkeypatch.setattr(gather, '_bound_queue', lambda name: looks.append(name) or queue)
+        gather._link.pid = os.getpid()  # (the fixture puts the class defaults back)
+        clock = [1000.0]
+        monkeypatch.setattr(gather.time, 'monotonic', lambda: clock[0])
+
+        assert gather.take(DELIVERED, 'gather_quiet', 100) == []  # looks: empty
+        app.send_task(TASK_NAME, args=[item_envelope(1, 'sku-1').to_wire()], queue=Queue('gather_quiet'),
+                      connection=connection)
+        clock[0] += gather._QUIET_FOR / 2
+        assert gather.take(DELIVERED, 'gather_quiet', 100) == []  # does not look
+        assert len(looks) == 1
+        clock[0] += gather._QUIET_FOR
+        taken = gather.take(DELIVERED, 'gather_quiet', 100)  # looks again, and takes what came meanwhile
+        assert [row.instance_pk for item in taken for row in item.rows] == ['sku-1']
+        gather.acknowledge(taken)
+        assert gather.take(DELIVERED, 'gather_quiet', 100) == []  # a look that took something: looks again
+        assert len(looks) == 3
         queue.purge()

@@ -20,6 +20,11 @@ Nothing taken can be lost or stall the queue:
   back would put it at the head for the next task to take again, and count a delivery on quorum
   queues.
 
+A process whose last look found the queue empty does not look again for ``_QUIET_FOR`` seconds:
+a replica that keeps up (every message taken by a worker as soon as it arrives) would otherwise pay
+one empty ``basic_get`` round trip per task. A backlog that builds meanwhile is taken by the first
+task after the pause (the messages before it apply as they come, one per task).
+
 Only on RabbitMQ and Redis: kombu's filesystem transport removes a message when it is read.
 """
 
@@ -54,6 +59,9 @@ _PAUSE_AFTER_ERROR = 5.0
 #: Seconds one task spends taking messages, at most.
 _TAKE_FOR = 0.5
 
+#: Seconds without looking after a look found the queue empty.
+_QUIET_FOR = 0.2
+
 #: Messages one task takes but cannot apply (dead-lettered, or copied to the queue's tail), at most;
 #: then it stops taking.
 _SKIPPED_AT_MOST = 10
@@ -74,6 +82,8 @@ class _Link(threading.local):
     connection: Any = None
     queue: Any = None
     paused_until: float = 0.0
+    #: When a look last found the queue empty (``time.monotonic()``).
+    found_empty_at: float = float('-inf')
     #: Something failed on the connection: it is closed (and taking paused) before the next take,
     #: not while the task still holds messages taken on it.
     broken: bool = False
@@ -88,10 +98,13 @@ def take(request: Any, queue: str | None, room: int) -> list[Taken]:
     The byte limit keeps a group of large rows from holding many large messages in memory at once
     (the last message taken may go over either limit).
 
-    Takes nothing for a task that was not delivered by a worker, under a test sender, or when the
-    queue's broker cannot redeliver what a dead process held.
+    Takes nothing for a task that was not delivered by a worker, under a test sender, when the
+    queue's broker cannot redeliver what a dead process held, or for ``_QUIET_FOR`` seconds after a
+    look found the queue empty.
     """
     if room <= 0 or not queue or not _delivered(request) or testing_sender_installed():
+        return []
+    if time.monotonic() - _link.found_empty_at < _QUIET_FOR and _link.pid == os.getpid():
         return []
     bound = _bound_queue(queue)
     if bound is None:
@@ -105,6 +118,8 @@ def take(request: Any, queue: str | None, room: int) -> list[Taken]:
         while rows < room and size < most_bytes and skipped < _SKIPPED_AT_MOST and time.monotonic() < deadline:
             message = bound.get(no_ack=False)
             if message is None:
+                if not taken and not skipped:
+                    _link.found_empty_at = time.monotonic()
                 break
             item = _admit(message, queue)
             if item is None:
@@ -158,6 +173,7 @@ def _bound_queue(name: str) -> Any:
     link = _link
     if link.pid != os.getpid():  # a forked pool process does not share its parent's socket
         link.pid, link.connection, link.queue, link.paused_until, link.broken = os.getpid(), None, None, 0.0, False
+        link.found_empty_at = float('-inf')
     if link.broken:
         link.broken = False
         _drop(pause=True)
