@@ -198,14 +198,19 @@ def test_a_follower_lets_a_burst_gather_watching_the_newest_event_and_polls_othe
             return None, 0
         return answer
 
-    gathered: list[tuple[int, int, bool]] = []
+    gathered: list[tuple[int, int, bool, float]] = []
+
+    def gather(commits, came, stopping, longest) -> bool:
+        gathered.append((commits(), came, stopping(), longest))
+        return False
+
     monkeypatch.setattr(follow, 'drain_ready', drain_ready)
     monkeypatch.setattr(follow.outbox, 'newest_id', lambda using: 42)
-    monkeypatch.setattr(follow, 'gather',
-                        lambda commits, came, stopping: gathered.append((commits(), came, stopping())))
+    monkeypatch.setattr(publisher, 'gather', gather)
     follow.follow('default', poll=0.01, stop=stop)
 
-    assert gathered == [(42, 0, False)]  # the burst: gathered by the outbox's newest id, no poll
+    # the burst: gathered by the outbox's newest id, no poll
+    assert gathered == [(42, 0, False, publisher.GATHER_MAX)]
     assert waits == [0.01, 0.01, publisher.BROKER_RETRY, 0.01]
 
 
@@ -290,3 +295,41 @@ def test_a_burst_gathers_until_it_pauses_a_batch_is_full_or_the_longest_wait_pas
     # a full batch is drained at once
     full = get_settings().master.publish_batch_size
     assert _gathering([full // 2] * 10, came=10) == (2, 2 * (full // 2))
+
+
+def _gathered(gathering: publisher.Gathering, wakes_per_slice: list[int]) -> int:
+    """Slices one ``Gathering.wait`` sleeps with commits arriving per slice as given."""
+    commits, slept = [0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        commits[0] += wakes_per_slice[len(slept) - 1] if len(slept) <= len(wakes_per_slice) else 0
+
+    with mock.patch.object(publisher.time, 'sleep', sleep), \
+            mock.patch.object(publisher.time, 'monotonic', lambda: 1000.0 + sum(slept)):
+        gathering.wait(lambda: commits[0], 0, lambda: False)
+    return len(slept)
+
+
+def test_while_a_flood_lasts_each_gathering_may_wait_twice_as_long_up_to_the_longest_then_it_starts_over():
+    gathering = publisher.Gathering()
+    flood = [5] * 1000  # commits in every slice, never a full batch
+    limits = []
+    for _ in range(5):
+        limits.append(gathering.limit)
+        slices = _gathered(gathering, flood)
+        assert abs(slices - round(limits[-1] / publisher.GATHER)) <= 1  # it waited its whole limit
+    assert limits == [publisher.GATHER_MAX, 2 * publisher.GATHER_MAX, 4 * publisher.GATHER_MAX,
+                      publisher.GATHER_LONGEST, publisher.GATHER_LONGEST]
+    assert publisher.GATHER_LONGEST == 4 * publisher.GATHER_MAX
+    # the flood pauses: that gathering ends after a quiet slice, and the next may wait GATHER_MAX again
+    assert _gathered(gathering, [5, 5, 0]) == 3
+    assert gathering.limit == publisher.GATHER_MAX
+    # a drain without gathering (commits came slowly) starts over as well
+    _gathered(gathering, flood)
+    assert gathering.limit == 2 * publisher.GATHER_MAX
+    gathering.reset()
+    assert gathering.limit == publisher.GATHER_MAX
+    # a full batch ends the gathering at once, and does not lengthen the next
+    full = get_settings().master.publish_batch_size
+    assert _gathered(gathering, [full] * 10) == 1 and gathering.limit == publisher.GATHER_MAX

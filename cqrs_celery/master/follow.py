@@ -22,7 +22,7 @@ import threading
 import time
 
 from cqrs_celery.master import outbox
-from cqrs_celery.master.publisher import BrokerBackoff, bursting, close_connection, drain_ready, gather
+from cqrs_celery.master.publisher import BrokerBackoff, Gathering, bursting, close_connection, drain_ready
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def follow(using: str = 'default', *, poll: float = POLL, stop: threading.Event 
     """Publish the outbox of ``using`` until ``stop`` is set (for ever without one)."""
     stop = stop or threading.Event()
     backoff = BrokerBackoff()
+    gathering = Gathering()
     logger.info('cqrs outbox follower publishing from %s (looking every %.3f s when idle)', using, poll)
     try:
         previous = time.monotonic()
@@ -43,8 +44,9 @@ def follow(using: str = 'default', *, poll: float = POLL, stop: threading.Event 
             delay = backoff.wait(delay)
             # The events just published were committed since the previous drain began.
             if delay is None and bursting(published, time.monotonic() - previous):
-                gather(lambda: _newest(using), 0, stop.is_set)
+                gathering.wait(lambda: _newest(using), 0, stop.is_set)
             else:
+                gathering.reset()
                 stop.wait(poll if delay is None else delay)
             previous = started
     finally:

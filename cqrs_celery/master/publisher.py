@@ -46,15 +46,23 @@ INLINE_PAUSE = 5.0
 #: While commits come in a burst (several commits while the previous drain ran, at ``BURST_RATE``
 #: a second or more), the thread lets events gather before draining, in slices of ``GATHER``
 #: seconds, for as long as commits keep coming, until a batch is full (``publish_batch_size``)
-#: or ``GATHER_MAX`` has passed. Fewer, larger drains mean far less work per save for the master
-#: (a drain costs about 2 ms of the process's interpreter besides its rows: queries, a publisher
-#: confirm, a delete) and for the replica (one group apply per message); a slice without a commit
-#: ends the gathering, so the last events of a burst wait one slice. Commits that come one at a
-#: time, or at a steady pace below the rate, are published at once: on a slow machine a drain
-#: outlasts the 10 ms between commits at 100 a second, and gathering them then only added latency.
+#: or ``GATHER_MAX`` has passed (longer in a flood: ``GATHER_LONGEST``). Fewer, larger drains
+#: mean far less work per save for the master (a drain costs about 2 ms of the process's
+#: interpreter besides its rows: queries, a publisher confirm, a delete) and for the replica (one
+#: group apply per message); a slice without a commit ends the gathering, so the last events of a
+#: burst wait one slice. Commits that come one at a time, or at a steady pace below the rate, are
+#: published at once: on a slow machine a drain outlasts the 10 ms between commits at 100 a
+#: second, and gathering them then only added latency.
 GATHER = 0.004
 GATHER_MAX = 0.064
 BURST_RATE = 250.0
+#: While a flood of commits lasts, each gathering that ran for its whole limit (commits never
+#: paused, the batch never filled) doubles the limit of the next one, up to ``GATHER_LONGEST``
+#: seconds: a sustained flood goes out in fewer, larger messages, so the drains' fixed costs
+#: (the master's interpreter, the broker, one group apply per message on the replica) weigh less
+#: on every save, while a short burst still waits at most ``GATHER_MAX``. A gathering that ends
+#: sooner, or a drain without one, sets the limit back to ``GATHER_MAX``.
+GATHER_LONGEST = 0.256
 
 _publishers: dict[str, _Publisher] = {}
 _guard = threading.Lock()
@@ -153,6 +161,7 @@ class _Publisher(threading.Thread):
     def run(self) -> None:
         delay: float | None = None
         backoff = BrokerBackoff()
+        gathering = Gathering()
         last = (0, 0.0)  # commits that came while the last drain ran, and how long it ran
         while not self.stopping:
             woken = self.wakeup.wait(IDLE_CLOSE if delay is None else delay)
@@ -162,7 +171,9 @@ class _Publisher(threading.Thread):
                 self._close_connection()
                 continue
             if woken and bursting(*last):
-                gather(lambda: self.wakes, last[0], lambda: self.stopping)
+                gathering.wait(lambda: self.wakes, last[0], lambda: self.stopping)
+            else:
+                gathering.reset()
             self.wakeup.clear()
             wakes, started = self.wakes, time.monotonic()
             delay = backoff.wait(self._drain())
@@ -191,20 +202,43 @@ def bursting(came: int, took: float) -> bool:
     return came >= 2 and came >= BURST_RATE * took
 
 
-def gather(commits: Callable[[], int], came: int, stopping: Callable[[], bool]) -> None:
-    """Let the events of a burst gather (``came`` of them already did): see ``GATHER``.
+def gather(commits: Callable[[], int], came: int, stopping: Callable[[], bool], longest: float = GATHER_MAX) -> bool:
+    """Let the events of a burst gather (``came`` of them already did) for at most ``longest``
+    seconds: see ``GATHER``. Returns True when commits kept coming until that limit.
 
     ``commits()`` counts up as commits come (the publisher thread's wake-ups, the follower's newest
     outbox event id); a slice in which it stays put ends the gathering.
     """
     full = get_settings().master.publish_batch_size
     began, seen = time.monotonic(), commits()
-    while not stopping() and time.monotonic() - began < GATHER_MAX and came < full:
+    while came < full:
+        if stopping():
+            return False
+        if time.monotonic() - began >= longest:
+            return True
         time.sleep(GATHER)
         now = commits()
         if now <= seen:
-            return  # the burst paused (or another publisher took the events): what it left goes out now
+            return False  # the burst paused (or another publisher took the events): what it left goes out now
         came, seen = came + now - seen, now
+    return False
+
+
+class Gathering:
+    """The limit of a publisher's gatherings: ``GATHER_MAX``, doubled up to ``GATHER_LONGEST`` after
+    each gathering that commits kept going until its limit (see ``GATHER_LONGEST``)."""
+
+    def __init__(self) -> None:
+        self.limit = GATHER_MAX
+
+    def wait(self, commits: Callable[[], int], came: int, stopping: Callable[[], bool]) -> None:
+        """``gather`` within the current limit, then set the next one's."""
+        flooding = gather(commits, came, stopping, self.limit)
+        self.limit = min(self.limit * 2, GATHER_LONGEST) if flooding else GATHER_MAX
+
+    def reset(self) -> None:
+        """A drain without gathering: the next gathering starts from ``GATHER_MAX`` again."""
+        self.limit = GATHER_MAX
 
 
 class BrokerBackoff:
