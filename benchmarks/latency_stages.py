@@ -1,6 +1,7 @@
 """Where cqrs_celery's commit → visible latency goes, step by step (scenario A's latency, traced).
 
     .venv/bin/python benchmarks/latency_stages.py [--broker amqp] [--db postgres] [-c 1] [--rows 500] [--rate 100]
+        [--flood 1000] [--worst 8] [--gc-freeze]
 
 Runs the bench project's master at a steady rate of single-row creates and one replica worker, both
 with probes installed by this file (signal receivers and wrappers around library functions; the
@@ -176,13 +177,19 @@ def run(args: argparse.Namespace) -> dict:
         if not ok:
             raise SystemExit('the worker did not start')
         section.empty()  # (the warm-up's stamps stay: they are older than the first commit, and dropped)
+        if args.flood:
+            # as in run.py, where the latency is measured right after scenario A's flat-out creates
+            master.driver('create', str(args.flood), '--start', '80000000')
+            _, ok = section.wait_rows(args.flood)
+            if not ok:
+                raise SystemExit('the flood was not applied in time')
         done = subprocess.run([*probe, '--probe', 'master', 'create', str(args.rows), '--rate', str(args.rate),
                                '--commit-times'], env={**master.env, **extra}, cwd=CQRS_CELERY.project,
                               capture_output=True, text=True, timeout=120 + args.rows / args.rate)
         if done.returncode != 0:
             raise SystemExit(done.stderr[-3000:])
         commits = json.loads(done.stdout.strip().splitlines()[-1])['commits']
-        section.wait_rows(args.rows, deadline=60)
+        section.wait_rows(args.flood + args.rows, deadline=60)
         seen = section.replica_db.seen_by_pk()
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
@@ -276,6 +283,8 @@ def main() -> None:
     parser.add_argument('-c', '--concurrency', type=int, default=1, help='worker processes (default 1)')
     parser.add_argument('--rows', type=int, default=500, help='saves (default 500)')
     parser.add_argument('--rate', type=float, default=100, help='saves per second (default 100)')
+    parser.add_argument('--flood', type=int, default=0,
+                        help='first N creates flat out, applied before the timed saves (as run.py does)')
     parser.add_argument('--worst', type=int, default=0, help='also list the steps of the N slowest rows')
     parser.add_argument('--gc-freeze', action='store_true',
                         help="the master calls gc.freeze() after start-up (see docs/performance.md)")
