@@ -5,6 +5,7 @@ Tier i: publishes are captured or refused by a test sender; no broker.
 
 import re
 import time
+from collections.abc import Callable
 from io import StringIO
 from unittest import mock
 
@@ -270,8 +271,8 @@ def test_the_publisher_thread_lets_events_gather_only_while_commits_come_faster_
     assert not bursting(came=3, took=3 / BURST_RATE * 2)  # the burst is over
 
 
-def _gathering(wakes_per_slice: list[int], came: int = 0) -> tuple[float, int]:
-    """Run a publisher's gathering with commits arriving per slice as given; (slices slept, commits seen)."""
+def _slices(wakes_per_slice: list[int], gathering: Callable[[Callable[[], int]], object]) -> tuple[int, int]:
+    """Run ``gathering(commits)`` with commits arriving per slice as given; (slices slept, commits seen)."""
     commits = [0]
     slept: list[float] = []
 
@@ -281,8 +282,13 @@ def _gathering(wakes_per_slice: list[int], came: int = 0) -> tuple[float, int]:
 
     with mock.patch.object(publisher.time, 'sleep', sleep), \
             mock.patch.object(publisher.time, 'monotonic', lambda: 1000.0 + sum(slept)):
-        publisher.gather(lambda: commits[0], came, lambda: False)
+        gathering(lambda: commits[0])
     return len(slept), commits[0]
+
+
+def _gathering(wakes_per_slice: list[int], came: int = 0) -> tuple[int, int]:
+    """Run a publisher's gathering with commits arriving per slice as given; (slices slept, commits seen)."""
+    return _slices(wakes_per_slice, lambda commits: publisher.gather(commits, came, lambda: False))
 
 
 def test_a_burst_gathers_until_it_pauses_a_batch_is_full_or_the_longest_wait_passes():
@@ -299,16 +305,7 @@ def test_a_burst_gathers_until_it_pauses_a_batch_is_full_or_the_longest_wait_pas
 
 def _gathered(gathering: publisher.Gathering, wakes_per_slice: list[int]) -> int:
     """Slices one ``Gathering.wait`` sleeps with commits arriving per slice as given."""
-    commits, slept = [0], []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        commits[0] += wakes_per_slice[len(slept) - 1] if len(slept) <= len(wakes_per_slice) else 0
-
-    with mock.patch.object(publisher.time, 'sleep', sleep), \
-            mock.patch.object(publisher.time, 'monotonic', lambda: 1000.0 + sum(slept)):
-        gathering.wait(lambda: commits[0], 0, lambda: False)
-    return len(slept)
+    return _slices(wakes_per_slice, lambda commits: gathering.wait(commits, 0, lambda: False))[0]
 
 
 def test_while_a_flood_lasts_each_gathering_may_wait_twice_as_long_up_to_the_longest_then_it_starts_over():
