@@ -187,3 +187,19 @@ def test_postgresql_a_primary_key_already_there_raises_so_the_group_falls_back_t
 def test_a_new_rows_values_are_read_directly_only_where_pre_save_would_only_read_them(field: Any, plain: bool):
     # auto_now, auto_now_add and files keep their pre_save (it sets or saves the value)
     assert bulk._plain_pre_save(field) is plain
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize('index', range(len(rows())))
+def test_a_single_new_row_goes_as_one_plain_insert_and_reads_back_as_bulk_create_writes_it(index: int) -> None:
+    # every field type of ReplicaAllFields, floats, JSON, bytes and durations included (one row each time)
+    ReplicaAllFields.objects.bulk_create([rows()[index]])
+    expected = stored('default')
+    ReplicaAllFields.objects.all().delete()
+
+    obj = rows()[index]
+    found, inserts = inserted_with([obj])
+
+    assert found == expected
+    assert len(inserts) == 1 and ' VALUES (' in inserts[0] and 'UNNEST' not in inserts[0]
+    assert not obj._state.adding and obj._state.db == 'default'

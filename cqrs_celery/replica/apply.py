@@ -21,9 +21,9 @@ from cqrs_celery.models import (
     forget_tombstones,
     pk_key,
     record_tombstone,
-    tombstone_revision,
 )
 from cqrs_celery.registry import ReplicaRegistry
+from cqrs_celery.replica import reads
 from cqrs_celery.replica.hooks import call_model, has_no_table, meta_kwargs, overrides, private_copy
 from cqrs_celery.replica.outcomes import Outcome as Outcome
 from cqrs_celery.replica.outcomes import Result as Result
@@ -183,13 +183,13 @@ def apply_rules(model: Any, envelope: Envelope, using: str, *, dispatch: bool = 
     data = envelope.instance_data
     pk = replica_pk(model, data, envelope.instance_pk)
     revision = revision_of(envelope)
-    # always asked for (a no-op where the database has no row locks), as django-cqrs does
-    instance = model._default_manager.db_manager(using).select_for_update().filter(pk=pk).first()
+    # locked where the database has row locks, as django-cqrs does
+    instance = reads.stored_rows(model, using, [pk]).get(pk)
     log = (envelope.cqrs_id, envelope.instance_pk, revision, envelope.correlation_id)
     if envelope.signal_type == SignalType.DELETE:
         return _apply_delete(model, envelope, using, instance, log, dispatch)
     if instance is None:
-        deleted_at = tombstone_revision(ReplicaTombstone, using, envelope.cqrs_id, envelope.instance_pk)
+        deleted_at = reads.tombstones(using, envelope.cqrs_id, [envelope.instance_pk]).get(pk_key(envelope.instance_pk))
         if deleted_at is not None and deleted_at >= revision:
             logger.info('cqrs stale %s after delete, skipped: cqrs_id=%s pk=%s revision=%s correlation_id=%s'
                         ' deleted_revision=%s', envelope.signal_type, *log, deleted_at)

@@ -12,9 +12,12 @@ expression first:
   40 % of a group's time (a 500-row group during ``cqrs_sync``: 69→43 ms); a literal ``VALUES``
   list of thousands of parameters was slower still. A column whose values array text does not
   take (floats, durations, bytes, JSON, IP addresses) leaves the rows to ``bulk_create``.
+* A single row (a single-row message, the usual case at a steady rate), on either database: one
+  plain ``INSERT … VALUES (…)``, its SQL written here, not compiled by the ORM.
 
 A model or a value this does not cover (another database, a parent table, a row without its
-primary key, a value that is an expression such as a ``db_default``) takes ``bulk_create`` too.
+primary key, a value that is an expression such as a ``db_default``, a field with its own SQL
+placeholder) takes ``bulk_create`` too.
 
 Changed rows (:func:`update_rows`):
 
@@ -71,15 +74,26 @@ def insert_rows(model: Any, objs: Sequence[Any], using: str) -> None:
     readers = [(field.attname, _plain_pre_save(field), field) for field in fields]
     values = [getattr(obj, attname) if plain else field.pre_save(obj, True)
               for obj in objs for attname, plain, field in readers]
-    if any(hasattr(value, 'resolve_expression') for value in values) or (
-            connection.vendor == 'postgresql' and not _insert_unnest(connection, meta, fields, values)):
+    if any(hasattr(value, 'resolve_expression') for value in values) or any(map(_own_placeholder, fields)):
         model._default_manager.using(using).bulk_create(objs)
         return
-    if connection.vendor == 'sqlite':
+    if connection.vendor == 'sqlite' or len(objs) == 1:
         _insert_values(connection, meta, fields, values, len(objs))
+    elif not _insert_unnest(connection, meta, fields, values):
+        model._default_manager.using(using).bulk_create(objs)
+        return
     for obj in objs:
         obj._state.adding = False
         obj._state.db = using
+
+
+def _own_placeholder(field: Any) -> bool:
+    """True when ``field`` writes its value with SQL of its own (an array or range cast, a geometry), not ``%s``.
+
+    A BinaryField's placeholder is ``%s`` on PostgreSQL and SQLite.
+    """
+    method = getattr(type(field), 'get_placeholder', None)
+    return method is not None and method is not getattr(models.BinaryField, 'get_placeholder', None)
 
 
 def _plain_pre_save(field: Any) -> bool:
@@ -119,22 +133,23 @@ def _insert_unnest(connection: Any, meta: Any, fields: list[Any], values: list[A
 
 
 def _insert_values(connection: Any, meta: Any, fields: list[Any], values: list[Any], count: int) -> None:
-    """SQLite: the rows as ``INSERT … VALUES (…), (…)``, as many rows per statement as parameters allow."""
+    """The rows as ``INSERT … VALUES (…), (…)``, as many rows per statement as parameters allow."""
     quote = connection.ops.quote_name
     head = f'INSERT INTO {quote(meta.db_table)} ({", ".join(quote(field.column) for field in fields)}) VALUES '
     row = '(' + ', '.join(['%s'] * len(fields)) + ')'
     width = len(fields)
     per_statement = max(1, min(CHUNK_ROWS, _query_params(connection) // width))
-    # A text, int or boolean value of a built-in field that returns it unchanged is the value
-    # SQLite gets (its preparation would only convert it into itself again); an aware datetime of
-    # a plain DateTimeField is what Django's SQLite backend makes of it, naive in the connection's
-    # time zone, as text.
+    # A text, int or boolean value of a built-in field that returns it unchanged is the value the
+    # database gets (its preparation would only convert it into itself again). An aware datetime
+    # of a plain DateTimeField goes to PostgreSQL as it is (adapt_datetimefield_value); Django's
+    # SQLite backend makes it naive in the connection's time zone, as text.
     as_is = [RETURNED_AS_IS.get(type(field)) for field in fields]
-    zone = connection.timezone if settings.USE_TZ else None
-    moments = [zone is not None and type(field) is models.DateTimeField for field in fields]
+    sqlite = connection.vendor == 'sqlite'
+    zone = connection.timezone if settings.USE_TZ and sqlite else None
+    moments = [settings.USE_TZ and type(field) is models.DateTimeField for field in fields]
     params: list[Any] = [
         value if type(value) is kind
-        else str(value.astimezone(zone).replace(tzinfo=None))
+        else (str(value.astimezone(zone).replace(tzinfo=None)) if sqlite else value)
         if moment and type(value) is datetime.datetime and value.utcoffset() is not None
         else field.get_db_prep_save(value, connection)
         for value, field, kind, moment in zip(values, fields * count, as_is * count, moments * count, strict=True)]

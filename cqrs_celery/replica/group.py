@@ -29,15 +29,13 @@ from cqrs_celery.constants import SignalType
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.models import (
     ReplicaTombstone,
-    filter_in,
     forget_tombstones,
     pk_key,
     record_tombstone,
-    tombstone_revisions,
 )
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica import apply as single
-from cqrs_celery.replica import bulk, hooks
+from cqrs_celery.replica import bulk, hooks, reads
 from cqrs_celery.replica.apply import Outcome, Result
 
 logger = logging.getLogger(__name__)
@@ -80,8 +78,10 @@ def _guarded(function: Any, *args: Any) -> RowResult:
 
 def apply_rows(model: Any, envelopes: Sequence[Envelope]) -> list[RowResult]:
     """Apply rows of one table-backed model in one transaction (see the module's docstring)."""
-    using = router.db_for_write(model)
     in_bulk = uses_bulk_path(model)
+    if len(envelopes) == 1 and not in_bulk:
+        return [_guarded(single.apply_row, model, envelopes[0])]  # (no savepoint needed for one row)
+    using = router.db_for_write(model)
     try:
         with transaction.atomic(using=using):
             single.lock_keys(using, [(e.cqrs_id, e.instance_pk) for e in envelopes])
@@ -89,10 +89,9 @@ def apply_rows(model: Any, envelopes: Sequence[Envelope]) -> list[RowResult]:
                 return _apply_bulk(model, envelopes, using)
             return [_in_savepoint(model, envelope, using) for envelope in envelopes]
     except Exception as exc:
-        if len(envelopes) == 1:
-            return [exc]
-        logger.info('cqrs group of %s %s rows fell back to one transaction per row: %r', len(envelopes),
-                    model.CQRS_ID, exc)
+        logger.log(logging.INFO if len(envelopes) > 1 else logging.DEBUG,
+                   'cqrs group of %s %s rows fell back to one transaction per row: %r', len(envelopes),
+                   model.CQRS_ID, exc)
         return [_guarded(single.apply_row, model, envelope) for envelope in envelopes]
 
 
@@ -122,13 +121,13 @@ class _Rows:
     """What the group has done so far to each pk, before anything is written."""
 
     def __init__(self, model: Any, using: str, cqrs_id: str, envelopes: Sequence[Envelope]) -> None:
-        queryset = model._default_manager.using(using)
         connection = self.connection = connections[using]
-        if connection.features.has_select_for_update:
-            queryset = queryset.select_for_update()
         self.pks = [single.replica_pk(model, e.instance_data, e.instance_pk, connection) for e in envelopes]
-        self.stored = {obj.pk: obj for obj in filter_in(queryset, model._meta.pk, set(self.pks))}
-        self.tombstones = tombstone_revisions(ReplicaTombstone, using, cqrs_id, [e.instance_pk for e in envelopes])
+        self.stored = reads.stored_rows(model, using, self.pks)
+        # A tombstone matters to a row that is missing (a create checks it) or deleted in the group.
+        self.tombstones = reads.tombstones(using, cqrs_id, [
+            e.instance_pk for e, pk in zip(envelopes, self.pks, strict=True)
+            if pk not in self.stored or e.signal_type == SignalType.DELETE])
         self.created: dict[Any, Any] = {}
         self.changed: dict[Any, Any] = {}
         self.deleted: set[Any] = set()

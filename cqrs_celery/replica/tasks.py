@@ -28,7 +28,7 @@ from cqrs_celery.exceptions import DataError, EnvelopeError, UnknownCQRSIdError
 from cqrs_celery.producer import send
 from cqrs_celery.registry import ReplicaRegistry
 from cqrs_celery.replica import dead_letters, gather
-from cqrs_celery.replica.apply import Result, apply
+from cqrs_celery.replica.apply import Result
 from cqrs_celery.replica.group import apply_many
 from cqrs_celery.replica.guard import GuardedRequest
 from cqrs_celery.replica.queues import max_retry_delay
@@ -102,7 +102,7 @@ def _apply_rows(task: Any, rows: Sequence[Envelope | EnvelopeError], queue: str 
     if taken:
         logger.debug('cqrs applying %s rows of %s messages in one group: queue=%s', len(envelopes), len(taken) + 1,
                      queue)
-    results = [_guarded_apply(envelopes[0], queue)] if len(envelopes) == 1 else apply_many(envelopes, queue)
+    results = apply_many(envelopes, queue)
     for envelope, result in zip(envelopes, results, strict=True):
         outcomes.append(_handled(task, envelope, _settle(envelope, queue, result), queue))
     return outcomes
@@ -144,13 +144,6 @@ def _handled(task: Any, envelope: Envelope | None, outcome: str, queue: str | No
     if envelope is not None:
         observability.handled(envelope, outcome, queue)
     return outcome
-
-
-def _guarded_apply(envelope: Envelope, queue: str | None) -> Result | Exception:
-    try:
-        return apply(envelope, queue)
-    except Exception as exc:
-        return exc
 
 
 def _settle(envelope: Envelope, queue: str | None, result: Result | Exception) -> str:
