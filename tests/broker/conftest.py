@@ -26,6 +26,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if 'tests/broker/' in str(item.fspath):
             item.add_marker(pytest.mark.broker)
             item.add_marker(pytest.mark.django_db(transaction=True, databases=REPLICA_DATABASES))
+            # They stop and restart the brokers: with pytest-xdist (``-n 2 --dist loadgroup``, as CI
+            # runs), all of them run one after the other in one worker, the other tests beside them.
+            item.add_marker(pytest.mark.xdist_group('brokers'))
 
 
 def require_postgres() -> None:
