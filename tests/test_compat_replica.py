@@ -7,9 +7,11 @@ from failed saves. These tests call the model API and :func:`apply` in-process, 
 
 import datetime
 import logging
+from unittest import mock
 
 import pytest
-from django.db import DatabaseError, connection, models
+from django.db import DatabaseError, models
+from django.db.models import QuerySet
 
 from cqrs_celery import ApplyError, DataError, SignalType, topology
 from cqrs_celery.envelope import Envelope
@@ -265,16 +267,17 @@ def test_cqrs_delete_takes_the_pk_under_id_and_deleting_nothing_succeeds():
 
 
 @pytest.mark.django_db
-def test_cqrs_delete_on_bad_data_or_a_database_error_returns_false_and_logs(caplog):
+def test_cqrs_delete_on_bad_data_or_a_database_error_returns_false_and_logs(monkeypatch, caplog):
     with caplog.at_level(logging.ERROR):
         assert ReplicaItem.cqrs_delete({'cqrs_revision': 1, 'cqrs_updated': UPDATED}) is False
         assert ReplicaItem.cqrs_delete({'sku': 'A', 'cqrs_updated': UPDATED}) is False
 
-        def refuse(execute, sql, params, many, context):
+        def refuse(*args, **kwargs):
             raise DatabaseError('refused')
 
-        with connection.execute_wrapper(refuse):  # every statement fails
-            assert ReplicaItem.cqrs_delete({'id': 'A', 'cqrs_revision': 1, 'cqrs_updated': UPDATED}) is False
+        monkeypatch.setattr(ReplicaItem.objects, 'filter', refuse)
+        monkeypatch.setattr(ReplicaItem.objects, 'select_for_update', refuse)
+        assert ReplicaItem.cqrs_delete({'id': 'A', 'cqrs_revision': 1, 'cqrs_updated': UPDATED}) is False
 
     assert caplog.text.count('cqrs DELETE failed') == 3
 
@@ -486,3 +489,15 @@ def test_the_apply_path_accepts_django_cqrs_str_datetimes():
 
     assert result.outcome == Outcome.CREATED
     assert ReplicaItem.objects.get(pk='A').cqrs_updated == moment
+
+
+@pytest.mark.django_db
+def test_a_direct_cqrs_save_asks_the_orm_for_its_row_lock_on_every_database():
+    # django-cqrs's tests check the lock by patching QuerySet.select_for_update; the per-row path
+    # keeps asking the ORM for it (a no-op where the database has no row locks)
+    unlocked = mock.patch.object(QuerySet, 'select_for_update', autospec=True, side_effect=lambda queryset: queryset)
+    with unlocked as asked:
+        assert ReplicaItem.cqrs_save(item_data(0)).pk == 'A'
+        assert ReplicaItem.cqrs_save(item_data(1)).name == 'apple'
+
+    assert asked.call_count == 2

@@ -1,12 +1,16 @@
 """Read stored replica rows and tombstones by key, with each statement's SQL built once per model.
 
-Every apply (a group, a single-row message, a model's own ``cqrs_save`` path) starts with these
-reads: the stored rows of its primary keys, locked, and the tombstones of those that are missing.
+Every group (a single-row message of a model on the bulk path too) starts with these reads: the
+stored rows of its primary keys, locked, and the tombstones of those that are missing or deleted.
 Building them through the ORM compiled the same SELECT again for every message: on the
 benchmark's wide row (19 columns), compiling took about a quarter of the worker's time for a
 single-row message. Here the SQL is compiled once per (model, database, vendor syntax) and reused
 with the keys as its one parameter; the values are converted by the same converters Django would
 use and the rows made by ``Model.from_db``.
+
+The per-row path (a model with its own ``cqrs_*`` methods, the model API called directly) reads
+its tombstone here too, but its row through the ORM each time, as django-cqrs does: a model's
+code or a project's tests may rely on ``select_for_update()`` being asked for.
 
 The compiled form is reused only when the model's default manager adds nothing that could change
 from one call to the next (no parameters, no related or annotated columns, every concrete field);
