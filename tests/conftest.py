@@ -40,6 +40,25 @@ def _publisher_threads_finish_before_the_database_is_flushed():
     publisher._inline_paused_until.clear()  # a broker outage in one test must not pause the next
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist's ``--dist loadgroup`` (as CI runs): the broker tests one after the other in one worker.
+
+    They stop and restart the local brokers, so no two may run at once; every other test is
+    scheduled as ``--dist load`` would, in the other worker meanwhile. (The tests are grouped by
+    their path here: pytest-xdist 3.8's ``xdist_group`` mark does not group them under pytest 9.)
+    """
+    if config.getvalue('dist') != 'loadgroup':
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class BrokerTestsInOneWorker(LoadGroupScheduling):
+        def _split_scope(self, nodeid):
+            return 'broker tests' if nodeid.startswith('tests/broker/') else super()._split_scope(nodeid)
+
+    return BrokerTestsInOneWorker(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     """Lift the "queries not allowed" guards that a test whose database teardown failed left behind.
