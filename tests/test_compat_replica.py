@@ -282,6 +282,18 @@ def test_cqrs_delete_on_bad_data_or_a_database_error_returns_false_and_logs(monk
     assert caplog.text.count('cqrs DELETE failed') == 3
 
 
+@pytest.mark.django_db
+def test_a_direct_cqrs_delete_asks_the_managers_filter_even_when_no_row_is_stored(monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise DatabaseError('refused')
+
+    monkeypatch.setattr(ReplicaItem.objects, 'filter', refuse)
+    with caplog.at_level(logging.ERROR):
+        assert ReplicaItem.cqrs_delete({'id': 'A', 'cqrs_revision': 0, 'cqrs_updated': UPDATED}) is False
+
+    assert 'cqrs DELETE failed: cqrs_id=item pk=A' in caplog.text
+
+
 @pytest.mark.django_db(transaction=True)
 def test_on_the_apply_path_what_super_logged_still_dead_letters_or_retries(monkeypatch):
     def cqrs_save(cls, master_data, **kwargs):
