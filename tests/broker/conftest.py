@@ -26,9 +26,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if 'tests/broker/' in str(item.fspath):
             item.add_marker(pytest.mark.broker)
             item.add_marker(pytest.mark.django_db(transaction=True, databases=REPLICA_DATABASES))
-            # They stop and restart the brokers: with pytest-xdist (``-n 2 --dist loadgroup``, as CI
-            # runs), all of them run one after the other in one worker, the other tests beside them.
-            item.add_marker(pytest.mark.xdist_group('brokers'))
+            # (under pytest-xdist they all run in one worker: tests/conftest.py's scheduler groups them)
 
 
 def require_postgres() -> None:
