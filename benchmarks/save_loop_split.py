@@ -19,7 +19,9 @@ steps that add one part of replication at a time:
 
 For each it prints the loop's rate (median and min–max of ``--runs`` runs, the steps alternating
 within each run) and its share of the plain loop; the CPU time per save of the saving thread and
-of the publisher thread (from ``/proc/self/task``); and the machine's CPU time per save while the
+of the publisher thread (from ``/proc/self/task``); the messages the publisher thread sent and
+their median rows (each message costs the publisher, the broker and the replica a fixed part
+besides its rows); and the machine's CPU time per save while the
 loop ran, by who spent it (the database server's processes, the broker's, the replica worker's,
 and what was left idle; from ``/proc``). The figures split A's gap to the plain loop into the
 model's columns, the outbox event, the publisher thread and the replica's work on the same cores.
@@ -97,6 +99,10 @@ def child(saves: int, start: int, kind: str) -> None:
     from shapes import row
 
     from cqrs_celery.master import publisher
+    from cqrs_celery.signals import envelopes_published
+
+    messages: list[int] = []  # rows per message the publisher sent
+    envelopes_published.connect(lambda sender, pks, **kwargs: messages.append(len(pks)), weak=False)
 
     def cpu(thread_id: int | None) -> float:
         try:
@@ -121,7 +127,8 @@ def child(saves: int, start: int, kind: str) -> None:
     publisher.wait_idle(60)  # the publisher thread's CPU for these saves, all of it
     main_after, pub_after = threads()
     print(json.dumps({'rate': saves / took, 'main_us': (main_after - main_before) / saves * 1e6,
-                      'publisher_us': (pub_after - pub_before) / saves * 1e6, **machine}))
+                      'publisher_us': (pub_after - pub_before) / saves * 1e6, 'messages': len(messages),
+                      'rows_per_message': statistics.median(messages) if messages else 0, **machine}))
 
 
 def main() -> int:
@@ -193,8 +200,8 @@ def main() -> int:
     plain = median('plain', 'rate')
     print(f'\n{args.broker} + {args.db}, {args.saves} creates a loop, {args.runs} runs: median (min–max)\n')
     print('| loop | saves/s | share of plain | wall µs a save | CPU µs a save: saving thread / publisher thread '
-          '| CPU µs a save: database / broker / worker / idle |')
-    print('|---|---|---|---|---|---|')
+          '| CPU µs a save: database / broker / worker / idle | messages sent (median rows) |')
+    print('|---|---|---|---|---|---|---|')
     for step in STEPS:
         rates = [r['rate'] for r in results[step]]
         publishing = step not in ('plain', 'replication off')
@@ -202,7 +209,8 @@ def main() -> int:
         machine = ' / '.join(f'{median(step, kind):.0f}' for kind in (*SERVERS, 'idle'))
         print(f'| {step} | {statistics.median(rates):.0f} ({min(rates):.0f}–{max(rates):.0f}) '
               f'| {statistics.median(rates) / plain * 100:.0f} % | {1e6 / statistics.median(rates):.0f} | {cpu} '
-              f'| {machine} |')
+              f'| {machine} | ' + (f'{median(step, "messages"):.0f} ({median(step, "rows_per_message"):.0f})'
+                                    if publishing and step != 'outbox row' else '–') + ' |')
     print('\nidle: of the machine\'s cores (2 cores give twice the wall time); worker: counted while the loop ran.')
     return 0
 
