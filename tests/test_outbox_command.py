@@ -271,6 +271,41 @@ def test_the_publisher_thread_lets_events_gather_only_while_commits_come_faster_
     assert not bursting(came=3, took=3 / BURST_RATE * 2)  # the burst is over
 
 
+def test_the_publisher_thread_measures_a_burst_over_its_whole_last_cycle_and_the_wait_since():
+    """A flood whose commits slow down while the drain holds the interpreter is still a flood; a
+    burst followed by a quiet second is over."""
+    pace = publisher.Pace(wakes=0, now=100.0)
+    assert not pace.bursting(wakes=1, now=100.5)  # the first commit after a quiet start goes out at once
+    pace.drained(wakes=1, now=100.51)
+    # 60 ms of gathering (36 commits), then a 40 ms drain during which only 6 came
+    pace.drained(wakes=43, now=100.61)
+    assert not publisher.bursting(6, 0.040)  # the drain alone: 150 a second, under the burst rate
+    assert pace.bursting(wakes=43, now=100.61)  # the cycle: 42 commits in 100 ms
+    assert pace.bursting(wakes=44, now=100.615)  # woken at once by the next commit: still a burst
+    assert not pace.bursting(wakes=44, now=101.7)  # woken after a second without commits: over
+
+
+@pytest.mark.parametrize(('interval', 'drain', 'gathers'), [
+    (0.010, 0.025, False),  # 100 saves a second, drains slower than that on a slow machine
+    (0.010, 0.002, False),  # 100 saves a second, fast drains
+    (0.002, 0.010, True),  # 500 a second
+])
+def test_the_publisher_thread_gathers_a_steady_stream_only_above_the_burst_rate(interval, drain, gathers):
+    pace = publisher.Pace(wakes=0, now=0.0)
+    now, decisions = interval, []  # woken by the first commit
+
+    def commits(at: float) -> int:
+        return int(at / interval + 1e-9)
+
+    for _ in range(40):
+        decisions.append(pace.bursting(commits(now), now))
+        began, now = now, now + drain
+        pace.drained(commits(now), now)
+        if commits(now) == commits(began):  # nothing came while it drained: woken by the next commit
+            now = (commits(now) + 1) * interval
+    assert all(decisions[5:]) if gathers else not any(decisions)
+
+
 def _slices(wakes_per_slice: list[int], gathering: Callable[[Callable[[], int]], object]) -> tuple[int, int]:
     """Run ``gathering(commits)`` with commits arriving per slice as given; (slices slept, commits seen)."""
     commits = [0]
@@ -293,8 +328,10 @@ def _gathering(wakes_per_slice: list[int], came: int = 0) -> tuple[int, int]:
 
 def test_a_burst_gathers_until_it_pauses_a_batch_is_full_or_the_longest_wait_passes():
     slices_max = round(publisher.GATHER_MAX / publisher.GATHER)
-    # the burst pauses after three slices: one more slice without a commit, then the drain
-    assert _gathering([5, 5, 5, 0, 5]) == (4, 15)
+    assert publisher.GATHER_QUIET == 2
+    # one slice without a commit is not a pause (a saving thread kept from a core for a moment)
+    # the burst pauses after five slices: two more slices without a commit, then the drain
+    assert _gathering([5, 5, 5, 0, 5, 0, 0, 5]) == (7, 20)
     # commits keep coming: at most GATHER_MAX of slices (a slice's commits may arrive while it ends)
     slices, seen = _gathering([5] * 100)
     assert slices in (slices_max, slices_max + 1) and seen == 5 * slices  # (+1: the clock's rounding)
@@ -319,8 +356,8 @@ def test_while_a_flood_lasts_each_gathering_may_wait_twice_as_long_up_to_the_lon
     assert limits == [publisher.GATHER_MAX, 2 * publisher.GATHER_MAX, 4 * publisher.GATHER_MAX,
                       publisher.GATHER_LONGEST, publisher.GATHER_LONGEST]
     assert publisher.GATHER_LONGEST == 4 * publisher.GATHER_MAX
-    # the flood pauses: that gathering ends after a quiet slice, and the next may wait GATHER_MAX again
-    assert _gathered(gathering, [5, 5, 0]) == 3
+    # the flood pauses: that gathering ends after its quiet slices, and the next may wait GATHER_MAX again
+    assert _gathered(gathering, [5, 5, 0, 0]) == 4
     assert gathering.limit == publisher.GATHER_MAX
     # a drain without gathering (commits came slowly) starts over as well
     _gathered(gathering, flood)

@@ -43,18 +43,27 @@ BROKER_RETRY_MAX = 30.0
 FAILED_RETRY = 5.0
 #: After a failed inline publish, inline publishing to that broker waits this long (the relay goes on).
 INLINE_PAUSE = 5.0
-#: While commits come in a burst (several commits while the previous drain ran, at ``BURST_RATE``
-#: a second or more), the thread lets events gather before draining, in slices of ``GATHER``
+#: While commits come in a burst (at ``BURST_RATE`` a second or more over the thread's last cycle,
+#: from the end of the drain before to the end of its own, waiting and gathering included, and
+#: at least two of them), the thread lets events gather before draining, in slices of ``GATHER``
 #: seconds, for as long as commits keep coming, until a batch is full (``publish_batch_size``)
 #: or ``GATHER_MAX`` has passed (longer in a flood: ``GATHER_LONGEST``). Fewer, larger drains
 #: mean far less work per save for the master (a drain costs about 2 ms of the process's
 #: interpreter besides its rows: queries, a publisher confirm, a delete) and for the replica (one
-#: group apply per message); a slice without a commit ends the gathering, so the last events of a
-#: burst wait one slice. Commits that come one at a time, or at a steady pace below the rate, are
-#: published at once: on a slow machine a drain outlasts the 10 ms between commits at 100 a
-#: second, and gathering them then only added latency.
+#: group apply per message). ``GATHER_QUIET`` slices in a row without a commit end the gathering,
+#: so the last events of a burst wait that long. Commits that come one at a time, or at a steady
+#: pace below the rate, are published at once: on a slow machine a drain outlasts the 10 ms
+#: between commits at 100 a second, and gathering them then only added latency.
+#:
+#: The rate is taken over the whole cycle, not over the drain alone: the saving threads share the
+#: interpreter with the drain, so commits come more slowly while it runs (on a loaded 2-core
+#: machine, half as fast), and a flood measured over its drains alone looked like a trickle often
+#: enough to be sent as many small messages. Likewise one quiet slice was not a pause: a saving
+#: thread that waits for a core a few milliseconds (the replica's worker, the databases and the
+#: broker share them) ended gatherings of a flood after a handful of rows.
 GATHER = 0.004
 GATHER_MAX = 0.064
+GATHER_QUIET = 2
 BURST_RATE = 250.0
 #: While a flood of commits lasts, each gathering that ran for its whole limit (commits never
 #: paused, the batch never filled) doubles the limit of the next one, up to ``GATHER_LONGEST``
@@ -162,7 +171,8 @@ class _Publisher(threading.Thread):
         delay: float | None = None
         backoff = BrokerBackoff()
         gathering = Gathering()
-        last = (0, 0.0)  # commits that came while the last drain ran, and how long it ran
+        pace = Pace(self.wakes, time.monotonic())
+        waiting = 0  # commits that came while the last drain ran: their events wait for the next
         while not self.stopping:
             woken = self.wakeup.wait(IDLE_CLOSE if delay is None else delay)
             if self.stopping:
@@ -170,14 +180,15 @@ class _Publisher(threading.Thread):
             if not woken and delay is None:
                 self._close_connection()
                 continue
-            if woken and bursting(*last):
-                gathering.wait(lambda: self.wakes, last[0], lambda: self.stopping)
+            if woken and pace.bursting(self.wakes, time.monotonic()):
+                gathering.wait(lambda: self.wakes, waiting, lambda: self.stopping)
             else:
                 gathering.reset()
             self.wakeup.clear()
-            wakes, started = self.wakes, time.monotonic()
+            wakes = self.wakes
             delay = backoff.wait(self._drain())
-            last = (self.wakes - wakes, time.monotonic() - started)
+            waiting = self.wakes - wakes
+            pace.drained(self.wakes, time.monotonic())
             if delay is None:
                 self.idle.set()
                 if self.wakeup.is_set():  # woken again meanwhile: not idle after all
@@ -197,9 +208,28 @@ class _Publisher(threading.Thread):
 
 
 def bursting(came: int, took: float) -> bool:
-    """True when ``came`` commits woke the thread while its last drain ran for ``took`` seconds at
-    ``BURST_RATE`` a second or more (and at least two): the next drain waits for more."""
+    """True when ``came`` commits woke the thread in the last ``took`` seconds (its last cycle, from
+    the end of the drain before to the end of its own, waiting and gathering included, and the
+    wait since) at ``BURST_RATE`` a second or more, and at least two: the next drain waits for more."""
     return came >= 2 and came >= BURST_RATE * took
+
+
+class Pace:
+    """How fast commits came over a publisher thread's last cycle (from the end of the drain before
+    to the end of its own: waiting, gathering and draining), and the wait since."""
+
+    def __init__(self, wakes: int, now: float) -> None:
+        self.last = (0, 0.0)  # commits during the last cycle, and its seconds
+        self.ended = (wakes, now)  # the commits counted, and the time, when the last drain ended
+
+    def bursting(self, wakes: int, now: float) -> bool:
+        """``bursting`` over the last cycle and the wait since: a burst that ended a while ago is over."""
+        return bursting(self.last[0] + wakes - self.ended[0], self.last[1] + now - self.ended[1])
+
+    def drained(self, wakes: int, now: float) -> None:
+        """A drain ended: the cycle that ends with it becomes the last one."""
+        self.last = (wakes - self.ended[0], now - self.ended[1])
+        self.ended = (wakes, now)
 
 
 def gather(commits: Callable[[], int], came: int, stopping: Callable[[], bool], longest: float = GATHER_MAX) -> bool:
@@ -207,10 +237,11 @@ def gather(commits: Callable[[], int], came: int, stopping: Callable[[], bool], 
     seconds: see ``GATHER``. Returns True when commits kept coming until that limit.
 
     ``commits()`` counts up as commits come (the publisher thread's wake-ups, the follower's newest
-    outbox event id); a slice in which it stays put ends the gathering.
+    outbox event id); ``GATHER_QUIET`` slices in a row in which it stays put end the gathering, and
+    so does one in which it goes back (the follower could not read it).
     """
     full = get_settings().master.publish_batch_size
-    began, seen = time.monotonic(), commits()
+    began, seen, quiet = time.monotonic(), commits(), 0
     while came < full:
         if stopping():
             return False
@@ -218,9 +249,12 @@ def gather(commits: Callable[[], int], came: int, stopping: Callable[[], bool], 
             return True
         time.sleep(GATHER)
         now = commits()
-        if now <= seen:
+        if now > seen:
+            came, seen, quiet = came + now - seen, now, 0
+            continue
+        quiet += 1
+        if quiet >= GATHER_QUIET or now < seen:
             return False  # the burst paused (or another publisher took the events): what it left goes out now
-        came, seen = came + now - seen, now
     return False
 
 
