@@ -237,6 +237,23 @@ def test_an_array_parameter_reaches_postgresql_value_for_value(values, cast):
     assert array_param([1.5, 'a']) == [1.5, 'a']  # anything else is left to psycopg
 
 
+def test_a_list_of_integer_pks_goes_to_the_database_as_the_field_would_prepare_it():
+    from django.db import models
+
+    from cqrs_celery.models import _prepared
+
+    class Doubled(models.IntegerField):  # a subclass may prepare its values otherwise: it is asked
+        def get_db_prep_value(self, value, connection, prepared=False):
+            return value * 2
+
+    ints = [1, -5, 2 ** 63 - 1]
+    for field in (models.BigAutoField(primary_key=True), models.IntegerField(), models.PositiveSmallIntegerField()):
+        assert _prepared(connection, field, ints) == [field.get_db_prep_value(v, connection) for v in ints] == ints
+    assert _prepared(connection, Doubled(), ints) == [2, -10, 2 ** 64 - 2]
+    # anything but plain ints takes the field's own preparation (a bool, a string from JSON)
+    assert _prepared(connection, models.IntegerField(), [True, '7']) == [1, 7]
+
+
 def test_data_keys_that_name_no_field_are_not_remembered():
     from cqrs_celery import serialization
 

@@ -240,13 +240,18 @@ def _delete(using: str, ids: list[int]) -> None:
                        [where[1]])
 
 
+#: The signal types by their stored names (an enum call per event cost more than the rest of ``_change``).
+_SIGNALS = {signal.value: signal for signal in SignalType}
+
+
 def _change(event: Taken) -> Change:
     payload = ujson.loads(event.envelope) if event.envelope else {}
     if 'v' in payload:  # a DELETE, or an event written by an older release: the whole envelope
         envelope = decode(payload)
         return Change(envelope.cqrs_id, envelope.instance_pk, envelope.signal_type, delete_envelope=envelope,
                       created=event.created)
-    return Change(event.cqrs_id, ujson.loads(event.pk_value), SignalType(event.signal_type),
+    signal_type = _SIGNALS.get(event.signal_type) or SignalType(event.signal_type)  # (the enum's error)
+    return Change(event.cqrs_id, ujson.loads(event.pk_value), signal_type,
                   previous_data=payload.get('previous_data'), meta=payload.get('meta'),
                   correlation_id=payload.get('correlation_id'), created=event.created)
 

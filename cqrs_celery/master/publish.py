@@ -151,10 +151,14 @@ def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exce
     """
     rows: dict[str, dict[Any, Any] | Exception] = {}
     cqrs_ids = {c.cqrs_id for c in changes if c.delete_envelope is None}
+    python_pks: dict[int, Any] = {}  # by the change's index: its pk as the model's field gives it
     for cqrs_id in cqrs_ids:
         try:
             model = MasterRegistry.get(cqrs_id)
-            pks = {_python_pk(model, c.pk) for c in changes if c.cqrs_id == cqrs_id and c.delete_envelope is None}
+            pks = set()
+            for index, change in enumerate(changes):
+                if change.cqrs_id == cqrs_id and change.delete_envelope is None:
+                    pks.add(python_pks.setdefault(index, _python_pk(model, change.pk)))
             # With several models, each is read in a savepoint: a failing query must not abort the
             # caller's transaction for the others (outside one, as SQLite drains read, nothing to abort).
             savepoint = len(cqrs_ids) > 1 and connections[using].in_atomic_block
@@ -178,7 +182,7 @@ def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exce
         if isinstance(found, Exception):
             result.append(found)
             continue
-        instance = found.get(_python_pk(MasterRegistry.get(change.cqrs_id), change.pk))
+        instance = found.get(python_pks[index])
         if instance is None:
             result.append(None)
             continue
