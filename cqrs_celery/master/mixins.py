@@ -119,7 +119,7 @@ class RawMasterMixin(models.Model):
             _refuse_too_deep(self, field)
         if self.CQRS_SERIALIZER:
             type(self).cqrs_serializer_class()  # likewise: a serializer that cannot be imported
-        self._cqrs_by_trigger = triggers.active(using, type(self))
+        self._cqrs_by_trigger = triggers.active(using, type(self), connection)
         bump = not self._cqrs_bumped_in(connection)
         with self._cqrs_transaction(using):
             loaded = self.cqrs_revision
@@ -135,6 +135,8 @@ class RawMasterMixin(models.Model):
                     self._cqrs_settle_to = loaded + (1 if bump else 0)
             tracker.capture(self, merge=not self.is_initial_cqrs_save)
             self._cqrs_hand_payload(using)
+            if not args:
+                kwargs['using'] = using  # Django's save would ask the router again
             try:
                 super().save(*args, **kwargs)
             finally:

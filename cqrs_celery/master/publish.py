@@ -30,6 +30,7 @@ from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.correlation import get_correlation_id
 from cqrs_celery.envelope import Envelope
 from cqrs_celery.exceptions import MetaError
+from cqrs_celery.master import publisher
 from cqrs_celery.master.hooks import wants_keyword
 from cqrs_celery.master.mixins import RawMasterMixin
 from cqrs_celery.master.timestamps import utc_loader
@@ -278,8 +279,6 @@ class _Batch:
         return change, before
 
     def flush(self) -> None:
-        from cqrs_celery.master import publisher
-
         if self.outbox:
             publisher.committed(self.using, [c.outbox_id for c in self.rows.values() if c.outbox_id is not None],
                                 everything=self.by_trigger)
@@ -336,8 +335,6 @@ def wake_after_commit(using: str, handed: tuple[Any, dict[str, Any]] | None = No
 
     ``handed``: the instance just saved and the ``previous_data`` its statement gave the trigger.
     """
-    from cqrs_celery.master import publisher
-
     if connections[using].in_atomic_block:
         batch = _current_batch(using)
         batch.by_trigger = True

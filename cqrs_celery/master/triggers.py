@@ -169,16 +169,34 @@ def serves(connection: Any, model: Any) -> bool:
 
 
 def qualifies(model: Any) -> bool:
-    """True when the model's events need nothing from Python (settings included)."""
-    from cqrs_celery.master.mixins import RawMasterMixin
+    """True when the model's events need nothing from Python (settings included).
 
+    Asked at every save (settings and the model's attributes may change while a process runs), so
+    the cheapest conditions come first: a model with replication off is answered after two reads.
+    """
+    if not (model._cqrs_auto_publish and model.CQRS_PRODUCE):
+        return False
     master = get_settings().master
+    base = _base()
     return bool(
-        model._cqrs_auto_publish and model.CQRS_PRODUCE and master.outbox
-        and master.meta_function is None and master.correlation_function is None and not model._meta.parents
-        and model.get_cqrs_meta is RawMasterMixin.get_cqrs_meta
-        and model.is_sync_instance is RawMasterMixin.is_sync_instance
+        master.outbox and master.meta_function is None and master.correlation_function is None
+        and not model._meta.parents
+        and model.get_cqrs_meta is base.get_cqrs_meta
+        and model.is_sync_instance is base.is_sync_instance
     )
+
+
+def _base() -> Any:
+    """``RawMasterMixin`` (imported on first use: its module imports this one)."""
+    global _raw_master_mixin
+    if _raw_master_mixin is None:
+        from cqrs_celery.master.mixins import RawMasterMixin
+
+        _raw_master_mixin = RawMasterMixin
+    return _raw_master_mixin
+
+
+_raw_master_mixin: Any = None
 
 
 def install(using: str = 'default') -> list[str]:
@@ -231,10 +249,14 @@ def on_post_migrate(sender: Any = None, using: str = 'default', **kwargs: Any) -
         logger.info('cqrs outbox triggers on %s: %s', using, ', '.join(done))
 
 
-def active(using: str, model: Any) -> bool:
-    """True when this save's event is written by the database (the trigger exists and applies)."""
-    connection = connections[using]
-    if connection.vendor not in {'postgresql', 'sqlite'} or not qualifies(model):
+def active(using: str, model: Any, connection: Any = None) -> bool:
+    """True when this save's event is written by the database (the trigger exists and applies).
+
+    ``connection``: that of ``using``, when the caller has it at hand.
+    """
+    if connection is None:
+        connection = connections[using]
+    if not qualifies(model) or connection.vendor not in {'postgresql', 'sqlite'}:
         return False
     key = (using, model._meta.db_table)
     seen = _seen.get(key)
