@@ -39,12 +39,19 @@ def no_broker() -> contextlib.AbstractContextManager:
     return capture_envelopes()
 
 
-def create(n: int, start: int, rate: float, commit_times: bool) -> dict:
-    """``n`` single-row creates, flat out or paced at ``rate`` per second."""
-    from bench_master.models import Item
+def create(n: int, start: int, rate: float, commit_times: bool, plain: bool = False) -> dict:
+    """``n`` single-row creates, flat out or paced at ``rate`` per second.
+
+    ``plain``: of ``PlainItem`` (no replication), into an emptied table: the same loop in the same
+    kind of fresh process as A's, the like-for-like baseline of A's share of the save loop.
+    """
+    from bench_master.models import Item, PlainItem
     from django.db import transaction
     from shapes import row
 
+    model = PlainItem if plain else Item
+    if plain:
+        model.objects.all()._raw_delete(model.objects.db)
     commits: dict[int, float] = {}
     began = time.time()
     for i in range(n):
@@ -52,7 +59,7 @@ def create(n: int, start: int, rate: float, commit_times: bool) -> dict:
             delay = began + i / rate - time.time()
             if delay > 0:
                 time.sleep(delay)
-        item = Item(**row(start + i))
+        item = model(**row(start + i))
         if commit_times:
             # Registered before the library's own on_commit publish, so it runs first: the stamp is
             # the commit, not the publish.
@@ -200,6 +207,7 @@ def main() -> None:
     parser.add_argument('--start', type=int, default=0, help='create, seed: index of the first row')
     parser.add_argument('--rate', type=float, default=0, help='create: saves per second (0: flat out)')
     parser.add_argument('--commit-times', action='store_true', help='create: report each row\'s commit time')
+    parser.add_argument('--plain', action='store_true', help='create: of the plain model (no replication)')
     args = parser.parse_args()
 
     import django
@@ -207,7 +215,7 @@ def main() -> None:
     django.setup()
     with no_broker():
         if args.action == 'create':
-            result = create(args.n, args.start, args.rate, args.commit_times)
+            result = create(args.n, args.start, args.rate, args.commit_times, args.plain)
         elif args.action == 'update':
             result = update(args.n)
         elif args.action in ('seed', 'bulk-seed'):

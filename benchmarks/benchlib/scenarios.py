@@ -144,6 +144,8 @@ def _rows_scenarios(section: Section, rec: Recorder, master: Service, worker: Wo
         rec.log(f'  {lib}: A {_fmt(value)} creates/s (master alone: {n / (created["end"] - created["start"]):.0f}/s)')
     if not ok:
         return
+    if 'A' in scenarios:
+        _plain_loop(rec, master, lib, c, n, value)
     if 'B' in scenarios:
         updated = master.driver('update', str(n))
         (count, _, last), ok = section.wait_rows(n, min_revision=1)
@@ -154,6 +156,26 @@ def _rows_scenarios(section: Section, rec: Recorder, master: Service, worker: Wo
         _latency(section, rec, master, c, n, latency_rows)
     if 'C' in scenarios:
         _sync(section, rec, master, c, sync_rows)
+
+
+def _plain_loop(rec: Recorder, master: Service, lib: str, c: int, n: int, a_rate: float | None) -> None:
+    """A's loop again, right after it, saving the plain model: A's share of the save loop, run by run.
+
+    The same ``n`` creates from a fresh process as A's master runs (its first saves open connections
+    too), while the worker idles: the master's own save rate with replication off, measured as A's
+    master is. F's ceilings time saves in a warmed-up process instead.
+    """
+    made = master.driver('create', str(n), '--plain')
+    loop = n / (made['end'] - made['start'])
+    rec.add('ceiling', _PLAIN_LOOP, lib, loop, 'saves/s')  # the worker idles: c does not matter
+    if a_rate:
+        rec.add('A', 'creates end to end, share of the same-run plain loop', lib, 100 * a_rate / loop, '%', c)
+    rec.log(f'  {lib}: plain loop like A\'s {loop:.0f} saves/s'
+            + (f' (A at {100 * a_rate / loop:.1f} % of it)' if a_rate else ''))
+
+
+#: The plain model's save loop run as A's master runs (``_plain_loop``).
+_PLAIN_LOOP = 'master save loop like A\'s (fresh process, N creates), replication off'
 
 
 def _creates_publisher_process(section: Section, rec: Recorder, queue: str, c: int, n: int) -> None:
