@@ -20,15 +20,15 @@ _MASTER = 'master save loop, replication off'
 _QUIET = 'master save loop, CQRS_PRODUCE = False'
 _BULK = 'replica bulk_create'
 #: The plain model's save loop run as A's master runs: a fresh process, N creates, right after A.
-_LOOP = "master save loop like A's (fresh process, N creates), replication off"
+PLAIN_LOOP = "master save loop like A's (fresh process, N creates), replication off"
 SCENARIO_CEILINGS = {
-    'creates end to end': [_MASTER, _QUIET, _LOOP, *_APPLY], 'updates end to end': [_MASTER, _QUIET, *_APPLY],
+    'creates end to end': [_MASTER, _QUIET, PLAIN_LOOP, *_APPLY], 'updates end to end': [_MASTER, _QUIET, *_APPLY],
     'creates end to end, publisher process': [_MASTER, _QUIET, *_APPLY],
     'cqrs_sync into empty replica': [*_APPLY, _BULK], 'cqrs_sync, first to last row visible': [*_APPLY, _BULK],
     'backlog drain': _APPLY, 'backlog drain, one message per change': _APPLY,
 }
 SHORT = {'replica insert, one transaction per row': 'db', 'kombu consume + ack': 'broker', _MASTER: 'master',
-         _QUIET: 'master, CQRS_PRODUCE off', _BULK: 'db bulk', _LOOP: "master loop like A's"}
+         _QUIET: 'master, CQRS_PRODUCE off', _BULK: 'db bulk', PLAIN_LOOP: "master loop like A's"}
 
 
 def summarize(records: list[dict]) -> list[dict]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from benchlib.processes import CQRS_CELERY, DJCQRS, Library, Service, StepFailed, Worker, has_sync_command
+from benchlib.report import PLAIN_LOOP
 from benchlib.services import MASTER_TABLE, Broker, Database, wait_for
 
 CQRS_ID = 'bench_item'
@@ -167,15 +168,11 @@ def _plain_loop(rec: Recorder, master: Service, lib: str, c: int, n: int, a_rate
     """
     made = master.driver('create', str(n), '--plain')
     loop = n / (made['end'] - made['start'])
-    rec.add('ceiling', _PLAIN_LOOP, lib, loop, 'saves/s')  # the worker idles: c does not matter
+    rec.add('ceiling', PLAIN_LOOP, lib, loop, 'saves/s')  # the worker idles: c does not matter
     if a_rate:
         rec.add('A', 'creates end to end, share of the same-run plain loop', lib, 100 * a_rate / loop, '%', c)
     rec.log(f'  {lib}: plain loop like A\'s {loop:.0f} saves/s'
             + (f' (A at {100 * a_rate / loop:.1f} % of it)' if a_rate else ''))
-
-
-#: The plain model's save loop run as A's master runs (``_plain_loop``).
-_PLAIN_LOOP = 'master save loop like A\'s (fresh process, N creates), replication off'
 
 
 def _creates_publisher_process(section: Section, rec: Recorder, queue: str, c: int, n: int) -> None:
