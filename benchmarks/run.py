@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import report
-from benchlib.processes import LIBRARIES, LOGS, ensure_djcqrs_venv
+from benchlib.processes import LIBRARIES, LOGS, compile_sources, ensure_djcqrs_venv
 from benchlib.scenarios import (
     Recorder,
     Section,
@@ -126,6 +126,7 @@ def main() -> int:
     started = datetime.datetime.now().astimezone()
     LOGS.mkdir(parents=True, exist_ok=True)
     ensure_djcqrs_venv(log)
+    compile_sources()
     log(f'scenarios {",".join(sorted(args.only))}; brokers {",".join(args.broker)}; databases {",".join(args.db)}; '
         f'c={",".join(map(str, args.concurrency))}; {args.runs} run(s); N={args.n}')
     records: list[dict] = []

@@ -145,10 +145,11 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(HERE))
-    from benchlib.processes import CQRS_CELERY, Worker
+    from benchlib.processes import CQRS_CELERY, Worker, compile_sources
     from benchlib.scenarios import Section
     from benchlib.services import Broker, wait_for
 
+    compile_sources()
     section = Section(CQRS_CELERY, Broker(args.broker), args.db)
     queue = section.new_queue()
     section.prepare()
