@@ -159,20 +159,23 @@ def _rows_scenarios(section: Section, rec: Recorder, master: Service, worker: Wo
         _sync(section, rec, master, c, sync_rows)
 
 
-def _plain_loop(rec: Recorder, master: Service, lib: str, c: int, n: int, a_rate: float | None) -> None:
+def _plain_loop(rec: Recorder, master: Service, lib: str, c: int, n: int, a_rate: float | None,
+                a_metric: str = 'creates end to end') -> None:
     """A's loop again, right after it, saving the plain model: A's share of the save loop, run by run.
 
     The same ``n`` creates from a fresh process as A's master runs (its first saves open connections
     too), while the worker idles: the master's own save rate with replication off, measured as A's
-    master is. F's ceilings time saves in a warmed-up process instead.
+    master is. F's ceilings time saves in a warmed-up process instead. ``a_metric``: the A figure
+    that ``a_rate`` is (the share is recorded as ``<a_metric>, share of the same-run plain loop``).
     """
     made = master.driver('create', str(n), '--plain')
     loop = n / (made['end'] - made['start'])
     rec.add('ceiling', PLAIN_LOOP, lib, loop, 'saves/s')  # the worker idles: c does not matter
     if a_rate:
-        rec.add('A', 'creates end to end, share of the same-run plain loop', lib, 100 * a_rate / loop, '%', c)
+        rec.add('A', f'{a_metric}, share of the same-run plain loop', lib, 100 * a_rate / loop, '%', c)
     rec.log(f'  {lib}: plain loop like A\'s {loop:.0f} saves/s'
-            + (f' (A at {100 * a_rate / loop:.1f} % of it)' if a_rate else ''))
+            + (f' ({a_metric.replace("creates end to end", "A")} at {100 * a_rate / loop:.1f} % of it)'
+               if a_rate else ''))
 
 
 def _creates_publisher_process(section: Section, rec: Recorder, queue: str, c: int, n: int) -> None:
@@ -195,6 +198,8 @@ def _creates_publisher_process(section: Section, rec: Recorder, queue: str, c: i
     rec.add('A', label, lib, value, 'events/s', c, '' if ok else f'timed out at {count}/{n}')
     rec.log(f'  {lib}: A, publisher process {_fmt(value)} creates/s '
             f'(master alone: {n / (created["end"] - created["start"]):.0f}/s)')
+    if ok:  # paired with a plain loop of its own, run right after it as A's is
+        _plain_loop(rec, master, lib, c, n, value, label)
 
 
 def _latency(section: Section, rec: Recorder, master: Service, c: int, n: int, rows: int) -> None:
