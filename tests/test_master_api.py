@@ -837,6 +837,61 @@ def test_a_meta_function_returning_something_else_fails_the_save_naming_the_func
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_hooks_signatures_are_read_once_not_at_every_save(monkeypatch):
+    """Each save hands ``get_cqrs_meta`` over as a new bound method: its signature is still read only once."""
+    import inspect
+
+    from cqrs_celery.master import hooks
+    from cqrs_celery.testing import capture_envelopes
+
+    read = []
+    signature = inspect.signature
+    monkeypatch.setattr(hooks.inspect, 'signature', lambda function, *args, **kwargs: (
+        read.append(function), signature(function, *args, **kwargs))[1])
+    hooks._signature_names.cache_clear()
+    with _meta_settings(meta_function='tests.test_master_api.djcqrs_meta'), capture_envelopes() as sent:
+        Author.objects.create(name='first')
+        first = len(read)
+        authors = [Author.objects.create(name=f'A{n}') for n in range(5)]
+    assert len(read) == first
+    assert [envelope.meta for envelope in sent[1:]] == [
+        {'pk': author.pk, 'name': author.name, 'signal': 'SAVE', 'previous': {'name': None}, 'tenant': 'acme'}
+        for author in authors]
+
+
+def test_a_bound_method_takes_the_keywords_its_function_names_after_the_instance():
+    from cqrs_celery.master.hooks import _accepted, names_parameter, wants_keyword
+
+    class Hooks:
+        def named(self, signal_type, instance_data=None):
+            return None
+
+        def anything(self, **kwargs):
+            return None
+
+        def positional(*args, signal_type=None):
+            return None
+
+        @classmethod
+        def of_class(cls, obj):
+            return None
+
+        def __call__(self, queue):
+            return None
+
+        __hash__ = None  # an unhashable callable is read every time, and still works
+
+    hooks = Hooks()
+    assert _accepted(hooks.named) == {'signal_type', 'instance_data'}
+    assert _accepted(hooks.anything) is None and wants_keyword(hooks.anything, 'instance_data')
+    assert _accepted(hooks.positional) == {'signal_type'}
+    assert _accepted(Hooks.of_class) == {'obj'} and names_parameter(Hooks.of_class, 'obj')
+    assert _accepted(hooks) == {'queue'} and not wants_keyword(hooks, 'signal_type')
+    assert _accepted(Hooks.named) == {'self', 'signal_type', 'instance_data'}  # the function itself
+    assert _accepted(print) == {'sep', 'end', 'file', 'flush'}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_django_cqrs_style_correlation_function_gets_its_arguments():
     from cqrs_celery.testing import capture_envelopes
 
