@@ -78,12 +78,16 @@ def parse_args() -> argparse.Namespace:
                         help='the bench row: item (8 columns, default), narrow (4) or wide (19, JSON and a 2 KB text)')
     parser.add_argument('--tracked', action='store_true',
                         help='the master model names CQRS_TRACKED_FIELDS (every event carries previous_data)')
+    parser.add_argument('--meta', action='store_true',
+                        help="the master names CQRS['master']['meta_function'] (every event carries metadata; "
+                             'cqrs_celery writes its outbox events from Python instead of by trigger)')
     parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'latest',
                         help='writes OUT.md and OUT.json (default benchmarks/results/latest)')
     args = parser.parse_args()
     # Every process of the run (drivers, workers, manage.py) inherits the shape: projects/shapes.py.
     os.environ['BENCH_SHAPE'] = args.shape
     os.environ['BENCH_TRACKED'] = '1' if args.tracked else '0'
+    os.environ['BENCH_META'] = '1' if args.meta else '0'
     quick = args.quick
     args.only = set(args.only or SCENARIOS)
     args.broker = args.broker or ['amqp', 'redis']
@@ -177,7 +181,8 @@ def main() -> int:
             'command': 'python benchmarks/run.py ' + shlex.join(sys.argv[1:]),
             'started': started.isoformat(' ', 'seconds'),
             'duration_min': (time.monotonic() - STARTED) / 60, 'git': git_state(), 'n': args.n, 'runs': args.runs,
-            'shape': args.shape + (', tracked fields' if args.tracked else ''),
+            'shape': args.shape + (', tracked fields' if args.tracked else '')
+            + (', meta_function' if args.meta else ''),
             'machine': f'{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}',
         }
         md, js = report.write(records, meta, args.out)  # after each broker, so a stopped run keeps its figures

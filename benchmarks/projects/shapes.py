@@ -1,11 +1,13 @@
 """The bench row: its fields and the values of row ``i``, the same for both libraries and the plain model.
 
-Environment (run.py's ``--shape`` and ``--tracked`` set it):
+Environment (run.py's ``--shape``, ``--tracked`` and ``--meta`` set it):
     BENCH_SHAPE     item (the default: eight columns, the id included), narrow (four) or wide (nineteen, a JSON
                     document and a 2 KB text among them; no TimeField, which django-cqrs
                     cannot send)
     BENCH_TRACKED   1: the master model names ``CQRS_TRACKED_FIELDS`` (quantity and sku), so
                     every event carries ``previous_data``
+    BENCH_META      1: the master names ``meta_function`` (:func:`bench_meta`), so every event carries
+                    metadata; cqrs_celery then writes its outbox events from Python, not by trigger
 
 Every shape has ``sku`` and ``quantity``: scenario B changes ``quantity``.
 """
@@ -22,10 +24,17 @@ if SHAPE not in SHAPES:
 
 #: The master model's ``CQRS_TRACKED_FIELDS`` (None: no tracked fields).
 TRACKED_FIELDS = ['quantity', 'sku'] if os.environ.get('BENCH_TRACKED') == '1' else None
+#: The master's ``meta_function`` (None: no metadata); both libraries take the same dotted path.
+META_FUNCTION = 'shapes.bench_meta' if os.environ.get('BENCH_META') == '1' else None
 
 EPOCH = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 NOTES = 'A line of text that a replicated row might carry along with its other fields. ' * 3
 BODY = ''.join(f'Paragraph {n}: a longer text column, as an article or a description would be. ' for n in range(26))
+
+
+def bench_meta(obj, **kwargs) -> dict:
+    """Metadata of every event with ``BENCH_META=1``: small, and from the instance, as a real one would be."""
+    return {'source': 'bench', 'sku': obj.sku}
 
 
 def row(i: int) -> dict:

@@ -6,6 +6,7 @@ RabbitMQ goes through django-cqrs's own pika transport, Redis through its kombu 
 
 from common import *  # noqa: F403
 from common import APP, BROKER, DJCQRS_EXCHANGE, QUEUE, ROLE
+from shapes import META_FUNCTION
 
 INSTALLED_APPS = ['django.contrib.contenttypes', 'dj_cqrs', APP]
 if BROKER.startswith('amqp'):
@@ -16,6 +17,6 @@ else:
     TRANSPORT = 'dj_cqrs.transport.mock.TransportMock'
 CQRS = {'transport': TRANSPORT, 'url': BROKER, 'exchange': DJCQRS_EXCHANGE, 'queue': QUEUE}
 if ROLE == 'master':
-    CQRS['master'] = {'CQRS_AUTO_UPDATE_FIELDS': False, 'CQRS_MESSAGE_TTL': None}
+    CQRS['master'] = {'CQRS_AUTO_UPDATE_FIELDS': False, 'CQRS_MESSAGE_TTL': None, 'meta_function': META_FUNCTION}
 else:
     CQRS['replica'] = {'CQRS_MAX_RETRIES': 5, 'CQRS_RETRY_DELAY': 1, 'delay_queue_max_size': 1000}
