@@ -5,6 +5,7 @@ Tier i: publishes are captured (``cqrs_captured``) or applied in-process (``loop
 
 import contextlib
 import decimal
+import functools
 
 import pytest
 import ujson
@@ -899,6 +900,44 @@ def test_a_django_cqrs_style_correlation_function_gets_its_arguments():
             capture_envelopes() as sent:
         publisher = Publisher.objects.create(name='P')
     assert sent[0].correlation_id == f'publisher-{publisher.pk}-SAVE'
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize('model_name', ['MasterTombstone', 'ReplicaTombstone'])
+def test_a_tombstone_keeps_the_highest_revision_and_its_time(model_name):
+    import datetime
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from cqrs_celery import models as cqrs_models
+
+    model = getattr(cqrs_models, model_name)
+    record = functools.partial(cqrs_models.record_tombstone, model, 'default', 'item')
+
+    def stored(pk):
+        return model.objects.filter(cqrs_id='item', pk_value=pk).values_list('revision', 'deleted_at').get()
+
+    before = timezone.now()
+    with CaptureQueriesContext(connection) as queries:
+        record(7, 3)
+    assert len(queries) == (1 if connection.vendor in ('postgresql', 'sqlite') else 3)
+    revision, first = stored('7')
+    assert revision == 3 and before - datetime.timedelta(seconds=1) <= first <= timezone.now()
+    record(7, 2)  # older: kept out
+    assert stored('7') == (3, first)
+    record(7, 3)  # the same: nothing changes
+    assert stored('7') == (3, first)
+    record(7, 5)
+    revision, later = stored('7')
+    assert revision == 5 and later >= first
+    record(8, 9)  # another pk, and a key of any length
+    record('k' * 3000, 1)
+    assert stored('7') == (5, later)
+    assert stored('8')[0] == 9
+    assert model.objects.get(pk_value='k' * 3000).revision == 1
+    assert model.objects.filter(cqrs_id='item').count() == 3
 
 
 @pytest.mark.django_db(transaction=True)
