@@ -126,26 +126,49 @@ def record_tombstone(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any,
 
 #: Databases whose tombstone is stored by one upsert statement (see ``record_tombstone``).
 _UPSERTS = frozenset({'postgresql', 'sqlite'})
-_upserts: dict[tuple[type[_Tombstone], str], str] = {}
+_upserts: dict[tuple[type[_Tombstone], str, str], str] = {}
 
 
-def _upsert_sql(model: type[_Tombstone], connection: Any) -> str:
-    """The upsert of one tombstone, written once per model and database kind.
+def _upsert_sql(model: type[_Tombstone], connection: Any, values: str = 'VALUES (%s, %s, %s, %s, %s)') -> str:
+    """The upsert of one tombstone, written once per model, database kind and source of its values.
 
-    Parameters: ``cqrs_id``, ``pk_value``, ``pk_hash``, ``revision``, ``deleted_at``. The conflict
-    target is the unique ``(cqrs_id, pk_hash)`` both tombstone tables have.
+    ``values`` gives ``cqrs_id``, ``pk_value``, ``pk_hash``, ``revision`` and ``deleted_at`` (by
+    default as parameters, in that order). The conflict target is the unique ``(cqrs_id,
+    pk_hash)`` both tombstone tables have.
     """
-    sql = _upserts.get((model, connection.vendor))
+    sql = _upserts.get((model, connection.vendor, values))
     if sql is None:
         quote = connection.ops.quote_name
         table = quote(model._meta.db_table)
         revision, deleted_at = quote('revision'), quote('deleted_at')
         columns = ', '.join(map(quote, ('cqrs_id', 'pk_value', 'pk_hash', 'revision', 'deleted_at')))
-        sql = _upserts[(model, connection.vendor)] = (
-            f'INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %s, %s) '
+        sql = _upserts[(model, connection.vendor, values)] = (
+            f'INSERT INTO {table} ({columns}) {values} '
             f'ON CONFLICT ({quote("cqrs_id")}, {quote("pk_hash")}) DO UPDATE SET {revision} = EXCLUDED.{revision}, '
             f'{deleted_at} = EXCLUDED.{deleted_at} WHERE {table}.{revision} < EXCLUDED.{revision}')
     return sql
+
+
+def lock_and_record_deletion(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any, current: tuple[str, list[Any]],
+                             fallback: int) -> int | None:
+    """Before a delete on PostgreSQL, in one statement: lock the row, read its revision, store the tombstone.
+
+    ``current`` is the SQL (and parameters) of a ``SELECT … FOR UPDATE`` of the row's revision;
+    the deletion's revision is one past it, or past ``fallback`` when the row is not there. The
+    tombstone is stored as ``record_tombstone`` stores it. Returns the deletion's revision, or
+    ``None`` where this is not done in one statement (then lock, read and record one by one).
+    """
+    connection = connections[using]
+    if connection.vendor != 'postgresql':
+        return None
+    select, params = current
+    key = pk_key(pk)
+    upsert = _upsert_sql(model, connection, 'SELECT %s, %s, %s, rev, %s FROM deletion')
+    sql = (f'WITH deletion AS (SELECT COALESCE(({select}), %s) + 1 AS rev), tombstone AS ({upsert}) '
+           'SELECT rev FROM deletion')
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, fallback, cqrs_id, key, pk_hash(key), timezone.now()])
+        return int(cursor.fetchone()[0])
 
 
 def tombstone_revision(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any) -> int | None:

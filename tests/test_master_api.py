@@ -141,6 +141,28 @@ def test_deleting_a_row_publishes_a_delete_one_revision_above_the_last_save(cqrs
     assert delete.revision == 2
 
 
+def test_a_delete_of_a_stale_instance_takes_the_revision_of_the_row_and_few_statements(cqrs_captured):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    item = Item.objects.create(sku='A', name='apple')
+    stale = Item.objects.get(pk='A')
+    item.save()
+    item.save()  # revision 2 in the database; the stale instance still has 0
+
+    with CaptureQueriesContext(connection) as queries:
+        stale.delete()
+
+    assert MasterTombstone.objects.get(cqrs_id='item', pk_value='A').revision == 3
+    assert of(cqrs_captured, Item)[-1].revision == 3
+    sql = [query['sql'] for query in queries.captured_queries]
+    statements = [text.split()[0] for text in sql[:sql.index('COMMIT')] if text != 'BEGIN']
+    if connection.vendor == 'postgresql':  # lock, read and tombstone in one statement; the row; the event
+        assert statements == ['WITH', 'DELETE', 'INSERT']
+    else:
+        assert statements == ['SELECT', 'DELETE', 'INSERT', 'INSERT']
+
+
 def test_a_deleted_row_disappears_from_the_replica(loopback):
     item = Item.objects.create(sku='A', name='apple')
 

@@ -9,7 +9,7 @@ from django.db.models.signals import post_delete, post_save, pre_delete
 
 from cqrs_celery.constants import FIELD_REVISION, SignalType
 from cqrs_celery.master import publish
-from cqrs_celery.models import MasterTombstone, record_tombstone
+from cqrs_celery.models import MasterTombstone, lock_and_record_deletion, record_tombstone
 from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import to_json
 from cqrs_celery.signals import post_bulk_create, post_update
@@ -26,15 +26,27 @@ def on_post_save(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
 
 
 def on_pre_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-    # Runs inside the deletion's transaction: lock the row and read the revision it had.
-    current = (sender._base_manager.using(using).select_for_update().filter(pk=instance.pk)
-               .values_list(FIELD_REVISION, flat=True).first())
+    # Runs inside the deletion's transaction: lock the row and read the revision it had (on
+    # PostgreSQL storing the tombstone in the same statement, which post_delete then skips).
+    instance.__dict__.pop('_cqrs_tombstoned', None)
+    row = sender._base_manager.using(using).select_for_update().filter(pk=instance.pk)
+    loaded = instance.cqrs_revision
+    if isinstance(loaded, int):
+        current = row.values_list(FIELD_REVISION)[:1].query.sql_with_params()
+        revision = lock_and_record_deletion(MasterTombstone, using, sender.CQRS_ID, to_json(instance.pk), current,
+                                            loaded)
+        if revision is not None:
+            instance._cqrs_delete_revision = revision
+            instance.__dict__['_cqrs_tombstoned'] = (using, revision)
+            return
+    current = row.values_list(FIELD_REVISION, flat=True).first()
     instance._cqrs_delete_revision = (instance.cqrs_revision if current is None else current) + 1
 
 
 def on_post_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
     revision = getattr(instance, '_cqrs_delete_revision', instance.cqrs_revision + 1)
-    record_tombstone(MasterTombstone, using, sender.CQRS_ID, to_json(instance.pk), revision)
+    if instance.__dict__.pop('_cqrs_tombstoned', None) != (using, revision):
+        record_tombstone(MasterTombstone, using, sender.CQRS_ID, to_json(instance.pk), revision)
     if not sender.CQRS_PRODUCE or not instance.is_sync_instance():
         return
     publish.schedule(instance, SignalType.DELETE, using,
