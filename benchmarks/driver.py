@@ -146,8 +146,8 @@ def _summary(samples: list[float]) -> dict:
 
 
 def cost(n: int) -> dict:
-    """Milliseconds per create and per update of ``Item``, of ``PlainItem`` and of ``QuietItem`` (``Item``
-    with ``CQRS_PRODUCE = False``), in this process."""
+    """Milliseconds per create, per update and per delete of ``Item``, of ``PlainItem`` and of ``QuietItem``
+    (``Item`` with ``CQRS_PRODUCE = False``), in this process."""
     from bench_master.models import Item, PlainItem, QuietItem
     from shapes import row
 
@@ -168,10 +168,11 @@ def cost(n: int) -> dict:
             item.save()
 
         updates = _timed(save_again, n)
-        result[label] = {'create': _summary(creates), 'update': _summary(updates)}
+        deletes = _timed(lambda i, rows=rows: rows[i].delete(), len(rows))
+        result[label] = {'create': _summary(creates), 'update': _summary(updates), 'delete': _summary(deletes)}
         clear(model)
     # The plain model is timed before and after the replicated one; its baseline is the mean of both.
-    for kind in ('create', 'update'):
+    for kind in ('create', 'update', 'delete'):
         result['plain'][kind]['mean_ms'] = (result['plain'][kind]['mean_ms'] + result['plain2'][kind]['mean_ms']) / 2
     del result['plain2']
     return result

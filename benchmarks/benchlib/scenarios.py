@@ -296,7 +296,7 @@ def _drain(section: Section, rec: Recorder, master: Service, worker: Worker, c: 
 
 
 def run_cost(section: Section, rec: Recorder, n: int) -> None:
-    """F: milliseconds a save costs on top of a plain Django save of a same-shape model."""
+    """F: milliseconds a save (create, update) and a delete cost on top of the same on a plain Django model."""
     # (label suffix, outbox, broker, cqrs_celery publisher): cqrs_celery publishes from a background
     # thread by default; 'inline' publishes in the saving thread after commit, as django-cqrs does.
     variants = [('', True, None, '')]
@@ -321,7 +321,7 @@ def run_cost(section: Section, rec: Recorder, n: int) -> None:
             if broker_url is None:
                 section.clean(queue)
         plain, cqrs = result['plain'], result['cqrs']
-        for kind in ('create', 'update'):
+        for kind in ('create', 'update', 'delete'):
             rec.add('F', f'{kind} cost', label, cqrs[kind]['mean_ms'] - plain[kind]['mean_ms'], 'ms')
         if not suffix:
             rec.add('ceiling', 'master save loop, replication off', label, 1000 / plain['create']['mean_ms'],
@@ -329,7 +329,8 @@ def run_cost(section: Section, rec: Recorder, n: int) -> None:
             rec.add('ceiling', 'master save loop, CQRS_PRODUCE = False', label,
                     1000 / result['quiet']['create']['mean_ms'], 'saves/s')
         rec.log(f'  {label}: F create +{cqrs["create"]["mean_ms"] - plain["create"]["mean_ms"]:.2f} ms, '
-                f'update +{cqrs["update"]["mean_ms"] - plain["update"]["mean_ms"]:.2f} ms '
+                f'update +{cqrs["update"]["mean_ms"] - plain["update"]["mean_ms"]:.2f} ms, '
+                f'delete +{cqrs["delete"]["mean_ms"] - plain["delete"]["mean_ms"]:.2f} ms '
                 f'(plain create {plain["create"]["mean_ms"]:.2f} ms, CQRS_PRODUCE = False '
                 f'{result["quiet"]["create"]["mean_ms"]:.2f} ms)')
 
