@@ -32,9 +32,8 @@ def on_pre_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None
     row = sender._base_manager.using(using).select_for_update().filter(pk=instance.pk)
     loaded = instance.cqrs_revision
     if isinstance(loaded, int):
-        current = row.values_list(FIELD_REVISION)[:1].query.sql_with_params()
-        revision = lock_and_record_deletion(MasterTombstone, using, sender.CQRS_ID, to_json(instance.pk), current,
-                                            loaded)
+        revision = lock_and_record_deletion(MasterTombstone, using, sender.CQRS_ID, to_json(instance.pk),
+                                            row.values_list(FIELD_REVISION)[:1], loaded)
         if revision is not None:
             instance._cqrs_delete_revision = revision
             instance.__dict__['_cqrs_tombstoned'] = (using, revision)
