@@ -6,6 +6,8 @@ Tracked fields' old values reach PostgreSQL's trigger only (SQLite has no settin
 """
 
 import contextlib
+import datetime
+import uuid
 
 import pytest
 from django.conf import settings
@@ -16,7 +18,8 @@ from django.utils import timezone
 
 from cqrs_celery import SignalType
 from cqrs_celery.master import outbox, triggers
-from cqrs_celery.models import MasterTombstone, OutboxEvent
+from cqrs_celery.models import MasterTombstone, OutboxEvent, tombstone_revision
+from cqrs_celery.serialization import to_json
 from cqrs_celery.testing import capture_envelopes
 from tests.master_app.models import AllFields, Author, Book, CompatTrackedBulk, Item, Publisher
 
@@ -184,8 +187,8 @@ def test_models_with_tracked_fields_publish_through_the_trigger_exactly_what_the
             tracked_story()
     by_trigger = published(sent)
 
-    for model in (Book, CompatTrackedBulk, Author, MasterTombstone):
-        model.objects.all()._raw_delete('default')
+    for model in (Book, CompatTrackedBulk, Author, MasterTombstone, OutboxEvent):  # (the triggers record
+        model.objects.all()._raw_delete('default')                                # these deletions too)
     triggers.install('default')  # the test settings' meta_function: no model qualifies, triggers dropped
     triggers.forget()
     with without_meta():
@@ -284,3 +287,112 @@ def test_no_trigger_is_installed_where_the_router_keeps_the_outbox_table_out(ins
         assert triggers.install('default') == []  # its INSERT would fail every save of the model
         triggers.forget()
         assert not triggers.active('default', Item)
+
+
+def deletion_story():
+    """Deletes of an integer-pk and a UUID-pk model: plain, of a stale instance, in bulk, rolled back."""
+    publisher = Publisher.objects.create(id=7, name='p')  # the same pks on each path
+    stale = Publisher.objects.get(pk=publisher.pk)
+    publisher.save()
+    publisher.save()
+    stale.delete()  # revision 2 in the database: the deletion's is 3
+    rows = [AllFields.objects.create(id=uuid.UUID(int=i + 1), big=i) for i in range(3)]
+    rows[0].save()
+    AllFields.objects.filter(big__in=[0, 1]).delete()
+    with contextlib.suppress(Rollback), transaction.atomic():
+        rows[2].delete()
+        raise Rollback
+    return [publisher.pk, *(row.pk for row in rows)]
+
+
+def deletions(envelopes):
+    return sorted(((e.cqrs_id, str(e.instance_pk), e.revision, e.meta, e.correlation_id, e.previous_data,
+                    {k: str(v) for k, v in e.instance_data.items() if k != 'cqrs_updated'})
+                   for e in envelopes if e.signal_type == SignalType.DELETE), key=repr)
+
+
+def tombstones():
+    return sorted(MasterTombstone.objects.values_list('cqrs_id', 'pk_value', 'pk_hash', 'revision'))
+
+
+@postgres_only
+def test_a_delete_through_the_trigger_publishes_and_records_what_the_python_path_does(installed):
+    with without_meta():
+        assert triggers.deletes_active('default', Publisher) and triggers.deletes_active('default', AllFields)
+        assert not triggers.deletes_active('default', Item), 'a text pk: Python records its deletions'
+        with capture_envelopes() as sent:
+            pks = deletion_story()
+    by_trigger, stored = deletions(sent), tombstones()
+    assert not OutboxEvent.objects.exists()
+
+    for model in (Publisher, AllFields):
+        model.objects.all()._raw_delete('default')
+    with connection.cursor() as cursor:  # the tables' triggers as a version that recorded no deletions had them
+        for model in (Publisher, AllFields):
+            table = connection.ops.quote_name(model._meta.db_table)
+            name = connection.ops.quote_name(triggers.trigger_name(model))
+            cursor.execute(f'DROP TRIGGER {name} ON {table}')
+            cursor.execute(f'CREATE TRIGGER {name} AFTER INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION '
+                           f'{name}()')
+    for model in (MasterTombstone, OutboxEvent):
+        model.objects.all()._raw_delete('default')
+    triggers.forget()
+    with without_meta():
+        assert not triggers.deletes_active('default', Publisher), 'the trigger records no deletions'
+        assert triggers.state('default', Publisher) == triggers.TRIGGER_MISSING
+        with capture_envelopes() as sent:
+            deletion_story()
+
+    assert deletions(sent) == by_trigger
+    assert tombstones() == stored
+    # Found as Python finds them (the pk's text and its hash agree); the rolled-back deletion left none.
+    found = [tombstone_revision(MasterTombstone, 'default', cqrs_id, to_json(pk))
+             for cqrs_id, pk in zip(['publisher', 'all_fields', 'all_fields', 'all_fields'], pks, strict=True)]
+    assert found == [3, 2, 1, None]
+
+
+@postgres_only
+def test_a_delete_through_the_trigger_is_the_plain_delete_and_carries_the_time_of_the_deletion(installed):
+    with without_meta(), capture_envelopes():
+        publisher = Publisher.objects.create(name='p')
+        assert triggers.deletes_active('default', Publisher)
+    pk = publisher.pk
+    with without_meta(), capture_envelopes() as sent, CaptureQueriesContext(connection) as queries:
+        before = timezone.now()
+        publisher.delete()
+
+    statements = [q['sql'].split()[0] for q in queries.captured_queries]
+    assert statements[:3] == ['BEGIN', 'DELETE', 'COMMIT'], 'no lock, no tombstone, no event written by Python'
+    [envelope] = sent
+    assert envelope.signal_type == SignalType.DELETE and envelope.revision == 1
+    updated = datetime.datetime.fromisoformat(envelope.instance_data['cqrs_updated'])
+    assert updated.tzinfo is not None and abs((updated - before).total_seconds()) < 60
+    assert envelope.instance_data['id'] == envelope.instance_pk == pk
+
+
+@postgres_only
+def test_a_row_deleted_by_any_statement_reaches_the_outbox(installed):
+    with without_meta(), capture_envelopes():
+        publisher = Publisher.objects.create(name='p')
+    with connection.cursor() as cursor:
+        cursor.execute(f'DELETE FROM {connection.ops.quote_name(Publisher._meta.db_table)}')
+    [(signal_type, revision)] = OutboxEvent.objects.values_list('signal_type', 'revision')
+    assert (signal_type, revision) == ('DELETE', 1)
+    with capture_envelopes() as sent:
+        outbox.drain('default')
+    assert [(e.signal_type, e.instance_pk, e.revision) for e in sent] == [(SignalType.DELETE, publisher.pk, 1)]
+
+
+@postgres_only
+def test_a_trigger_recording_deletions_a_model_now_sends_custom_data_for_is_stale(installed, monkeypatch):
+    monkeypatch.setattr(Publisher, 'get_custom_cqrs_delete_data', lambda self: {'why': 'closed'})
+    with without_meta():
+        assert not triggers.deletes_active('default', Publisher)
+        assert triggers.state('default', Publisher) == triggers.TRIGGER_STALE
+        assert triggers.install('default')
+        triggers.forget()
+        assert triggers.state('default', Publisher) == triggers.BY_TRIGGER
+        with capture_envelopes() as sent:
+            Publisher.objects.create(name='p').delete()
+    assert [e.instance_data.get('custom') for e in sent if e.signal_type == SignalType.DELETE] == [{'why': 'closed'}]
+    assert not OutboxEvent.objects.exists()

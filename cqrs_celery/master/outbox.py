@@ -33,7 +33,7 @@ from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, SignalType
 from cqrs_celery.envelope import Envelope, decode
 from cqrs_celery.exceptions import BrokerUnavailableError, UnroutableError
-from cqrs_celery.master.publish import Change, envelopes_for
+from cqrs_celery.master.publish import Change, deletion_envelope, envelopes_for
 from cqrs_celery.models import OutboxEvent, where_in
 from cqrs_celery.producer import send_batch
 from cqrs_celery.registry import MasterRegistry
@@ -251,6 +251,13 @@ def _change(event: Taken) -> Change:
         return Change(envelope.cqrs_id, envelope.instance_pk, envelope.signal_type, delete_envelope=envelope,
                       created=event.created)
     signal_type = _SIGNALS.get(event.signal_type) or SignalType(event.signal_type)  # (the enum's error)
+    if signal_type is SignalType.DELETE:  # recorded by the database (triggers.py): only the time is stored
+        deleted = datetime.datetime.fromisoformat(payload['deleted']).replace(tzinfo=datetime.timezone.utc)
+        if not isinstance(event.revision, int):
+            raise ValueError(f'a DELETE event without a revision: {event.revision!r}')
+        envelope = deletion_envelope(event.cqrs_id, ujson.loads(event.pk_value), event.revision, deleted)
+        return Change(event.cqrs_id, envelope.instance_pk, signal_type, delete_envelope=envelope,
+                      created=event.created)
     return Change(event.cqrs_id, ujson.loads(event.pk_value), signal_type,
                   previous_data=payload.get('previous_data'), meta=payload.get('meta'),
                   correlation_id=payload.get('correlation_id'), created=event.created)

@@ -385,12 +385,30 @@ def delete_envelope(instance: Any, using: str, revision: int) -> Envelope:
     ``instance_data`` names the pk both by its field name and as ``'id'`` (django-cqrs's key), and
     carries ``get_custom_cqrs_delete_data()`` under ``'custom'`` (and, as before, merged in).
     """
-    pk_name = instance._meta.pk.name
-    pk = to_json(instance.pk)
-    data = {pk_name: pk, FIELD_REVISION: revision, FIELD_UPDATED: to_json(timezone.now())}
     custom = to_json(instance.get_custom_cqrs_delete_data() or {})
-    data.update(custom)
+    data = _deletion_data(instance._meta.pk.name, to_json(instance.pk), revision, timezone.now(), custom)
+    return build_envelope(instance, SignalType.DELETE, using, instance_data=data)
+
+
+def _deletion_data(pk_name: str, pk: Any, revision: int, deleted: datetime.datetime,
+                   custom: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = {pk_name: pk, FIELD_REVISION: revision, FIELD_UPDATED: to_json(deleted)}
+    if custom:
+        data.update(custom)
     data.setdefault('id', pk)
     if custom:
         data['custom'] = custom
-    return build_envelope(instance, SignalType.DELETE, using, instance_data=data)
+    return data
+
+
+def deletion_envelope(cqrs_id: str, pk: Any, revision: int, deleted: datetime.datetime) -> Envelope:
+    """The DELETE envelope of a deletion the database recorded (``triggers.py``), as ``delete_envelope`` builds it.
+
+    The trigger serves only models with nothing for Python to add: no metadata, no correlation
+    id, no custom delete data. ``deleted`` (aware) is the time of the deletion.
+    """
+    model = MasterRegistry.get(cqrs_id)
+    ttl = get_settings().master.message_ttl
+    return Envelope(signal_type=SignalType.DELETE, cqrs_id=cqrs_id, instance_pk=pk,
+                    instance_data=_deletion_data(model._meta.pk.name, pk, revision, deleted),
+                    expires=deleted + datetime.timedelta(seconds=ttl) if ttl else None)

@@ -8,7 +8,7 @@ from django.db import router
 from django.db.models.signals import post_delete, post_save, pre_delete
 
 from cqrs_celery.constants import FIELD_REVISION, SignalType
-from cqrs_celery.master import publish
+from cqrs_celery.master import publish, triggers
 from cqrs_celery.models import MasterTombstone, lock_and_record_deletion, record_tombstone
 from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import to_json
@@ -26,9 +26,14 @@ def on_post_save(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
 
 
 def on_pre_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-    # Runs inside the deletion's transaction: lock the row and read the revision it had (on
-    # PostgreSQL storing the tombstone in the same statement, which post_delete then skips).
+    # Runs inside the deletion's transaction. Where the table's trigger records the deletion
+    # (triggers.py), nothing to do but remember it; otherwise lock the row and read the revision it
+    # had (on PostgreSQL storing the tombstone in the same statement, which post_delete then skips).
     instance.__dict__.pop('_cqrs_tombstoned', None)
+    if triggers.deletes_active(using, sender):
+        instance.__dict__['_cqrs_deleted_by_trigger'] = using
+        return
+    instance.__dict__.pop('_cqrs_deleted_by_trigger', None)
     row = sender._base_manager.using(using).select_for_update().filter(pk=instance.pk)
     loaded = instance.cqrs_revision
     if isinstance(loaded, int):
@@ -43,6 +48,9 @@ def on_pre_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None
 
 
 def on_post_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
+    if instance.__dict__.pop('_cqrs_deleted_by_trigger', None) == using:
+        publish.wake_after_commit(using)  # the database wrote the event and the tombstone
+        return
     revision = getattr(instance, '_cqrs_delete_revision', instance.cqrs_revision + 1)
     if instance.__dict__.pop('_cqrs_tombstoned', None) != (using, revision):
         record_tombstone(MasterTombstone, using, sender.CQRS_ID, to_json(instance.pk), revision)

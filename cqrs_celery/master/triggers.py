@@ -18,7 +18,16 @@ trigger stores it in the event and clears it. A save that wrote the row before i
 transaction (the revision stays) adds an event with the merged payload; the publisher merges the
 events of a row taken together, as it merges those of the Python path.
 
-Everything else (other databases, models with more to say, multi-table inheritance, deletes)
+On PostgreSQL the same trigger also fires ``AFTER DELETE`` for a model whose primary key is an
+integer or a UUID and that has no ``get_custom_cqrs_delete_data`` of its own: it writes the
+deletion's event (revision one past the deleted row's) and the master's tombstone, so a delete
+costs the plain Django delete's statements (``pre_delete``/``post_delete`` only mark the instance
+and wake the publisher after commit). Its event holds only the time of the deletion; the publisher
+builds the same DELETE envelope from it that the Python path stores (``publish.deletion_envelope``).
+A row deleted by any statement, not only by ``Model.delete()``/``QuerySet.delete()``, then reaches
+the replicas (``TRUNCATE`` fires no row trigger).
+
+Everything else (other databases, models with more to say, multi-table inheritance, other deletes)
 takes the Python outbox path of ``publish.py``. Both paths write the same events; the publisher
 cannot tell them apart.
 
@@ -26,7 +35,8 @@ Triggers are (re)installed after every ``migrate`` (``post_migrate``), and remov
 from models that stop qualifying; until then a model that stopped qualifying keeps a stale trigger,
 which ``cqrs_status`` names (``state``). A process uses the trigger path for a table only after it has
 seen the trigger in the database (checked once per process and table), and for a model with
-tracked fields only a trigger that reads the payload; so a database that was not migrated since an
+tracked fields only a trigger that reads the payload (and for a model whose deletions it should
+record, only one that records them); so a database that was not migrated since an
 upgrade keeps the Python path and loses nothing.
 """
 
@@ -41,7 +51,7 @@ from django.db import connections, models, transaction
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION
 from cqrs_celery.master import tracker
-from cqrs_celery.models import OutboxEvent
+from cqrs_celery.models import MasterTombstone, OutboxEvent
 from cqrs_celery.registry import MasterRegistry
 
 logger = logging.getLogger(__name__)
@@ -66,10 +76,11 @@ def _function_sql(connection: Any, model: Any, name: str) -> str:
                 f"    VALUES ({_literal(model.CQRS_ID)}, {pk_json}, 'SAVE', NEW.cqrs_revision, {envelope}, now(), 0, "
                 f"'', now(), false);")
 
+    deletion = _deletion_sql(connection, model) if serves_deletes(connection, model) else ''
     if not tracker.has_tracker(model):
         return f'''
 CREATE OR REPLACE FUNCTION {quote(name)}() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
+BEGIN{deletion}
     IF TG_OP = 'UPDATE' AND NEW.cqrs_revision IS NOT DISTINCT FROM OLD.cqrs_revision THEN
         RETURN NULL;
     END IF;
@@ -81,7 +92,7 @@ END $$'''
 CREATE OR REPLACE FUNCTION {quote(name)}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     payload text := COALESCE(current_setting({setting}, true), '');
-BEGIN
+BEGIN{deletion}
     IF payload <> '' THEN
         PERFORM set_config({setting}, '', true);
     END IF;
@@ -91,6 +102,36 @@ BEGIN
     {insert('payload')}
     RETURN NULL;
 END $$'''
+
+
+def _deletion_sql(connection: Any, model: Any) -> str:
+    """The DELETE branch of a table's trigger function: the deletion's event and the master's tombstone.
+
+    The deletion's revision is one past the deleted row's (``OLD``, locked by the DELETE itself).
+    The event's ``envelope`` holds only the time of the deletion, as UTC; the publisher builds the
+    envelope from it (``publish.deletion_envelope``). The tombstone is stored as
+    ``models.record_tombstone`` stores it: its key is the pk's text, which for the primary keys
+    served here (:data:`_DELETE_PKS`) is what ``pk_key`` makes of the pk's JSON.
+    """
+    quote = connection.ops.quote_name
+    column = f'OLD.{quote(model._meta.pk.column)}'
+    pk_json = f'{column}::text' if type(model._meta.pk) in _INTEGER_PKS else f'to_jsonb({column})::text'
+    cqrs_id, revision = _literal(model.CQRS_ID), f'OLD.{quote(FIELD_REVISION)} + 1'
+    tombstone = quote(MasterTombstone._meta.db_table)
+    columns = ', '.join(map(quote, ('cqrs_id', 'pk_value', 'pk_hash', 'revision', 'deleted_at')))
+    kept, at = quote('revision'), quote('deleted_at')
+    return f'''
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO {quote(OutboxEvent._meta.db_table)} (cqrs_id, pk_value, signal_type, revision, envelope, created,
+            attempts, error, available_at, set_aside)
+        VALUES ({cqrs_id}, {pk_json}, 'DELETE', {revision},
+            json_build_object('deleted', now() AT TIME ZONE 'UTC')::text, now(), 0, '', now(), false);
+        INSERT INTO {tombstone} ({columns})
+        VALUES ({cqrs_id}, {column}::text, encode(sha256(convert_to({column}::text, 'UTF8')), 'hex'), {revision}, now())
+        ON CONFLICT ({quote('cqrs_id')}, {quote('pk_hash')})
+        DO UPDATE SET {kept} = EXCLUDED.{kept}, {at} = EXCLUDED.{at} WHERE {tombstone}.{kept} < EXCLUDED.{kept};
+        RETURN NULL;
+    END IF;'''
 
 
 def payload_setting(model: Any) -> str:
@@ -121,6 +162,9 @@ _INTEGER_PKS = frozenset({
     models.SmallIntegerField, models.PositiveIntegerField, models.PositiveBigIntegerField,
     models.PositiveSmallIntegerField,
 })
+#: Primary keys whose deletion a PostgreSQL trigger records: their text is the tombstone's key
+#: (``models.pk_key`` of their JSON) and their JSON is ``to_jsonb``'s.
+_DELETE_PKS = _INTEGER_PKS | frozenset({models.UUIDField})
 #: Primary keys whose SQLite value the trigger can write as ``outbox.outbox_pk`` writes the pk
 #: (exact types: a subclass may store something else than the value Python sends).
 _SQLITE_PKS = _INTEGER_PKS | frozenset({
@@ -166,6 +210,22 @@ def serves(connection: Any, model: Any) -> bool:
         return (qualifies(model) and not tracker.has_tracker(model) and type(model._meta.pk) in _SQLITE_PKS
                 and connection.features.supports_json_field)
     return False
+
+
+def serves_deletes(connection: Any, model: Any) -> bool:
+    """True when the database behind ``connection`` records ``model``'s deletions itself (PostgreSQL).
+
+    Besides what ``serves`` asks: a primary key of :data:`_DELETE_PKS`, and no
+    ``get_custom_cqrs_delete_data`` of the model's own (the database cannot call it).
+    """
+    return (connection.vendor == 'postgresql' and serves(connection, model) and type(model._meta.pk) in _DELETE_PKS
+            and model.get_custom_cqrs_delete_data is _base().get_custom_cqrs_delete_data)
+
+
+def deletes_active(using: str, model: Any) -> bool:
+    """True when this deletion's event and tombstone are written by the database (see ``active``)."""
+    connection = connections[using]
+    return connection.vendor == 'postgresql' and active(using, model, connection) and serves_deletes(connection, model)
 
 
 def qualifies(model: Any) -> bool:
@@ -227,7 +287,8 @@ def install(using: str = 'default') -> list[str]:
                 cursor.execute(f'DROP TRIGGER IF EXISTS {quoted} ON {table}')
                 if outbox_here and serves(connection, model):
                     cursor.execute(_function_sql(connection, model, name))
-                    cursor.execute(f'CREATE TRIGGER {quoted} AFTER INSERT OR UPDATE ON {table} '
+                    events = 'INSERT OR UPDATE OR DELETE' if serves_deletes(connection, model) else 'INSERT OR UPDATE'
+                    cursor.execute(f'CREATE TRIGGER {quoted} AFTER {events} ON {table} '
                                    f'FOR EACH ROW EXECUTE FUNCTION {quoted}()')
                     done.append(f'{name} on {model._meta.db_table}')
                 else:
@@ -267,26 +328,32 @@ def active(using: str, model: Any, connection: Any = None) -> bool:
 
 def _installed(connection: Any, model: Any) -> bool:
     """Whether the database has the triggers this process's ``serves`` expects (checked once per table)."""
-    count, reads_payload = _found(connection, model)
+    count, reads_payload, records_deletes = _found(connection, model)
     if connection.vendor == 'sqlite':
         return count == 2
-    # A trigger installed by a version that stored no payload serves models without tracked fields only.
-    return count > 0 and (reads_payload or not tracker.has_tracker(model))
+    # A trigger installed by a version that stored no payload serves models without tracked fields
+    # only; one that records no deletions, models whose deletions Python records.
+    return (count > 0 and (reads_payload or not tracker.has_tracker(model))
+            and (records_deletes or not serves_deletes(connection, model)))
 
 
-def _found(connection: Any, model: Any) -> tuple[int, bool]:
-    """How many of the model's triggers the database has, and whether one reads the payload (PostgreSQL)."""
+def _found(connection: Any, model: Any) -> tuple[int, bool, bool]:
+    """How many of the model's triggers the database has, whether one reads the payload, and whether
+    one records deletions (PostgreSQL)."""
     name = trigger_name(model)
     with connection.cursor() as cursor:
         if connection.vendor == 'sqlite':
             cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s "
                            'AND name IN (%s, %s)', [model._meta.db_table, name, _sqlite_update_name(name)])
-            return int(cursor.fetchone()[0]), False
-        cursor.execute('SELECT position(%s IN p.prosrc) > 0 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid '
+            return int(cursor.fetchone()[0]), False, False
+        # tgtype's bit 8 (TRIGGER_TYPE_DELETE): the trigger fires on DELETE.
+        cursor.execute('SELECT position(%s IN p.prosrc) > 0, (t.tgtype & 8) > 0 AND position(%s IN p.prosrc) > 0 '
+                       'FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid '
                        'WHERE t.tgname = %s AND t.tgrelid = %s::regclass',
-                       [payload_setting(model), name, connection.ops.quote_name(model._meta.db_table)])
+                       [payload_setting(model), "TG_OP = 'DELETE'", name,
+                        connection.ops.quote_name(model._meta.db_table)])
         found = cursor.fetchone()
-    return (0, False) if found is None else (1, bool(found[0]))
+    return (0, False, False) if found is None else (1, bool(found[0]), bool(found[1]))
 
 
 #: ``state``'s answers.
@@ -310,7 +377,10 @@ def state(using: str, model: Any) -> str:
     if connection.vendor not in {'postgresql', 'sqlite'}:
         return BY_PYTHON if producing else NO_EVENTS
     if serves(connection, model):
-        return BY_TRIGGER if _installed(connection, model) else TRIGGER_MISSING
+        if not _installed(connection, model):
+            return TRIGGER_MISSING
+        # A trigger recording deletions Python now records (say, a get_custom_cqrs_delete_data added).
+        return TRIGGER_STALE if _found(connection, model)[2] and not serves_deletes(connection, model) else BY_TRIGGER
     if _found(connection, model)[0]:
         return TRIGGER_STALE
     return BY_PYTHON if producing else NO_EVENTS

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.master_app.models import Author, Book, Item, Publisher
-from tests.replica_app.models import ReplicaAuthor, ReplicaBook, ReplicaItem, ReplicaPublisher
+from tests.master_app.models import AllFields, Author, Book, Item, Publisher
+from tests.replica_app.models import ReplicaAllFields, ReplicaAuthor, ReplicaBook, ReplicaItem, ReplicaPublisher
 
 REVISION_FIELDS = ['cqrs_revision', 'cqrs_updated']
 
@@ -16,6 +16,8 @@ PAIRS: dict[str, tuple[Any, Any, list[tuple[str, str]]]] = {
                                  ('published', 'published')]),
     'item': (Item, ReplicaItem, [('sku', 'sku'), ('name', 'name'), ('quantity', 'quantity')]),
     'publisher': (Publisher, ReplicaPublisher, [('id', 'id'), ('name', 'name')]),
+    'all_fields': (AllFields, ReplicaAllFields, [(name, name) for name in (
+        'id', 'big', 'char', 'text', 'decimal', 'moment', 'duration', 'document')] + [('author_id', 'author_id')]),
 }
 
 
