@@ -129,6 +129,16 @@ def test_a_meta_function_set_later_takes_the_python_path_and_its_meta_travels(in
     assert len(sent) == 1  # the trigger's event and Python's event of the row go out once
     assert sent[0].meta == {'origin': 'tests', 'model': 'item'}
 
+    with capture_envelopes() as sent:
+        publisher = Publisher.objects.create(name='p')
+        with transaction.atomic():
+            publisher.delete()
+            # (on PostgreSQL the trigger, installed without the meta_function, writes one too)
+            assert OutboxEvent.objects.filter(signal_type='DELETE').count() == (2 if POSTGRES else 1)
+    assert [(e.signal_type, e.revision, e.meta) for e in sent] == [
+        (SignalType.SAVE, 0, {'origin': 'tests', 'model': 'publisher'}),
+        (SignalType.DELETE, 1, {'origin': 'tests', 'model': 'publisher'})], 'one DELETE, with its metadata'
+
 
 class Rollback(Exception):
     pass
