@@ -312,7 +312,11 @@ def deletion_story():
     with contextlib.suppress(Rollback), transaction.atomic():
         rows[2].delete()
         raise Rollback
-    return [publisher.pk, *(row.pk for row in rows)]
+    item = Item.objects.create(sku='a"b/\u00e9\u2028', name='n')  # text: a quote, a slash, non-ASCII
+    item.save()
+    item.delete()
+    Item.objects.create(sku='plain', name='n').delete()
+    return [publisher.pk, *(row.pk for row in rows), 'a"b/\u00e9\u2028', 'plain']
 
 
 def deletions(envelopes):
@@ -329,16 +333,16 @@ def tombstones():
 def test_a_delete_through_the_trigger_publishes_and_records_what_the_python_path_does(installed):
     with without_meta():
         assert triggers.deletes_active('default', Publisher) and triggers.deletes_active('default', AllFields)
-        assert not triggers.deletes_active('default', Item), 'a text pk: Python records its deletions'
+        assert triggers.deletes_active('default', Item)
         with capture_envelopes() as sent:
             pks = deletion_story()
     by_trigger, stored = deletions(sent), tombstones()
     assert not OutboxEvent.objects.exists()
 
-    for model in (Publisher, AllFields):
+    for model in (Publisher, AllFields, Item):
         model.objects.all()._raw_delete('default')
     with connection.cursor() as cursor:  # the tables' triggers as a version that recorded no deletions had them
-        for model in (Publisher, AllFields):
+        for model in (Publisher, AllFields, Item):
             table = connection.ops.quote_name(model._meta.db_table)
             name = connection.ops.quote_name(triggers.trigger_name(model))
             cursor.execute(f'DROP TRIGGER {name} ON {table}')
@@ -357,8 +361,8 @@ def test_a_delete_through_the_trigger_publishes_and_records_what_the_python_path
     assert tombstones() == stored
     # Found as Python finds them (the pk's text and its hash agree); the rolled-back deletion left none.
     found = [tombstone_revision(MasterTombstone, 'default', cqrs_id, to_json(pk))
-             for cqrs_id, pk in zip(['publisher', 'all_fields', 'all_fields', 'all_fields'], pks, strict=True)]
-    assert found == [3, 2, 1, None]
+             for cqrs_id, pk in zip(['publisher', *['all_fields'] * 3, 'item', 'item'], pks, strict=True)]
+    assert found == [3, 2, 1, None, 2, 1]
 
 
 @postgres_only

@@ -19,7 +19,7 @@ transaction (the revision stays) adds an event with the merged payload; the publ
 events of a row taken together, as it merges those of the Python path.
 
 On PostgreSQL the same trigger also fires ``AFTER DELETE`` for a model whose primary key is an
-integer or a UUID and that has no ``get_custom_cqrs_delete_data`` of its own: it writes the
+integer, a UUID or text and that has no ``get_custom_cqrs_delete_data`` of its own: it writes the
 deletion's event (revision one past the deleted row's) and the master's tombstone, so a delete
 costs the plain Django delete's statements (``pre_delete``/``post_delete`` only mark the instance
 and wake the publisher after commit). Its event holds only the time of the deletion; the publisher
@@ -162,9 +162,12 @@ _INTEGER_PKS = frozenset({
     models.SmallIntegerField, models.PositiveIntegerField, models.PositiveBigIntegerField,
     models.PositiveSmallIntegerField,
 })
-#: Primary keys whose deletion a PostgreSQL trigger records: their text is the tombstone's key
-#: (``models.pk_key`` of their JSON) and their JSON is ``to_jsonb``'s.
-_DELETE_PKS = _INTEGER_PKS | frozenset({models.UUIDField})
+#: Primary keys whose deletion a PostgreSQL trigger records: their text in PostgreSQL is the
+#: tombstone's key (``models.pk_key`` of their JSON: an integer's digits, a UUID's canonical form,
+#: a string itself) and their JSON is ``to_jsonb``'s, as for the saves' events.
+_DELETE_PKS = _INTEGER_PKS | frozenset({
+    models.UUIDField, models.CharField, models.TextField, models.SlugField, models.EmailField,
+})
 #: Primary keys whose SQLite value the trigger can write as ``outbox.outbox_pk`` writes the pk
 #: (exact types: a subclass may store something else than the value Python sends).
 _SQLITE_PKS = _INTEGER_PKS | frozenset({
