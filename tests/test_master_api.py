@@ -21,7 +21,7 @@ from cqrs_celery.models import MasterTombstone
 from cqrs_celery.replica.apply import Outcome, apply
 from cqrs_celery.serialization import ENVELOPE_LEVELS
 from cqrs_celery.signals import post_bulk_create, post_update
-from tests.master_app.models import AllFields, Author, Book, Item, ManualNote, Publisher, SerializedBook
+from tests.master_app.models import AllFields, Author, Book, Item, ManualNote, Publisher, SerializedBook, Truck, Vehicle
 from tests.replica_app.models import (
     NoteEvent,
     ReplicaAllFields,
@@ -1040,3 +1040,17 @@ def test_metadata_nested_deeper_than_replica_queues_accept_fails_the_save(monkey
     with pytest.raises(MetaError, match='nested deeper'):
         Author.objects.create(name='deep')
     assert not Author.objects.exists()
+
+
+def test_a_multi_table_child_reads_and_locks_the_revision_in_its_parents_table(cqrs_captured):
+    truck = Truck.objects.create(plate='T', load=1)
+    stale = Truck.objects.get(pk='T')
+    truck.load = 2
+    truck.save()  # revision 1 in the parent's table; the stale instance still has 0
+
+    stale.delete()
+
+    assert MasterTombstone.objects.get(cqrs_id='truck', pk_value='T').revision == 2
+    assert [(e.signal_type, e.revision, e.instance_data.get('load')) for e in of(cqrs_captured, Truck)] == [
+        (SignalType.SAVE, 0, 1), (SignalType.SAVE, 1, 2), (SignalType.DELETE, 2, None)]
+    assert not Vehicle.objects.exists()

@@ -93,7 +93,7 @@ _revisions: dict[tuple[str, str, Any], str] = {}
 
 def _revision_of(connection: Any, cqrs_id: str, pk: Any) -> tuple[str, Any]:
     """The subquery reading the ``cqrs_revision`` of row ``pk`` (JSON form), and its parameter."""
-    model = MasterRegistry.get(cqrs_id)
+    model = revision_owner(MasterRegistry.get(cqrs_id))
     field = model._meta.pk
     sql = _revisions.get((connection.alias, connection.vendor, model))
     if sql is None:
@@ -101,6 +101,12 @@ def _revision_of(connection: Any, cqrs_id: str, pk: Any) -> tuple[str, Any]:
         sql = _revisions[(connection.alias, connection.vendor, model)] = (
             f'(SELECT {quote(FIELD_REVISION)} FROM {quote(model._meta.db_table)} WHERE {quote(field.column)} = %s)')
     return sql, field.get_db_prep_value(field.to_python(pk), connection)
+
+
+def revision_owner(model: Any) -> Any:
+    """The model whose table holds ``model``'s ``cqrs_revision``: a multi-table child's parent (its
+    pk has the child's value), the concrete model of a proxy, else the model itself."""
+    return model._meta.get_field(FIELD_REVISION).model._meta.concrete_model
 
 
 def _revision_value(sql: str, params: list[Any]) -> Any:

@@ -244,3 +244,19 @@ class CompatProxy(CompatSimple):
 
 
 MasterMeta.register(CompatProxy)
+
+
+class Vehicle(MasterMixin):
+    """The parent of a multi-table child: its table holds the revision of both."""
+
+    CQRS_ID = 'vehicle'
+
+    plate = models.CharField(max_length=20, primary_key=True)
+
+
+class Truck(Vehicle):
+    """Multi-table inheritance: its rows' revision lives in the parent's table."""
+
+    CQRS_ID = 'truck'
+
+    load = models.IntegerField(default=0)
