@@ -149,23 +149,21 @@ def _upsert_sql(model: type[_Tombstone], connection: Any, values: str = 'VALUES 
     return sql
 
 
-def lock_and_record_deletion(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any, current: Any,
-                             fallback: int) -> int | None:
+def lock_and_record_deletion(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any, current: str,
+                             params: list[Any], fallback: int) -> int | None:
     """Before a delete on PostgreSQL, in one statement: lock the row, read its revision, store the tombstone.
 
-    ``current`` is the queryset of a ``SELECT … FOR UPDATE`` of the row's revision (compiled here
-    only where it is used); the deletion's revision is one past it, or past ``fallback`` when the
-    row is not there. The tombstone is stored as ``record_tombstone`` stores it. Returns the
-    deletion's revision, or ``None`` where this is not done in one statement (then lock, read and
-    record one by one).
+    ``current`` (with ``params``) is the ``SELECT … FOR UPDATE`` of the row's revision; the
+    deletion's revision is one past it, or past ``fallback`` when the row is not there. The
+    tombstone is stored as ``record_tombstone`` stores it. Returns the deletion's revision, or
+    ``None`` where this is not done in one statement (then lock, read and record one by one).
     """
     connection = connections[using]
     if connection.vendor != 'postgresql':
         return None
-    select, params = current.query.sql_with_params()
     key = pk_key(pk)
     upsert = _upsert_sql(model, connection, 'SELECT %s, %s, %s, rev, %s FROM deletion')
-    sql = (f'WITH deletion AS (SELECT COALESCE(({select}), %s) + 1 AS rev), tombstone AS ({upsert}) '
+    sql = (f'WITH deletion AS (SELECT COALESCE(({current}), %s) + 1 AS rev), tombstone AS ({upsert}) '
            'SELECT rev FROM deletion')
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, fallback, cqrs_id, key, pk_hash(key), timezone.now()])

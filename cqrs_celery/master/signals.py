@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import router
+from django.db import connections, router
 from django.db.models.signals import post_delete, post_save, pre_delete
 
 from cqrs_celery.constants import FIELD_REVISION, SignalType
 from cqrs_celery.master import publish, triggers
+from cqrs_celery.master.outbox import revision_owner
 from cqrs_celery.models import MasterTombstone, lock_and_record_deletion, record_tombstone
 from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import to_json
@@ -34,17 +35,41 @@ def on_pre_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None
         instance.__dict__['_cqrs_deleted_by_trigger'] = using
         return
     instance.__dict__.pop('_cqrs_deleted_by_trigger', None)
-    row = sender._base_manager.using(using).select_for_update().filter(pk=instance.pk)
+    connection = connections[using]
+    select, params = _locked_revision(connection, sender, instance.pk)
     loaded = instance.cqrs_revision
     if isinstance(loaded, int):
-        revision = lock_and_record_deletion(MasterTombstone, using, sender.CQRS_ID, to_json(instance.pk),
-                                            row.values_list(FIELD_REVISION)[:1], loaded)
+        revision = lock_and_record_deletion(MasterTombstone, using, sender.CQRS_ID, to_json(instance.pk), select,
+                                            params, loaded)
         if revision is not None:
             instance._cqrs_delete_revision = revision
             instance.__dict__['_cqrs_tombstoned'] = (using, revision)
             return
-    current = row.values_list(FIELD_REVISION, flat=True).first()
-    instance._cqrs_delete_revision = (instance.cqrs_revision if current is None else current) + 1
+    with connection.cursor() as cursor:
+        cursor.execute(select, params)
+        found = cursor.fetchone()
+    instance._cqrs_delete_revision = (instance.cqrs_revision if found is None else found[0]) + 1
+
+
+_locked_revisions: dict[tuple[str, str, Any], str] = {}
+
+
+def _locked_revision(connection: Any, model: Any, pk: Any) -> tuple[str, list[Any]]:
+    """The ``SELECT`` of row ``pk``'s revision, locking the row where the database can, and its parameters.
+
+    Written once per database and model: building it through the ORM at every delete cost more
+    than the rest of the receiver.
+    """
+    owner = revision_owner(model)
+    key = (connection.alias, connection.vendor, owner)
+    sql = _locked_revisions.get(key)
+    if sql is None:
+        quote = connection.ops.quote_name
+        lock = ' FOR UPDATE' if connection.features.has_select_for_update else ''
+        sql = _locked_revisions[key] = (f'SELECT {quote(FIELD_REVISION)} FROM {quote(owner._meta.db_table)} '
+                                        f'WHERE {quote(owner._meta.pk.column)} = %s{lock}')
+    field = owner._meta.pk
+    return sql, [field.get_db_prep_value(field.to_python(pk), connection)]
 
 
 def on_post_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
