@@ -83,6 +83,17 @@ def update(n: int) -> dict:
     return {'start': began, 'end': time.time(), 'rows': len(items)}
 
 
+def delete(n: int) -> dict:
+    """``delete()`` of each of the first ``n`` rows, one by one (each its own transaction)."""
+    from bench_master.models import Item
+
+    items = list(Item.objects.order_by('pk')[:n])
+    began = time.time()
+    for item in items:
+        item.delete()
+    return {'start': began, 'end': time.time(), 'rows': len(items)}
+
+
 def seed(n: int, replicated: bool, start: int = 0) -> dict:
     """``n`` rows in bulk: through ``Item.cqrs.bulk_create`` (one event per row) or unpublished.
 
@@ -203,7 +214,8 @@ def db_ceiling(n: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('action', choices=['create', 'update', 'seed', 'bulk-seed', 'flood', 'cost', 'db-ceiling'])
+    parser.add_argument('action', choices=['create', 'update', 'delete', 'seed', 'bulk-seed', 'flood', 'cost',
+                                           'db-ceiling'])
     parser.add_argument('n', type=int)
     parser.add_argument('--start', type=int, default=0, help='create, seed: index of the first row')
     parser.add_argument('--rate', type=float, default=0, help='create: saves per second (0: flat out)')
@@ -219,6 +231,8 @@ def main() -> None:
             result = create(args.n, args.start, args.rate, args.commit_times, args.plain)
         elif args.action == 'update':
             result = update(args.n)
+        elif args.action == 'delete':
+            result = delete(args.n)
         elif args.action in ('seed', 'bulk-seed'):
             result = seed(args.n, replicated=args.action == 'bulk-seed', start=args.start)
         elif args.action == 'flood':

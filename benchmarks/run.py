@@ -36,7 +36,7 @@ from benchlib.scenarios import (
 )
 from benchlib.services import ROOT, Broker
 
-SCENARIOS = ['A', 'B', 'C', 'D', 'F', 'G']
+SCENARIOS = ['A', 'B', 'C', 'D', 'E', 'F', 'G']
 STARTED = time.monotonic()
 
 
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('-c', '--concurrency', type=comma_list(['1', '2']),
                         help='worker processes: 1,2 (default: both)')
     parser.add_argument('--runs', type=int, help='runs per figure (default 3)')
-    parser.add_argument('--n', type=int, help='rows per step of A, B, C, D (default 1000)')
+    parser.add_argument('--n', type=int, help='rows per step of A, B, C, D, E (default 1000)')
     parser.add_argument('--sync-rows', type=int,
                         help='rows in the master table for C, topped up with unpublished rows (default 10000; '
                              'never fewer than the N rows A and B made)')
@@ -150,7 +150,7 @@ def main() -> int:
                         run_cost(section, rec, args.cost_saves)
             for concurrency in args.concurrency:
                 for run in range(1, args.runs + 1):
-                    if args.only & {'A', 'B', 'C', 'D'}:
+                    if args.only & {'A', 'B', 'C', 'D', 'E'}:
                         log(f'{broker_kind}/{db} c={concurrency}: run {run}/{args.runs}')
                         # The two libraries alternate within each run, so drift hits both alike.
                         for section in (sections if run % 2 else sections[::-1]):

@@ -12,7 +12,7 @@ LIBS = ('cqrs_celery', 'django-cqrs')
 LOWER_IS_BETTER = {'ms', 'MiB'}
 #: Units that describe rather than score: no better/worse.
 NEUTRAL = {'bytes', 'messages'}
-SCENARIO_ORDER = ['-', 'A', 'B', 'C', 'D', 'F', 'G']  # '-': a run that failed before its scenarios
+SCENARIO_ORDER = ['-', 'A', 'B', 'C', 'D', 'E', 'F', 'G']  # '-': a run that failed before its scenarios
 #: The ceiling shown next to each scenario (the full list is in the section's ceiling table).
 _APPLY = ['replica insert, one transaction per row', 'kombu consume + ack']
 _MASTER = 'master save loop, replication off'
@@ -23,6 +23,7 @@ _BULK = 'replica bulk_create'
 PLAIN_LOOP = "master save loop like A's (fresh process, N creates), replication off"
 SCENARIO_CEILINGS = {
     'creates end to end': [_MASTER, _QUIET, PLAIN_LOOP, *_APPLY], 'updates end to end': [_MASTER, _QUIET, *_APPLY],
+    'deletes end to end': _APPLY,
     'creates end to end, publisher process': [_MASTER, _QUIET, PLAIN_LOOP, *_APPLY],
     'cqrs_sync into empty replica': [*_APPLY, _BULK], 'cqrs_sync, first to last row visible': [*_APPLY, _BULK],
     'backlog drain': _APPLY, 'backlog drain, one message per change': _APPLY,

@@ -105,7 +105,7 @@ class Section:
 
 def run_replication(section: Section, rec: Recorder, concurrency: int, n: int, latency_rows: int,
                     scenarios: set[str], sync_rows: int = 0) -> None:
-    """Scenarios A, B, C and D of one run, with a worker of ``concurrency`` processes."""
+    """Scenarios A, B, C, D and E of one run, with a worker of ``concurrency`` processes."""
     lib, c = section.library.name, concurrency
     queue = section.new_queue()
     master, replica = section.services(queue)
@@ -113,7 +113,7 @@ def run_replication(section: Section, rec: Recorder, concurrency: int, n: int, l
     try:
         section.empty()
         section.declare(replica)
-        if scenarios & {'A', 'B', 'C'}:
+        if scenarios & {'A', 'B', 'C', 'E'}:
             worker.start()
             section.warm_up(master, worker)
             _rows_scenarios(section, rec, master, worker, c, n, latency_rows, scenarios, sync_rows)
@@ -157,6 +157,21 @@ def _rows_scenarios(section: Section, rec: Recorder, master: Service, worker: Wo
         _latency(section, rec, master, c, n, latency_rows)
     if 'C' in scenarios:
         _sync(section, rec, master, c, sync_rows)
+    if 'E' in scenarios:
+        _deletes(section, rec, master, c, n)
+
+
+def _deletes(section: Section, rec: Recorder, master: Service, c: int, n: int) -> None:
+    """E: ``delete()`` of ``n`` rows one by one; the rate runs from the first delete to the replica
+    without them (the replica keeps no time of a deletion: it is polled every 5 ms)."""
+    lib = section.library.name
+    present, _, _ = section.replica_db.progress()
+    deleted = master.driver('delete', str(n))
+    (count, _, _), ok = wait_for(lambda: section.replica_db.progress(), lambda p: p[0] <= present - n,
+                                 deadline_for(n), interval=0.005)
+    value = n / (time.time() - deleted['start']) if ok else None
+    rec.add('E', 'deletes end to end', lib, value, 'events/s', c, '' if ok else f'timed out at {present - count}/{n}')
+    rec.log(f'  {lib}: E {_fmt(value)} deletes/s (master alone: {n / (deleted["end"] - deleted["start"]):.0f}/s)')
 
 
 def _plain_loop(rec: Recorder, master: Service, lib: str, c: int, n: int, a_rate: float | None,
