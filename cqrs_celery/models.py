@@ -116,7 +116,7 @@ def record_tombstone(model: type[_Tombstone], using: str, cqrs_id: str, pk: Any,
     if connection.vendor in _UPSERTS:
         now = connection.ops.adapt_datetimefield_value(timezone.now())
         with connection.cursor() as cursor:
-            cursor.execute(_upsert_sql(model, connection), [cqrs_id, key, pk_hash(key), revision, now])
+            cursor.execute(upsert_sql(model, connection), [cqrs_id, key, pk_hash(key), revision, now])
         return
     rows = model._default_manager.using(using).filter(cqrs_id=cqrs_id, pk_hash=pk_hash(key))
     updated = rows.filter(revision__lt=revision).update(revision=revision, deleted_at=timezone.now())
@@ -129,7 +129,7 @@ _UPSERTS = frozenset({'postgresql', 'sqlite'})
 _upserts: dict[tuple[type[_Tombstone], str, str], str] = {}
 
 
-def _upsert_sql(model: type[_Tombstone], connection: Any, values: str = 'VALUES (%s, %s, %s, %s, %s)') -> str:
+def upsert_sql(model: type[_Tombstone], connection: Any, values: str = 'VALUES (%s, %s, %s, %s, %s)') -> str:
     """The upsert of one tombstone, written once per model, database kind and source of its values.
 
     ``values`` gives ``cqrs_id``, ``pk_value``, ``pk_hash``, ``revision`` and ``deleted_at`` (by
@@ -162,7 +162,7 @@ def lock_and_record_deletion(model: type[_Tombstone], using: str, cqrs_id: str, 
     if connection.vendor != 'postgresql':
         return None
     key = pk_key(pk)
-    upsert = _upsert_sql(model, connection, 'SELECT %s, %s, %s, rev, %s FROM deletion')
+    upsert = upsert_sql(model, connection, 'SELECT %s, %s, %s, rev, %s FROM deletion')
     sql = (f'WITH deletion AS (SELECT COALESCE(({current}), %s) + 1 AS rev), tombstone AS ({upsert}) '
            'SELECT rev FROM deletion')
     with connection.cursor() as cursor:

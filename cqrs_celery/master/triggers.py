@@ -51,7 +51,7 @@ from django.db import connections, models, transaction
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION
 from cqrs_celery.master import tracker
-from cqrs_celery.models import MasterTombstone, OutboxEvent
+from cqrs_celery.models import MasterTombstone, OutboxEvent, upsert_sql
 from cqrs_celery.registry import MasterRegistry
 
 logger = logging.getLogger(__name__)
@@ -117,19 +117,16 @@ def _deletion_sql(connection: Any, model: Any) -> str:
     column = f'OLD.{quote(model._meta.pk.column)}'
     pk_json = f'{column}::text' if type(model._meta.pk) in _INTEGER_PKS else f'to_jsonb({column})::text'
     cqrs_id, revision = _literal(model.CQRS_ID), f'OLD.{quote(FIELD_REVISION)} + 1'
-    tombstone = quote(MasterTombstone._meta.db_table)
-    columns = ', '.join(map(quote, ('cqrs_id', 'pk_value', 'pk_hash', 'revision', 'deleted_at')))
-    kept, at = quote('revision'), quote('deleted_at')
+    key_hash = f"encode(sha256(convert_to({column}::text, 'UTF8')), 'hex')"
+    tombstone = upsert_sql(MasterTombstone, connection,
+                           f'VALUES ({cqrs_id}, {column}::text, {key_hash}, {revision}, now())')
     return f'''
     IF TG_OP = 'DELETE' THEN
         INSERT INTO {quote(OutboxEvent._meta.db_table)} (cqrs_id, pk_value, signal_type, revision, envelope, created,
             attempts, error, available_at, set_aside)
         VALUES ({cqrs_id}, {pk_json}, 'DELETE', {revision},
             json_build_object('deleted', now() AT TIME ZONE 'UTC')::text, now(), 0, '', now(), false);
-        INSERT INTO {tombstone} ({columns})
-        VALUES ({cqrs_id}, {column}::text, encode(sha256(convert_to({column}::text, 'UTF8')), 'hex'), {revision}, now())
-        ON CONFLICT ({quote('cqrs_id')}, {quote('pk_hash')})
-        DO UPDATE SET {kept} = EXCLUDED.{kept}, {at} = EXCLUDED.{at} WHERE {tombstone}.{kept} < EXCLUDED.{kept};
+        {tombstone};
         RETURN NULL;
     END IF;'''
 
