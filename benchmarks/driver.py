@@ -39,18 +39,19 @@ def no_broker() -> contextlib.AbstractContextManager:
     return capture_envelopes()
 
 
-def create(n: int, start: int, rate: float, commit_times: bool, plain: bool = False) -> dict:
+def create(n: int, start: int, rate: float, commit_times: bool, plain: bool = False, quiet: bool = False) -> dict:
     """``n`` single-row creates, flat out or paced at ``rate`` per second.
 
     ``plain``: of ``PlainItem`` (no replication), into an emptied table: the same loop in the same
     kind of fresh process as A's, the like-for-like baseline of A's share of the save loop.
+    ``quiet``: likewise of ``QuietItem``, the replicated model with ``CQRS_PRODUCE = False``.
     """
-    from bench_master.models import Item, PlainItem
+    from bench_master.models import Item, PlainItem, QuietItem
     from django.db import transaction
     from shapes import row
 
-    model = PlainItem if plain else Item
-    if plain:
+    model = PlainItem if plain else QuietItem if quiet else Item
+    if plain or quiet:
         model.objects.all()._raw_delete(model.objects.db)
     commits: dict[int, float] = {}
     began = time.time()
@@ -221,6 +222,7 @@ def main() -> None:
     parser.add_argument('--rate', type=float, default=0, help='create: saves per second (0: flat out)')
     parser.add_argument('--commit-times', action='store_true', help='create: report each row\'s commit time')
     parser.add_argument('--plain', action='store_true', help='create: of the plain model (no replication)')
+    parser.add_argument('--quiet', action='store_true', help='create: of the model with CQRS_PRODUCE = False')
     args = parser.parse_args()
 
     import django
@@ -228,7 +230,7 @@ def main() -> None:
     django.setup()
     with no_broker():
         if args.action == 'create':
-            result = create(args.n, args.start, args.rate, args.commit_times, args.plain)
+            result = create(args.n, args.start, args.rate, args.commit_times, args.plain, args.quiet)
         elif args.action == 'update':
             result = update(args.n)
         elif args.action == 'delete':

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from benchlib.processes import CQRS_CELERY, DJCQRS, Library, Service, StepFailed, Worker, has_sync_command
-from benchlib.report import PLAIN_LOOP
+from benchlib.report import PLAIN_LOOP, QUIET_LOOP
 from benchlib.services import MASTER_TABLE, Broker, Database, wait_for
 
 CQRS_ID = 'bench_item'
@@ -182,15 +182,25 @@ def _plain_loop(rec: Recorder, master: Service, lib: str, c: int, n: int, a_rate
     too), while the worker idles: the master's own save rate with replication off, measured as A's
     master is. F's ceilings time saves in a warmed-up process instead. ``a_metric``: the A figure
     that ``a_rate`` is (the share is recorded as ``<a_metric>, share of the same-run plain loop``).
+
+    Then the same loop saving the replicated model with ``CQRS_PRODUCE = False`` (its revision
+    columns and its save, no event), also paired run by run: what A costs beyond the model's own
+    columns (``<a_metric>, share of the same-run CQRS_PRODUCE = False loop``).
     """
     made = master.driver('create', str(n), '--plain')
     loop = n / (made['end'] - made['start'])
     rec.add('ceiling', PLAIN_LOOP, lib, loop, 'saves/s')  # the worker idles: c does not matter
     if a_rate:
         rec.add('A', f'{a_metric}, share of the same-run plain loop', lib, 100 * a_rate / loop, '%', c)
-    rec.log(f'  {lib}: plain loop like A\'s {loop:.0f} saves/s'
-            + (f' ({a_metric.replace("creates end to end", "A")} at {100 * a_rate / loop:.1f} % of it)'
-               if a_rate else ''))
+    made = master.driver('create', str(n), '--quiet')
+    quiet = n / (made['end'] - made['start'])
+    rec.add('ceiling', QUIET_LOOP, lib, quiet, 'saves/s')
+    if a_rate:
+        rec.add('A', f'{a_metric}, share of the same-run CQRS_PRODUCE = False loop', lib, 100 * a_rate / quiet, '%',
+                c)
+    rec.log(f'  {lib}: plain loop like A\'s {loop:.0f} saves/s, CQRS_PRODUCE = False {quiet:.0f} saves/s'
+            + (f' ({a_metric.replace("creates end to end", "A")} at {100 * a_rate / loop:.1f} % and '
+               f'{100 * a_rate / quiet:.1f} % of them)' if a_rate else ''))
 
 
 def _creates_publisher_process(section: Section, rec: Recorder, queue: str, c: int, n: int) -> None:
