@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import logging
+import types
 import uuid
 
 import pytest
@@ -215,3 +216,32 @@ def test_a_broker_url_no_transport_serves_does_not_stop_the_start_up():
 
 def test_a_master_that_publishes_has_loaded_at_start_up_everything_its_first_publish_needs():
     assert _fresh_master('memory://', 'thread', _FIRST_PUBLISH) == '[]'
+
+
+def test_a_publish_resolves_no_result_backend_and_adds_no_child_to_the_task_that_publishes(memory_app, monkeypatch):
+    """Nobody waits on a cqrs message: no result backend is looked up for it (Celery's
+    ``AsyncResult`` would), and a publishing task (the relay) does not collect one per message."""
+    class PublishingTask:
+        request = types.SimpleNamespace(id='relay-task', root_id='relay-task', delivery_info={})
+
+        def add_trail(self, result):
+            raise AssertionError(f'the publish added {result!r} to the children of the task that published')
+
+    def refused(self):
+        raise AssertionError("the publish read the app's result backend")
+
+    monkeypatch.setattr(type(memory_app), 'backend', property(refused))
+    monkeypatch.setattr(type(memory_app), 'current_worker_task', property(lambda self: PublishingTask()))
+    name = f'bound_{uuid.uuid4().hex[:8]}'
+    with memory_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        topology.replica_queue(name, ['author'], topology.VIRTUAL)(channel).declare()
+        try:
+            send(Envelope(signal_type=SignalType.SYNC, cqrs_id='author', instance_pk=1,
+                          instance_data={'id': 1, 'cqrs_revision': 0, 'cqrs_updated': None}))
+            message = Queue(name)(channel).get(no_ack=True)
+            assert message is not None and message.headers['parent_id'] == 'relay-task'
+        finally:
+            for exchange, routing_key, _ in list(channel.state.queue_bindings(name)):
+                channel.queue_unbind(name, exchange, routing_key)
+            channel.queue_delete(name)
