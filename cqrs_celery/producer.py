@@ -320,7 +320,7 @@ class _Sent:
 
     Celery's default, an ``AsyncResult``, resolves the app's result backend (per thread: the first
     publish of every publisher thread scanned the installed packages' entry points for it, about
-    5 ms); a message nobody waits on needs none. With ``add_to_parent=False`` a task that publishes
+    3 ms of CPU); a message nobody waits on needs none. With ``add_to_parent=False`` a task that publishes
     (the relay) does not keep one per message in its request's children either.
     """
 
