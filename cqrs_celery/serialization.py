@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import inspect
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from django.conf import settings as django_settings
@@ -22,8 +23,11 @@ from django.core import validators
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections, models, router
 from django.db.models.expressions import Combinable
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from django.utils.duration import duration_iso_string
+from model_utils.tracker import DescriptorWrapper, FieldTracker
 
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED
 from cqrs_celery.exceptions import DataError
@@ -167,9 +171,15 @@ def instance_to_dict(instance: models.Model, names: Iterable[str] | None = None)
         PendingExpression: a field holds an expression (saved: read the row back; unsaved: a mistake).
         DataError: a value cannot be sent.
     """
+    plan = _plan(type(instance), names)
+    return _to_dict(plan, [getattr(instance, attname) if plain_read else field.value_from_object(instance)
+                           for _, attname, field, plain_read, _ in plan], instance)
+
+
+def _to_dict(plan: list[_PlanRow], values: Sequence[Any], instance: models.Model | None) -> dict[str, Any]:
+    """The dict of the row whose fields in ``plan`` hold ``values``: see ``instance_to_dict`` and ``row_to_dict``."""
     data: dict[str, Any] = {}
-    for name, attname, field, plain_read, convertible in _plan(type(instance), names):
-        value = getattr(instance, attname) if plain_read else field.value_from_object(instance)
+    for (name, _, field, _, convertible), value in zip(plan, values, strict=True):
         python_type = type(value)
         if python_type is str or python_type is int or python_type is bool or value is None:
             data[name] = value
@@ -177,12 +187,82 @@ def instance_to_dict(instance: models.Model, names: Iterable[str] | None = None)
             data[name] = value.isoformat()
         elif convertible and python_type is decimal.Decimal:
             data[name] = str(value)
+        elif instance is None:
+            if isinstance(field, models.JSONField):
+                data[name] = value
+            elif is_plain(value):
+                data[name] = to_json(value)
+            else:
+                raise NeedsInstance(f'{field.model._meta.label}.{name}: a {python_type.__name__} value')
         elif isinstance(value, Combinable):
             raise PendingExpression(f'{instance._meta.label}.{name} holds an expression ({value!r}), not a value: '
                                     'save the instance (the value is then read back) before it is sent')
         else:
             data[name] = _sendable(field, instance, value)
     return data
+
+
+class NeedsInstance(DataError):
+    """A value ``row_to_dict`` cannot convert without the instance (the field's own ``value_to_string``)."""
+
+
+def row_plan(model: type[models.Model], names: Iterable[str] | None = None) -> list[_PlanRow] | None:
+    """What ``row_to_dict`` reads, in order: the fields ``instance_to_dict`` sends, when the model's
+    rows can be read as plain value tuples (``values_list``) and give the same dict; else None.
+
+    That holds when loading a row only stores each column's value (after the fields'
+    ``from_db_value``) in the instance and ``instance_to_dict`` only reads it back: the model does
+    not override ``__init__`` or ``from_db``, and every field is read through Django's own
+    attribute (no descriptor of its own, no ``value_from_object`` of its own). A field tracker
+    (``CQRS_TRACKED_FIELDS``, django-model-utils) wraps both ``__init__`` and the tracked fields'
+    attributes, only to note values: that is allowed. The caller checks what is the model's to
+    decide (its ``to_cqrs_dict``, serializer, related reads).
+    """
+    key = (model, None if names is None else tuple(names))
+    if key in _row_plans:
+        return _row_plans[key]
+    plan: list[_PlanRow] | None = _plan(model, names)
+    if not _plain_init(model) or \
+            getattr(model.from_db, '__func__', None) is not models.Model.from_db.__func__:  # type: ignore[attr-defined]
+        plan = None
+    for _, attname, _field, plain_read, _ in plan or ():
+        if not plain_read or not _plain_descriptor(inspect.getattr_static(model, attname, None)):
+            plan = None
+            break
+    _row_plans[key] = plan
+    return plan
+
+
+_row_plans: dict[tuple[type[models.Model], tuple[str, ...] | None], list[_PlanRow] | None] = {}
+#: The attributes through which Django's own fields read a loaded value back unchanged.
+_PLAIN_DESCRIPTORS = (DeferredAttribute, ForeignKeyDeferredAttribute)
+#: The code of the ``__init__`` a django-model-utils field tracker puts on its model (it calls
+#: the model's own, then notes the values).
+_TRACKER_INIT_CODES = tuple(code for code in FieldTracker.patch_init.__code__.co_consts if inspect.iscode(code))
+
+
+def _plain_init(model: type[models.Model]) -> bool:
+    """True when ``model.__init__`` is Django's, or field trackers' wrappers of it."""
+    init = model.__init__
+    while getattr(init, '__code__', None) in _TRACKER_INIT_CODES and hasattr(init, '__wrapped__'):
+        init = init.__wrapped__
+    return init is models.Model.__init__
+
+
+def _plain_descriptor(descriptor: Any) -> bool:
+    """True for Django's own field attribute, or a field tracker's wrapper of one."""
+    if isinstance(descriptor, DescriptorWrapper):
+        descriptor = descriptor.descriptor
+    return type(descriptor) in _PLAIN_DESCRIPTORS
+
+
+def row_to_dict(plan: list[_PlanRow], values: Sequence[Any]) -> dict[str, Any]:
+    """``instance_to_dict`` of a row read as the tuple ``values`` (in ``plan``'s order: see ``row_plan``).
+
+    Raises:
+        NeedsInstance: a value only the field can convert, given the instance: read that row as one.
+    """
+    return _to_dict(plan, values, None)
 
 
 def field_for_key(model: type[models.Model], key: str) -> Any | None:
