@@ -137,9 +137,15 @@ def main() -> int:
     parser.add_argument('--db', choices=['postgres', 'sqlite'], default='postgres')
     parser.add_argument('--saves', type=int, default=1000)
     parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--steps', default=','.join(STEPS),
+                        help='comma-separated loops to run (plain is always run: it is the baseline)')
     parser.add_argument('--child', choices=['plain', 'quiet', 'item'], help=argparse.SUPPRESS)
     parser.add_argument('--start', type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    steps = ['plain', *(step for step in STEPS if step != 'plain' and step in args.steps.split(','))]
+    unknown = set(args.steps.split(',')) - set(STEPS)
+    if unknown:
+        parser.error(f'unknown steps: {", ".join(sorted(unknown))} (known: {", ".join(STEPS)})')
     if args.child:
         child(args.saves, args.start, args.child)
         return 0
@@ -157,7 +163,7 @@ def main() -> int:
     relay_master, _ = section.services(queue, publisher='relay')
     section.declare(replica)
     worker = Worker(replica, 1)
-    results: dict[str, list[dict]] = {step: [] for step in STEPS}
+    results: dict[str, list[dict]] = {step: [] for step in steps}
     offset = 0
 
     def loop(service, kind: str) -> dict:
@@ -169,7 +175,7 @@ def main() -> int:
 
     try:
         for run in range(args.runs):
-            order = STEPS if run % 2 == 0 else STEPS[::-1]
+            order = steps if run % 2 == 0 else steps[::-1]
             for step in order:
                 section.empty()
                 section.broker.purge(queue)
@@ -188,7 +194,7 @@ def main() -> int:
                 finally:
                     worker.stop()
             print(f'run {run + 1}/{args.runs}: ' + ', '.join(
-                f'{step} {results[step][-1]["rate"]:.0f}/s' for step in STEPS), flush=True)
+                f'{step} {results[step][-1]["rate"]:.0f}/s' for step in steps), flush=True)
     finally:
         worker.stop()
         section.clean(queue)
@@ -203,7 +209,7 @@ def main() -> int:
     print('| loop | saves/s | share of plain | wall µs a save | CPU µs a save: saving thread / publisher thread '
           '| CPU µs a save: database / broker / worker / idle | messages sent (median rows) |')
     print('|---|---|---|---|---|---|---|')
-    for step in STEPS:
+    for step in steps:
         rates = [r['rate'] for r in results[step]]
         publishing = step not in ('plain', 'replication off')
         cpu = f'{median(step, "main_us"):.0f} / ' + (f'{median(step, "publisher_us"):.0f}' if publishing else '–')
