@@ -83,13 +83,13 @@ def test_a_value_only_its_field_can_convert_rereads_that_row_as_an_instance(cqrs
         assert_same(envelope, expected_envelope(Gadget, pk))
 
 
-def test_fields_limited_by_cqrs_fields_and_other_primary_keys_read_as_their_instances(cqrs_captured):
-    author = Author.objects.create(name='a')
+def test_tracked_and_limited_fields_and_other_primary_keys_read_as_their_instances(cqrs_captured):
+    author = Author.objects.create(name='a', email='a@example.com')  # CQRS_TRACKED_FIELDS: a field tracker
     book = Book.objects.create(title='t', price=decimal.Decimal('9.9900'), author=author)
     renamed = Renamed.objects.create(number=5, name='n')
     item = Item.objects.create(sku='sku-1', name='n', quantity=3)
 
-    for model, pk in ((Book, book.pk), (Renamed, renamed.pk), (Item, item.pk)):
+    for model, pk in ((Author, author.pk), (Book, book.pk), (Renamed, renamed.pk), (Item, item.pk)):
         [found] = read(model, pk)
         assert_same(found, expected_envelope(model, pk))
 
