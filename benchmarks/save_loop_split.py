@@ -15,7 +15,9 @@ steps that add one part of replication at a time:
    only for its revision and its outbox event;
 4. ``publisher thread``: ``Item`` as configured by default, a replica queue declared that nothing
    consumes;
-5. ``thread + worker``: as 4, with the replica's ``celery worker -c 1`` applying the rows, as in A.
+5. ``thread + worker``: as 4, with the replica's ``celery worker -c 1`` applying the rows, as in A;
+6. ``publisher process`` and 7. ``process + worker``: as 4 and 5, with the publisher as a process
+   of its own (``publisher = 'relay'`` and ``cqrs_outbox relay --follow``) instead of the thread.
 
 For each it prints the loop's rate (median and min–max of ``--runs`` runs, the steps alternating
 within each run) and its share of the plain loop; the CPU time per save of the saving thread and
@@ -23,7 +25,9 @@ of the publisher thread (from ``/proc/self/task``); the messages the publisher t
 their median rows (each message costs the publisher, the broker and the replica a fixed part
 besides its rows); and the machine's CPU time per save while the
 loop ran, by who spent it (the database server's processes, the broker's, the replica worker's,
-and what was left idle; from ``/proc``). The figures split A's gap to the plain loop into the
+and what was left idle; from ``/proc``); and the median save's wall time with the time spent in
+slow saves (over ``SLOW``, 2 ms: a save that waited for a core, the interpreter or a lock, not
+for its own work). The figures split A's gap to the plain loop into the
 model's columns, the outbox event, the publisher thread and the replica's work on the same cores.
 """
 
@@ -38,9 +42,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STEPS = ('plain', 'replication off', 'outbox row', 'publisher thread', 'thread + worker')
+STEPS = ('plain', 'replication off', 'outbox row', 'publisher thread', 'thread + worker', 'publisher process',
+         'process + worker')
 #: Processes whose CPU time is reported: by the name the kernel gives them (``/proc/<pid>/stat``), the
 #: worker by its command line (``python -m celery …`` and its pool's children).
+#: Steps whose master publishes nothing itself (``publisher = 'relay'``).
+RELAY_STEPS = ('outbox row', 'publisher process', 'process + worker')
+#: A save that took longer than this (seconds) counts as slow: it waited for something (a core, the
+#: interpreter, a lock) besides its own work, which takes a few hundred microseconds.
+SLOW = 0.002
 SERVERS = {'database': ('postgres',), 'broker': ('beam.smp', 'redis-server'), 'worker': ()}
 
 
@@ -96,6 +106,7 @@ def child(saves: int, start: int, kind: str) -> None:
 
     django.setup()
     from bench_master.models import Item, PlainItem, QuietItem
+    from django.db import connection
     from shapes import row
 
     from cqrs_celery.master import publisher
@@ -117,18 +128,24 @@ def child(saves: int, start: int, kind: str) -> None:
         return cpu(threading.main_thread().native_id), sum(cpu(t) for t in publishers)
 
     model = {'plain': PlainItem, 'quiet': QuietItem, 'item': Item}[kind]
+    connection.ensure_connection()  # as driver.py's loops: the saves are timed, not the connection
     main_before, pub_before = threads()
     machine_before = machine_cpu()
+    durations = []
     began = time.perf_counter()
     for i in range(saves):
+        before = time.perf_counter()
         model(**row(start + i)).save()
+        durations.append(time.perf_counter() - before)
     took = time.perf_counter() - began
     machine = machine_spent(machine_before, saves)  # while the loop ran (the worker's part of A)
     publisher.wait_idle(60)  # the publisher thread's CPU for these saves, all of it
     main_after, pub_after = threads()
     print(json.dumps({'rate': saves / took, 'main_us': (main_after - main_before) / saves * 1e6,
                       'publisher_us': (pub_after - pub_before) / saves * 1e6, 'messages': len(messages),
-                      'rows_per_message': statistics.median(messages) if messages else 0, **machine}))
+                      'rows_per_message': statistics.median(messages) if messages else 0, **machine,
+                      'save_us': statistics.median(durations) * 1e6,
+                      'slow_ms': sum(d for d in durations if d > SLOW) * 1e3}))
 
 
 def main() -> int:
@@ -179,20 +196,26 @@ def main() -> int:
             for step in order:
                 section.empty()
                 section.broker.purge(queue)
-                if step == 'thread + worker':
+                follower = None
+                if step in ('publisher process', 'process + worker'):
+                    follower = relay_master.manage_in_background('cqrs_outbox', 'relay', '--follow')
+                if step in ('thread + worker', 'process + worker'):
                     worker.start()
                     # warm: the worker has applied a row before the timed loop starts
                     master.driver('create', '2', '--start', '90000000')
                     wait_for(section.replica_db.applied, lambda applied: applied >= 2, 90)
                     section.empty()
                 try:
-                    service = relay_master if step == 'outbox row' else master
+                    service = relay_master if step in RELAY_STEPS else master
                     kind = {'plain': 'plain', 'replication off': 'quiet'}.get(step, 'item')
                     results[step].append(loop(service, kind))
-                    if step == 'thread + worker':
+                    if step in ('thread + worker', 'process + worker'):
                         wait_for(section.replica_db.applied, lambda applied: applied >= args.saves, 60)
                 finally:
                     worker.stop()
+                    if follower is not None:
+                        follower.terminate()
+                        follower.wait(20)
             print(f'run {run + 1}/{args.runs}: ' + ', '.join(
                 f'{step} {results[step][-1]["rate"]:.0f}/s' for step in steps), flush=True)
     finally:
@@ -207,17 +230,20 @@ def main() -> int:
     plain = median('plain', 'rate')
     print(f'\n{args.broker} + {args.db}, {args.saves} creates a loop, {args.runs} runs: median (min–max)\n')
     print('| loop | saves/s | share of plain | wall µs a save | CPU µs a save: saving thread / publisher thread '
-          '| CPU µs a save: database / broker / worker / idle | messages sent (median rows) |')
-    print('|---|---|---|---|---|---|---|')
+          '| CPU µs a save: database / broker / worker / idle | messages sent (median rows) '
+          f'| median save µs | ms in saves over {SLOW * 1e3:.0f} ms |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for step in steps:
         rates = [r['rate'] for r in results[step]]
         publishing = step not in ('plain', 'replication off')
-        cpu = f'{median(step, "main_us"):.0f} / ' + (f'{median(step, "publisher_us"):.0f}' if publishing else '–')
+        in_thread = publishing and step not in RELAY_STEPS
+        cpu = f'{median(step, "main_us"):.0f} / ' + (f'{median(step, "publisher_us"):.0f}' if in_thread else '–')
         machine = ' / '.join(f'{median(step, kind):.0f}' for kind in (*SERVERS, 'idle'))
         print(f'| {step} | {statistics.median(rates):.0f} ({min(rates):.0f}–{max(rates):.0f}) '
               f'| {statistics.median(rates) / plain * 100:.0f} % | {1e6 / statistics.median(rates):.0f} | {cpu} '
               f'| {machine} | ' + (f'{median(step, "messages"):.0f} ({median(step, "rows_per_message"):.0f})'
-                                    if publishing and step != 'outbox row' else '–') + ' |')
+                                    if in_thread else '–')
+              + f' | {median(step, "save_us"):.0f} | {median(step, "slow_ms"):.1f} |')
     print('\nidle: of the machine\'s cores (2 cores give twice the wall time); worker: counted while the loop ran.')
     return 0
 
