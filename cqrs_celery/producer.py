@@ -148,8 +148,20 @@ def send(envelope: Envelope, *, route_to: str | None = None, countdown: float | 
     publish_to_broker(envelope, route_to=route_to, countdown=countdown)
 
 
-def send_batch(envelopes: Sequence[Envelope]) -> None:
-    """Publish rows of one CQRS_ID sharing queue, expiry and retries as one v2 message."""
+def send_batch(envelopes: Sequence[Envelope], *, checked: bool = False) -> None:
+    """Publish rows of one CQRS_ID sharing queue, expiry and retries as one v2 message.
+
+    Raises ``PublishError``, before anything is sent, for a row that replica queues would refuse
+    (``publish.refusal``): the replica would dead-letter the whole batch with it. ``checked``: the
+    caller asked that of every row already.
+    """
+    if not checked:
+        from cqrs_celery.master.publish import refusal
+
+        for envelope in envelopes:
+            refused = refusal(envelope)
+            if refused is not None:
+                raise PublishError(str(refused))
     if _sender is not None:
         for envelope in envelopes:
             _sender(envelope, route_to=None, countdown=None)
@@ -162,8 +174,8 @@ def send_batch(envelopes: Sequence[Envelope]) -> None:
                                "CQRS['replica']['max_message_size'] bytes, which replica queues refuse")
         # a batch no replica queue would take goes out in halves (each row keeps its revision rules)
         half = len(envelopes) // 2
-        send_batch(envelopes[:half])
-        send_batch(envelopes[half:])
+        send_batch(envelopes[:half], checked=True)
+        send_batch(envelopes[half:], checked=True)
         return
     first = envelopes[0]
     started = time.monotonic()

@@ -92,6 +92,39 @@ def nesting_depth(value: Any) -> int:
     return deepest
 
 
+#: The keys of a kombu type marker: kombu's JSON decoder turns an object with exactly these keys
+#: into another type (or fails on a type it does not know), so replica queues refuse a message
+#: holding one (``replica/guard.py``).
+KOMBU_MARKER = frozenset({'__type__', '__value__'})
+
+
+def unsendable(value: Any, deepest: int) -> str | None:
+    """Why replica queues would refuse a message holding ``value``, or None.
+
+    ``value`` may nest ``deepest`` levels of arrays and objects (see :data:`ENVELOPE_LEVELS`) and
+    hold no kombu type marker (:data:`KOMBU_MARKER`). The answer completes ``the value …``.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            if item.keys() == KOMBU_MARKER:
+                shown = repr(dict(item))
+                shown = shown if len(shown) <= 80 else f'{shown[:80]}…'
+                return (f'holds {shown}, a kombu type marker (kombu decodes such an object into another type), '
+                        'which replica queues refuse')
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        else:
+            continue
+        if depth > deepest:
+            return (f"nests deeper than {deepest} levels, which replica queues refuse "
+                    "(CQRS['replica']['max_nesting_depth'])")
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
 #: Containers around a value in a replica's task message (body, arguments, batch, rows, row,
 #: instance_data or meta): a value may nest ``max_nesting_depth`` minus this many levels.
 ENVELOPE_LEVELS = 6

@@ -25,8 +25,8 @@ from cqrs_celery.serialization import (
     PendingExpression,
     field_value,
     instance_to_dict,
-    nesting_depth,
     to_json,
+    unsendable,
 )
 
 
@@ -116,7 +116,7 @@ class RawMasterMixin(models.Model):
         for field in _custom_fields(type(self)):
             field_value(field, self)  # refuse now what could not be sent later (DataError)
         for field in _json_fields(type(self)):
-            _refuse_too_deep(self, field)
+            _refuse_unsendable(self, field)
         if self.CQRS_SERIALIZER:
             type(self).cqrs_serializer_class()  # likewise: a serializer that cannot be imported
         self._cqrs_by_trigger = triggers.active(using, type(self), connection)
@@ -482,12 +482,13 @@ def _json_fields(model: Any) -> tuple[Any, ...]:
     return tuple(f for f in model._meta.concrete_fields if f.name in names and isinstance(f, models.JSONField))
 
 
-def _refuse_too_deep(instance: Any, field: Any) -> None:
-    """``DataError`` for a JSON value nested deeper than a replica queue accepts (checked before the save)."""
+def _refuse_unsendable(instance: Any, field: Any) -> None:
+    """``DataError`` for a JSON value a replica queue would refuse (checked before the save): nested
+    deeper than it accepts, or holding a kombu type marker."""
     deepest = get_settings().replica.max_nesting_depth - ENVELOPE_LEVELS
-    if nesting_depth(field.value_from_object(instance)) > deepest:
-        raise DataError(f'{instance._meta.label}.{field.name}: the value nests deeper than {deepest} levels, '
-                        "which replica queues refuse (CQRS['replica']['max_nesting_depth']); the row is not saved")
+    reason = unsendable(field.value_from_object(instance), deepest)
+    if reason is not None:
+        raise DataError(f'{instance._meta.label}.{field.name}: the value {reason}; the row is not saved')
 
 
 # Declaration errors must surface when the class is defined, before any request or worker runs.

@@ -33,7 +33,7 @@ from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, SignalType
 from cqrs_celery.envelope import Envelope, decode
 from cqrs_celery.exceptions import BrokerUnavailableError, UnroutableError
-from cqrs_celery.master.publish import Change, deletion_envelope, envelopes_for
+from cqrs_celery.master.publish import Change, deletion_envelope, envelopes_for, refusal
 from cqrs_celery.models import OutboxEvent, where_in
 from cqrs_celery.producer import send_batch
 from cqrs_celery.registry import MasterRegistry
@@ -410,6 +410,8 @@ def _publish(using: str, events: list[Taken], result: Drained, batch_size: int
             done.extend(event.pk for event in taken)  # the row is gone; its DELETE is published instead
         elif isinstance(envelope, Exception):
             failed.extend((event, envelope) for event in taken)
+        elif (refused := refusal(envelope)) is not None:
+            failed.extend((event, refused) for event in taken)  # alone: its batch would be dead-lettered with it
         else:
             groups.setdefault((envelope.cqrs_id, envelope.queue), []).append((taken, envelope))
     for group in groups.values():
@@ -419,7 +421,7 @@ def _publish(using: str, events: list[Taken], result: Drained, batch_size: int
                 break
             taken_ids = [event for taken, _ in chunk for event in taken]
             try:
-                send_batch(_shared_expiry([envelope for _, envelope in chunk]))
+                send_batch(_shared_expiry([envelope for _, envelope in chunk]), checked=True)
             except BrokerUnavailableError as exc:
                 result.broker_down = exc
             except Exception as exc:

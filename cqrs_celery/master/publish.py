@@ -29,14 +29,22 @@ from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.correlation import get_correlation_id
 from cqrs_celery.envelope import Envelope
-from cqrs_celery.exceptions import MetaError
+from cqrs_celery.exceptions import DataError, MetaError
 from cqrs_celery.master import publisher
 from cqrs_celery.master.hooks import wants_keyword
 from cqrs_celery.master.mixins import RawMasterMixin
 from cqrs_celery.master.timestamps import utc_loader
 from cqrs_celery.models import MasterTombstone, filter_in, tombstone_revision
 from cqrs_celery.registry import MasterRegistry
-from cqrs_celery.serialization import ENVELOPE_LEVELS, NeedsInstance, nesting_depth, row_plan, row_to_dict, to_json
+from cqrs_celery.serialization import (
+    ENVELOPE_LEVELS,
+    NeedsInstance,
+    nesting_depth,
+    row_plan,
+    row_to_dict,
+    to_json,
+    unsendable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,9 @@ def change_meta(instance: Any, signal_type: SignalType, previous_data: dict[str,
     if nesting_depth(meta) > deepest:
         raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() returned metadata nested deeper than {deepest}'
                         " levels: replica queues would refuse the change (CQRS['replica']['max_nesting_depth'])")
+    marker = unsendable(meta, deepest)
+    if marker is not None:
+        raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() returned metadata that {marker}')
     return to_json(meta) or None
 
 
@@ -147,6 +158,54 @@ def event_payload(previous_data: dict[str, Any] | None, meta: dict[str, Any] | N
         return ''
     return ujson.dumps({'previous_data': previous_data, 'meta': meta, 'correlation_id': correlation_id},
                        ensure_ascii=False)
+
+
+def refusal(envelope: Envelope) -> DataError | None:
+    """Why replica queues would refuse a message holding this row, or None (asked before rows are batched).
+
+    A save checks its JSON fields (``DataError``) and its metadata (``MetaError``), but a row changed
+    without ``save()`` (``Model.cqrs.bulk_update``, ``QuerySet.update``, SQL), the output of a
+    ``CQRS_SERIALIZER`` or ``to_cqrs_dict`` and a deletion's custom data are only known when they are
+    published. Sent in a batch, such a row would have every row of the batch dead-lettered with it,
+    so it is held back alone. Only rows of models whose data can hold arrays or objects are walked.
+    """
+    model = MasterRegistry.get(envelope.cqrs_id) if envelope.cqrs_id in MasterRegistry else None
+    nests = model is None or _may_nest(model)
+    if not nests and not envelope.meta:
+        return None  # (the publisher asks this of every row: the common answer comes first)
+    parts: list[tuple[str, Any]] = [('meta', envelope.meta)] if envelope.meta else []
+    if nests:
+        parts += [('instance_data', envelope.instance_data), ('previous_data', envelope.previous_data)]
+    deepest = get_settings().replica.max_nesting_depth - ENVELOPE_LEVELS + 1  # the dict itself is a level
+    for name, value in parts:
+        reason = None if value is None else unsendable(value, deepest)
+        if reason is not None:
+            return DataError(f'{envelope.cqrs_id} pk={envelope.instance_pk!r}: its {name} {reason}; the row cannot be '
+                             'published until it changes')
+    return None
+
+
+#: Per model: what ``_may_nest`` answered, with the attributes it answered for.
+_nesting: dict[Any, tuple[Any, bool]] = {}
+
+
+def _may_nest(model: Any) -> bool:
+    """True when a row of ``model`` can hold arrays or objects: a field that is not one of Django's
+    scalar fields (a JSON field, an array, a field of another package), or data the model makes itself."""
+    key = (model.CQRS_SERIALIZER, model.CQRS_FIELDS, model.to_cqrs_dict, model.get_custom_cqrs_delete_data)
+    known = _nesting.get(model)
+    if known is not None and known[0] == key:
+        return known[1]
+    names = set(model.cqrs_field_names())
+    nests = bool(model.CQRS_SERIALIZER or model.to_cqrs_dict is not RawMasterMixin.to_cqrs_dict
+                 or model.get_custom_cqrs_delete_data is not RawMasterMixin.get_custom_cqrs_delete_data
+                 or any(_may_hold_containers(field) for field in model._meta.concrete_fields if field.name in names))
+    _nesting[model] = (key, nests)
+    return nests
+
+
+def _may_hold_containers(field: Any) -> bool:
+    return not type(field).__module__.startswith('django.db.models.') or isinstance(field, models.JSONField)
 
 
 def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exception | None]:

@@ -113,18 +113,20 @@ def publish_inline(using: str, event_ids: Sequence[int] | None) -> int:
 
 def publish_changes(using: str, changes: Sequence[Change]) -> None:
     """Outbox off: read the committed rows and publish them now (raises on failure)."""
-    from cqrs_celery.master.publish import envelopes_for
+    from cqrs_celery.master.publish import envelopes_for, refusal
 
     batch_size = get_settings().master.publish_batch_size
     groups: dict[tuple[str, str | None], list[object]] = {}
     for change, envelope in zip(changes, envelopes_for(using, changes), strict=True):
         if isinstance(envelope, Exception):
             logger.error('cqrs cannot serialize cqrs_id=%s pk=%r: %r', change.cqrs_id, change.pk, envelope)
+        elif envelope is not None and (refused := refusal(envelope)) is not None:
+            logger.error('cqrs cannot publish cqrs_id=%s pk=%r: %s', change.cqrs_id, change.pk, refused)
         elif envelope is not None:
             groups.setdefault((envelope.cqrs_id, envelope.queue), []).append(envelope)
     for group in groups.values():
         for start in range(0, len(group), batch_size):
-            send_batch(group[start:start + batch_size])  # type: ignore[arg-type]
+            send_batch(group[start:start + batch_size], checked=True)  # type: ignore[arg-type]
 
 
 def _broker_key() -> str:
