@@ -39,7 +39,6 @@ from cqrs_celery.registry import MasterRegistry
 from cqrs_celery.serialization import (
     ENVELOPE_LEVELS,
     NeedsInstance,
-    nesting_depth,
     row_plan,
     row_to_dict,
     to_json,
@@ -78,12 +77,9 @@ def change_meta(instance: Any, signal_type: SignalType, previous_data: dict[str,
         raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() must return a dict or None, '
                         f'not {type(meta).__name__}')
     deepest = get_settings().replica.max_nesting_depth - ENVELOPE_LEVELS + 1
-    if nesting_depth(meta) > deepest:
-        raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() returned metadata nested deeper than {deepest}'
-                        " levels: replica queues would refuse the change (CQRS['replica']['max_nesting_depth'])")
-    marker = unsendable(meta, deepest)
-    if marker is not None:
-        raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() returned metadata that {marker}')
+    reason = unsendable(meta, deepest)
+    if reason is not None:
+        raise MetaError(f'{type(instance).__qualname__}.get_cqrs_meta() returned metadata that {reason}')
     return to_json(meta) or None
 
 

@@ -25,6 +25,7 @@ from kombu.serialization import registry  # type: ignore[attr-defined]  # (not i
 
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import CLOCK_SKEW, JSON_CONTENT_TYPE, MAX_HOP, RECONCILE_TASK, TASK_NAME
+from cqrs_celery.serialization import KOMBU_MARKER
 
 #: Tasks a replica queue admits, with what their one argument is.
 _TASKS = {TASK_NAME: 'the envelope', RECONCILE_TASK: 'a reconciliation step'}
@@ -158,7 +159,7 @@ def _walk(parsed: Any, max_depth: int) -> Refusal | None:
         if isinstance(value, dict):
             if depth > max_depth:
                 return _too_deep(max_depth)
-            if value.keys() == {'__type__', '__value__'}:
+            if value.keys() == KOMBU_MARKER:
                 return Refusal('undecodable', f'{_short(value)} is a kombu type marker, not plain JSON')
             for key, item in value.items():
                 if not _is_text(key):
