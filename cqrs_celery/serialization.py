@@ -76,22 +76,6 @@ def is_plain(value: Any) -> bool:
     return False
 
 
-def nesting_depth(value: Any) -> int:
-    """How deep JSON arrays and objects nest in ``value`` (0 for a scalar), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list | tuple | set | frozenset):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
 #: The keys of a kombu type marker: kombu's JSON decoder turns an object with exactly these keys
 #: into another type (or fails on a type it does not know), so replica queues refuse a message
 #: holding one (``replica/guard.py``).
