@@ -168,17 +168,12 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(HERE))
-    from benchlib.processes import CQRS_CELERY, Worker, compile_sources
-    from benchlib.scenarios import Section
-    from benchlib.services import Broker, wait_for
+    from benchlib.processes import Worker
+    from benchlib.scenarios import cqrs_celery_section
+    from benchlib.services import wait_for
 
-    compile_sources()
-    section = Section(CQRS_CELERY, Broker(args.broker), args.db)
-    queue = section.new_queue()
-    section.prepare()
-    master, replica = section.services(queue)
+    section, queue, master, replica = cqrs_celery_section(args.broker, args.db)
     relay_master, _ = section.services(queue, publisher='relay')
-    section.declare(replica)
     worker = Worker(replica, 1)
     results: dict[str, list[dict]] = {step: [] for step in steps}
     offset = 0

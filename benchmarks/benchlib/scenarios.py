@@ -12,7 +12,16 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from benchlib.processes import CQRS_CELERY, DJCQRS, Library, Service, StepFailed, Worker, has_sync_command
+from benchlib.processes import (
+    CQRS_CELERY,
+    DJCQRS,
+    Library,
+    Service,
+    StepFailed,
+    Worker,
+    compile_sources,
+    has_sync_command,
+)
 from benchlib.report import PLAIN_LOOP, QUIET_LOOP
 from benchlib.services import MASTER_TABLE, Broker, Database, wait_for
 
@@ -101,6 +110,19 @@ class Section:
         """Wait until the replica has ``count`` rows at ``min_revision``; returns ((count, first, last), ok)."""
         return wait_for(lambda: self.replica_db.progress(min_revision), lambda p: p[0] >= count,
                         deadline or deadline_for(count))
+
+
+def cqrs_celery_section(broker: str, db_kind: str) -> tuple[Section, str, Service, Service]:
+    """cqrs_celery's section on ``broker`` and ``db_kind`` for the single-library scripts
+    (``save_loop_split.py``, ``flood_tail.py``): sources compiled, databases made, a new replica
+    queue declared. Returns the section, the queue, and the master and replica services."""
+    compile_sources()
+    section = Section(CQRS_CELERY, Broker(broker), db_kind)
+    queue = section.new_queue()
+    section.prepare()
+    master, replica = section.services(queue)
+    section.declare(replica)
+    return section, queue, master, replica
 
 
 def run_replication(section: Section, rec: Recorder, concurrency: int, n: int, latency_rows: int,
