@@ -117,9 +117,9 @@ def main() -> int:
 
 def print_cpu(sampler, windows: dict[str, list[tuple[float, float]]], saves: int) -> None:
     """The CPU of each role over each kind of window, summed over the runs, in µs a save."""
-    from benchlib.cpu import ROLES
+    from benchlib.cpu import MAIN, ROLES
 
-    keys = ('wall', 'master', 'master main', *ROLES[1:], 'rest', 'busy', 'idle')
+    keys = ('wall', 'master', *MAIN, *ROLES[1:], 'rest', 'busy', 'idle')
     print(f'\nCPU over the windows, summed over {len(windows["A"])} runs, µs a save '
           '(wall: the window itself; busy + idle = cores × wall):')
     print('| window | ' + ' | '.join(keys) + ' |')

@@ -9,11 +9,11 @@ over its own window even when its processes started before it (a fresh master's 
 before its first save, are not counted).
 
 Roles: ``master`` (``driver.py``; ``master main`` is its main thread alone, the saving loop,
-without the publisher thread), ``publisher`` (``cqrs_outbox relay --follow``), ``worker`` (``celery
-… worker`` and its pool), ``postgres`` (every backend), ``rabbitmq`` (the Erlang VM and its
-helpers), ``redis``, ``bench`` (this process: the polling and the sampler itself), and ``rest``:
-the machine's busy time minus those. ``idle`` is the machine's idle time (I/O waits included),
-summed over its cores.
+without the publisher thread, and ``main in kernel`` the part of it spent in the kernel),
+``publisher`` (``cqrs_outbox relay --follow``), ``worker`` (``celery … worker`` and its pool),
+``postgres`` (every backend), ``rabbitmq`` (the Erlang VM and its helpers), ``redis``, ``bench``
+(this process: the polling and the sampler itself), and ``rest``: the machine's busy time minus
+those. ``idle`` is the machine's idle time (I/O waits included), summed over its cores.
 
 /proc counts process times in ticks of 10 ms, so a figure of one short window is coarse; sum
 windows over several runs.
@@ -30,6 +30,8 @@ from pathlib import Path
 PROC = Path('/proc')
 TICK = 1 / os.sysconf('SC_CLK_TCK')
 ROLES = ('master', 'publisher', 'worker', 'postgres', 'rabbitmq', 'redis', 'bench')
+#: The master's main thread: all its CPU, and the part in the kernel (system calls, switches).
+MAIN = ('master main', 'main in kernel')
 
 
 def role_of(pid: int, command: str) -> str | None:
@@ -67,12 +69,18 @@ def machine_times() -> tuple[float, float]:
 
 def process_time(pid: int, thread: int | None = None) -> float | None:
     """Seconds of CPU (user + system) of ``pid``, all its threads or only ``thread``; None once it has gone."""
+    times = user_system(pid, thread)
+    return None if times is None else times[0] + times[1]
+
+
+def user_system(pid: int, thread: int | None = None) -> tuple[float, float] | None:
+    """Seconds of CPU in user mode and in the kernel of ``pid`` (all its threads, or only ``thread``)."""
     try:
         text = (PROC / str(pid) / (f'task/{thread}/stat' if thread else 'stat')).read_text()
     except OSError:
         return None
     fields = text.rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK  # utime, stime
+    return int(fields[11]) * TICK, int(fields[12]) * TICK  # utime, stime
 
 
 class CpuSampler:
@@ -90,9 +98,10 @@ class CpuSampler:
         self._others: set[int] = set()
         self._started = False
         #: CPU of processes of each role that have ended (their last reading), so totals never drop.
-        self._ended: dict[str, float] = dict.fromkeys((*ROLES, 'master main'), 0.0)
+        self._ended: dict[str, float] = dict.fromkeys((*ROLES, *MAIN), 0.0)
         self._last: dict[int, float] = {}
-        self._main: dict[int, float] = {}  # the last reading of each master's main thread
+        #: The last reading of each master's main thread: its CPU, and the part in the kernel.
+        self._main: dict[int, tuple[float, float]] = {}
         self._own_command = command_line(PROC / 'self')
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='cpu-sampler', daemon=True)
@@ -140,21 +149,25 @@ class CpuSampler:
         totals = dict(self._ended)
         for pid, (role, found) in list(self._pids.items()):
             seconds = process_time(pid)
-            main = process_time(pid, pid) if role == 'master' else None
+            main = user_system(pid, pid) if role == 'master' else None
             if seconds is None:
                 final = self._last.pop(pid, found) - found
                 self._ended[role] += final
                 totals[role] += final
-                main_final = self._main.pop(pid, 0.0)
-                self._ended['master main'] += main_final
-                totals['master main'] += main_final
+                user, kernel = self._main.pop(pid, (0.0, 0.0))
+                for key, value in (('master main', user + kernel), ('main in kernel', kernel)):
+                    self._ended[key] += value
+                    totals[key] += value
                 del self._pids[pid]
                 continue
             self._last[pid] = seconds
             totals[role] += seconds - found
             if main is not None:
                 self._main[pid] = main
-        totals['master main'] += sum(self._main.get(pid, 0.0) for pid in self._pids)
+        for pid in self._pids:
+            user, kernel = self._main.get(pid, (0.0, 0.0))
+            totals['master main'] += user + kernel
+            totals['main in kernel'] += kernel
         totals['busy'], totals['idle'] = machine_times()
         self.times.append(time.time())
         self.samples.append(totals)
@@ -175,6 +188,6 @@ class CpuSampler:
         A process started after the sampler counts all its CPU, placed at the sample that found it
         (within ``rescan`` seconds of its start): start the sampler some time before the window.
         """
-        used = {key: self._at(end, key) - self._at(start, key) for key in (*ROLES, 'master main', 'busy', 'idle')}
+        used = {key: self._at(end, key) - self._at(start, key) for key in (*ROLES, *MAIN, 'busy', 'idle')}
         used['rest'] = used['busy'] - sum(used[role] for role in ROLES)
         return used
