@@ -58,7 +58,7 @@ def main() -> int:
 
     sys.path.insert(0, str(HERE))
     from benchlib.cpu import CpuSampler
-    from benchlib.processes import Worker
+    from benchlib.processes import Worker, stop_background
     from benchlib.scenarios import cqrs_celery_section
 
     section, queue, master, replica = cqrs_celery_section(args.broker, args.db)
@@ -101,8 +101,7 @@ def main() -> int:
         if sampler:
             sampler.stop()
         if follower:
-            follower.terminate()
-            follower.wait(20)
+            stop_background(follower)
         worker.stop()
         section.clean(queue)
         section.clean_exchanges()

@@ -168,7 +168,7 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(HERE))
-    from benchlib.processes import Worker
+    from benchlib.processes import Worker, stop_background
     from benchlib.scenarios import cqrs_celery_section
     from benchlib.services import wait_for
 
@@ -209,8 +209,7 @@ def main() -> int:
                 finally:
                     worker.stop()
                     if follower is not None:
-                        follower.terminate()
-                        follower.wait(20)
+                        stop_background(follower)
             print(f'run {run + 1}/{args.runs}: ' + ', '.join(
                 f'{step} {results[step][-1]["rate"]:.0f}/s' for step in steps), flush=True)
     finally:

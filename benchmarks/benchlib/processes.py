@@ -72,6 +72,17 @@ def has_sync_command(library: Library) -> bool:
     return (ROOT / 'cqrs_celery' / 'management' / 'commands' / 'cqrs_sync.py').exists()
 
 
+def stop_background(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process started in the background (``cqrs_outbox relay --follow``): SIGTERM, then
+    SIGKILL if it has not ended within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class StepFailed(RuntimeError):
     """A service command failed; the message carries the tail of its output."""
 

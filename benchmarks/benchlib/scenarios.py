@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -21,6 +20,7 @@ from benchlib.processes import (
     Worker,
     compile_sources,
     has_sync_command,
+    stop_background,
 )
 from benchlib.report import PLAIN_LOOP, QUIET_LOOP
 from benchlib.services import MASTER_TABLE, Broker, Database, wait_for
@@ -236,11 +236,7 @@ def _creates_publisher_process(section: Section, rec: Recorder, queue: str, c: i
         created = master.driver('create', str(n))
         (count, _, last), ok = section.wait_rows(n)
     finally:
-        follower.terminate()
-        try:
-            follower.wait(20)
-        except subprocess.TimeoutExpired:
-            follower.kill()
+        stop_background(follower)
     value = n / (last - created['start']) if ok else None
     rec.add('A', label, lib, value, 'events/s', c, '' if ok else f'timed out at {count}/{n}')
     rec.log(f'  {lib}: A, publisher process {_fmt(value)} creates/s '
