@@ -114,8 +114,10 @@ class CpuSampler:
         return self
 
     def stop(self) -> None:
+        """Stop sampling (nothing to do when ``start()`` was never reached)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _scan(self) -> None:
         for entry in PROC.iterdir():
