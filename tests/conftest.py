@@ -99,3 +99,17 @@ def retries():
     previous = set_sender(lambda envelope, route_to=None, countdown=None: sent.append((envelope, route_to, countdown)))
     yield sent
     set_sender(previous)
+
+
+@pytest.fixture
+def registries():
+    """Throwaway models register themselves; put both registries back as they were afterwards."""
+    from cqrs_celery.registry import MasterRegistry, ReplicaRegistry
+
+    saved = [(r, dict(r._models), {k: list(v) for k, v in r._all.items()}) for r in (MasterRegistry, ReplicaRegistry)]
+    yield
+    for registry, by_id, every in saved:
+        registry._models.clear()
+        registry._models.update(by_id)
+        registry._all.clear()
+        registry._all.update(every)

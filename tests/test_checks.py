@@ -48,18 +48,6 @@ def reported_ids():
 
 
 @pytest.fixture
-def registries():
-    """Throwaway models register themselves; put both registries back as they were afterwards."""
-    saved = [(r, dict(r._models), {k: list(v) for k, v in r._all.items()}) for r in (MasterRegistry, ReplicaRegistry)]
-    yield
-    for registry, by_id, every in saved:
-        registry._models.clear()
-        registry._models.update(by_id)
-        registry._all.clear()
-        registry._all.update(every)
-
-
-@pytest.fixture
 def throwaway_apps(registries):
     """Models defined in the test go to an isolated app registry, not the project's."""
     with isolate_apps('tests.master_app', 'tests.replica_app'):

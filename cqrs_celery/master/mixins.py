@@ -15,7 +15,7 @@ from django.utils.module_loading import import_string
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.exceptions import ConfigurationError, DataError, MetaError
-from cqrs_celery.master import tracker, triggers
+from cqrs_celery.master import inserts, tracker, triggers
 from cqrs_celery.master.hooks import call_accepting, name_of, names_parameter, wants_keyword
 from cqrs_celery.master.managers import MasterManager
 from cqrs_celery.models import MasterTombstone, pk_hash, pk_key, tombstone_revision
@@ -228,11 +228,16 @@ class RawMasterMixin(models.Model):
 
         Where the database returns inserted columns, the tombstone is read inside the INSERT
         (a subquery) and the revision comes back with it: one statement for a new row. The
-        trigger's payload, if any, travels in the same value.
+        trigger's payload, if any, travels in the same value. A plain new row (no expression, no
+        payload) is inserted by ``inserts.insert``, whose SQL is written once per table and columns;
+        so is a row whose revision the statement computes, where ``inserts.insert`` can take it.
         """
         payload = self.__dict__.get('_cqrs_payload')
         revised = isinstance(self.cqrs_revision, Combinable)
         if not revised and payload is None:
+            rows = inserts.insert(self, manager, using, fields, returning_fields, raw)
+            if rows is not None:
+                return rows
             return super()._do_insert(manager, using, fields, returning_fields, raw)  # type: ignore[misc]
         if not connections[using].features.can_return_columns_from_insert:
             self.cqrs_revision = self._cqrs_revision_for_insert(using)
@@ -245,6 +250,10 @@ class RawMasterMixin(models.Model):
         if payload is not None:
             extra, extra_params = triggers.payload_sql(type(self), payload)
             sql, params = f'({sql} + {extra})', [*params, *extra_params]
+        rows = inserts.insert(self, manager, using, fields, returning_fields, raw, revision=(sql, params))
+        if rows is not None:
+            self.cqrs_revision = rows[0][-1]
+            return [row[:-1] for row in rows]
         self.cqrs_revision = RawSQL(sql, params, output_field=models.IntegerField())
         returning = [*(returning_fields or []), self._meta.get_field(FIELD_REVISION)]
         rows = super()._do_insert(manager, using, fields, returning, raw)  # type: ignore[misc]
