@@ -54,6 +54,16 @@ class Envelope:
     not_before: datetime.datetime | None = None
     v: int = ENVELOPE_VERSION
 
+    @classmethod
+    def fast(cls, **fields: Any) -> Envelope:
+        """``Envelope(**fields)`` for the publisher's rows, without the frozen dataclass's
+        ``object.__setattr__`` per field (2.5 of the 3.5 µs the constructor takes). ``fields`` are
+        not checked: the publisher gives every required one, with the types they declare.
+        """
+        envelope = object.__new__(cls)
+        envelope.__dict__.update(_DEFAULTS, **fields)
+        return envelope
+
     @property
     def revision(self) -> int | None:
         """The master revision this envelope carries."""
@@ -116,6 +126,10 @@ class Envelope:
         return {'cqrs_id': self.cqrs_id, 'pk': self.instance_pk, 'revision': self.revision,
                 'correlation_id': self.correlation_id}
 
+
+#: The default of each field that has one (what ``Envelope.fast`` starts from).
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Envelope)
+             if field.default is not dataclasses.MISSING}
 
 _REQUIRED = ('v', 'signal_type', 'cqrs_id', 'instance_pk', 'instance_data')
 

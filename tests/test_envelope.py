@@ -82,6 +82,19 @@ def test_an_envelope_is_frozen():
         FULL.cqrs_id = 'other'  # type: ignore[misc]
 
 
+@pytest.mark.parametrize('envelope', [FULL, MINIMAL, DELETE], ids=['full', 'minimal', 'delete'])
+def test_the_publishers_fast_constructor_gives_the_constructors_envelope(envelope):
+    given = {field.name: getattr(envelope, field.name) for field in dataclasses.fields(Envelope)
+             if getattr(envelope, field.name) != field.default}
+
+    built = Envelope.fast(**given)
+
+    assert built == envelope
+    assert vars(built) == vars(envelope)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.cqrs_id = 'other'  # type: ignore[misc]
+
+
 def test_the_revision_is_read_from_instance_data():
     assert FULL.revision == 4
     assert MINIMAL.revision == 0

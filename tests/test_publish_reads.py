@@ -130,3 +130,50 @@ def test_the_values_of_every_type_convert_as_to_json_does():
     data = publish.row_to_dict(plan, [values[row[0]] for row in plan])
 
     assert data == {name: to_json(value) for name, value in values.items()}
+
+
+# What a SQLite datetime column may hold: the forms Django writes, and others SQL or another program may.
+STORED_MOMENTS = [
+    '2024-02-29 23:59:58.123456', '2024-02-29 23:59:58', '0999-01-02 03:04:05.000001', '2024-02-29 23:59:58.000000',
+    '2024-02-29 23:59:58.5', '2024-02-29T23:59:58.123456', '2024-02-29 23:59:58.123456+05:30', '2024-02-29 23:59',
+    '2024-02-29', '2024-02-29 23:59:58Z', 'not a date', '17',
+]
+
+
+@pytest.mark.parametrize('stored', STORED_MOMENTS)
+def test_a_sqlite_datetime_column_reads_as_the_instance_gives_it_whatever_text_it_holds(cqrs_captured, stored):
+    from django.db import connection
+
+    if connection.vendor != 'sqlite':
+        pytest.skip('SQLite keeps datetimes as text')
+    row = AllFields.objects.create(moment=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+    with connection.cursor() as cursor:
+        pk = AllFields._meta.pk
+        cursor.execute(f'UPDATE {AllFields._meta.db_table} SET moment = %s, cqrs_updated = %s WHERE {pk.column} = %s',
+                       [stored, stored, pk.get_db_prep_value(row.pk, connection)])
+
+    [found] = read(AllFields, row.pk)
+
+    assert_same(found, expected_envelope(AllFields, row.pk))
+
+
+@pytest.mark.parametrize('zone', ['UTC', 'Asia/Kolkata'])
+def test_a_sqlite_datetime_column_follows_the_connection_time_zone(cqrs_captured, zone):
+    from django.db import connections
+
+    connection = connections['default']
+    if connection.vendor != 'sqlite':
+        pytest.skip('SQLite keeps datetimes as text')
+    row = AllFields.objects.create(moment=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+    before = connection.settings_dict.get('TIME_ZONE')
+    connection.settings_dict['TIME_ZONE'] = zone
+    connection.__dict__.pop('timezone', None)
+    try:
+        [found] = read(AllFields, row.pk)
+        expected = expected_envelope(AllFields, row.pk)
+    finally:
+        connection.settings_dict['TIME_ZONE'] = before
+        connection.__dict__.pop('timezone', None)
+
+    assert_same(found, expected)
+    assert found.instance_data['moment'].endswith('+00:00' if zone == 'UTC' else '+05:30')
