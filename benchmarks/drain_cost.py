@@ -13,16 +13,29 @@ rows, building and encoding the envelopes, the publisher confirms, the deletes).
 is bound, so the messages are dropped by the broker after their confirm. It prints the median and
 every round's figure; ``--profile`` adds one round under cProfile (the 30 functions with the most
 time of their own).
+
+``--probe`` measures instead what the drains cost *another thread* of the process: the saving
+thread of scenario A shares the interpreter with the publisher thread, and each time it comes
+back from the database it waits for the interpreter lock until the publisher thread lets it go.
+A probe thread sleeps 200 µs again and again while the drains run; its wake-ups late beyond
+those of the same probe alone are the waits, printed per event drained (total) and as the 99th
+percentile and the longest single wait, with the garbage collections that ran during the drains
+(the library's publishers pause automatic collection around each drain: ``cqrs_celery/sharing.py``;
+the rounds here drain the same way).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +50,7 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=9)
     parser.add_argument('--batch', type=int, default=150, help='events per drain')
     parser.add_argument('--profile', action='store_true', help='one more round under cProfile')
+    parser.add_argument('--probe', action='store_true', help="the drains' waits imposed on another thread")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         database = f'sqlite:///{scratch}/master.sqlite3' if args.db == 'sqlite' else 'postgres:///bench_drain_cost'
@@ -72,6 +86,9 @@ def run(args: argparse.Namespace) -> None:
     logging.getLogger('cqrs_celery').setLevel(logging.ERROR)  # (no replica queue: each drain reports it)
     fill(args.rows)
     drain_all(outbox, args.batch)  # the first drain connects and declares: not counted
+    if args.probe:
+        probe_rounds(outbox, args)
+        return
     costs = []
     for _ in range(args.rounds):
         fill(args.rows)
@@ -90,6 +107,66 @@ def run(args: argparse.Namespace) -> None:
         pstats.Stats(profile).sort_stats('tottime').print_stats(30)
 
 
+PROBE_SLEEP = 0.0002
+
+
+def probe_lateness(stop: threading.Event, late: list[float]) -> None:
+    """Sleep ``PROBE_SLEEP`` until ``stop``; append how late (s) each wake-up came."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        time.sleep(PROBE_SLEEP)
+        late.append(time.perf_counter() - started - PROBE_SLEEP)
+
+
+def probed(work: Callable[[], object]) -> list[float]:
+    """The probe's lateness while ``work()`` runs in this thread."""
+    stop, late = threading.Event(), []
+    thread = threading.Thread(target=probe_lateness, args=(stop, late))
+    thread.start()
+    try:
+        work()
+    finally:
+        stop.set()
+        thread.join()
+    return late
+
+
+def probe_rounds(outbox: object, args: argparse.Namespace) -> None:
+    """Rounds of drains with the probe beside them, each after one of the probe alone."""
+    totals, p99s, longest = [], [], []
+    collections: list[tuple[int, float]] = []  # (generation, seconds) of each collection during the drains
+    started: list[float] = []
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == 'start':
+            started[:] = [time.perf_counter()]
+        elif started:
+            collections.append((info['generation'], time.perf_counter() - started[0]))
+
+    for _ in range(args.rounds):
+        fill(args.rows)
+        alone = probed(lambda: time.sleep(0.5))
+        baseline = statistics.median(alone)
+        gc.callbacks.append(timed)
+        try:
+            late = probed(lambda: drain_all(outbox, args.batch))
+        finally:
+            gc.callbacks.remove(timed)
+        extra = [max(0.0, value - baseline) for value in late]
+        totals.append(sum(extra) / args.rows * 1e6)
+        p99s.append(sorted(extra)[int(len(extra) * 0.99)] * 1e6)
+        longest.append(max(extra) * 1e6)
+    print(f'probe thread waits during drains ({args.db}, {args.broker}, {args.rows} rows a round in drains of '
+          f'{args.batch}): per event µs median {statistics.median(totals):.1f} '
+          f'(rounds {", ".join(f"{t:.1f}" for t in sorted(totals))}); single wait p99 µs '
+          f'{statistics.median(p99s):.0f}, longest {statistics.median(longest):.0f}')
+    events = args.rows * args.rounds
+    for generation in (0, 1, 2):
+        times = [seconds for gen, seconds in collections if gen == generation]
+        print(f'  garbage collections of generation {generation} during the drains: {len(times)} for {events} events, '
+              f'{sum(times) * 1e3:.1f} ms in all, longest {max(times, default=0) * 1e3:.1f} ms')
+
+
 def fill(rows: int) -> None:
     """Save ``rows`` new rows (their events wait in the outbox)."""
     import decimal
@@ -103,12 +180,30 @@ def fill(rows: int) -> None:
                             happened_at=now, active=True, notes='n' * 50)
 
 
+def paused() -> contextlib.AbstractContextManager[None]:
+    """Garbage collection paused as the library's publishers pause it around a drain (nothing for
+    a release whose publisher did not)."""
+    from cqrs_celery.master import publisher
+
+    sharing = getattr(publisher, 'sharing', None)
+    return sharing.collections_paused() if sharing is not None else contextlib.nullcontext()
+
+
 def drain_all(outbox: object, batch: int) -> float:
-    """Drain the outbox until it is empty; returns the process CPU seconds it took."""
+    """Drain the outbox until it is empty; returns the process CPU seconds it took.
+
+    Stops the benchmark with an error when a drain publishes nothing of what it took (the broker
+    is down, or every message failed): the events would stay and the loop would never end.
+    """
     started = time.process_time()
-    while outbox.drain(limit=batch).taken:  # type: ignore[attr-defined]
-        pass
-    return time.process_time() - started
+    while True:
+        with paused():  # as the library's publishers drain (publisher.drain_ready)
+            drained = outbox.drain(limit=batch)  # type: ignore[attr-defined]
+        if not drained.taken:
+            return time.process_time() - started
+        if drained.broker_down is not None or not drained.published:
+            raise SystemExit(f'drain_cost: a drain took {drained.taken} events and published {drained.published} '
+                             f'(broker: {drained.broker_down or "up"}); is the broker running?')
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from typing import Any
 import ujson
 from dateutil import parser as date_parser
 
+from cqrs_celery import sharing
 from cqrs_celery.constants import (
     BATCH_VERSION,
     ENVELOPE_VERSION,
@@ -57,8 +58,9 @@ class Envelope:
     @classmethod
     def fast(cls, **fields: Any) -> Envelope:
         """``Envelope(**fields)`` for the publisher's rows, without the frozen dataclass's
-        ``object.__setattr__`` per field (2.5 of the 3.5 µs the constructor takes). ``fields`` are
-        not checked: the publisher gives every required one, with the types they declare.
+        ``object.__setattr__`` per field (1.8 µs instead of the constructor's 3.5, measured on the
+        bench model's rows). ``fields`` are not checked: the publisher gives every required one,
+        with the types they declare.
         """
         envelope = object.__new__(cls)
         envelope.__dict__.update(_DEFAULTS, **fields)
@@ -224,8 +226,17 @@ def encode_batch(envelopes: Sequence[Envelope]) -> dict[str, Any]:
         'queue': first.queue,
         'expires': first.expires.isoformat() if first.expires else None,
         'retries': first.retries,
-        'rows': [envelope.row_wire() for envelope in envelopes],
+        'rows': _wire_rows(envelopes),
     }
+
+
+def _wire_rows(envelopes: Sequence[Envelope]) -> list[dict[str, Any]]:
+    rows = []
+    for index, envelope in enumerate(envelopes):
+        if index % sharing.WIRE_ROWS_A_SLICE == sharing.WIRE_ROWS_A_SLICE - 1:
+            sharing.offer()  # (a batch of hundreds of rows: the process's other threads would wait)
+        rows.append(envelope.row_wire())
+    return rows
 
 
 def decode_message(raw: Any) -> list[Envelope | EnvelopeError]:

@@ -29,6 +29,7 @@ from django.db.models import Count, Max, Min
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from cqrs_celery import sharing
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, SignalType
 from cqrs_celery.envelope import Envelope, decode
@@ -420,6 +421,7 @@ def _publish(using: str, events: list[Taken], result: Drained, batch_size: int
             if result.broker_down is not None:
                 break
             taken_ids = [event for taken, _ in chunk for event in taken]
+            sharing.offer()  # (before the message is encoded: building the envelopes ended a slice)
             try:
                 send_batch(_shared_expiry([envelope for _, envelope in chunk]), checked=True)
             except BrokerUnavailableError as exc:
@@ -481,7 +483,9 @@ def _collapsed(events: list[Taken], failed: list[tuple[Taken, BaseException]]
     collapsed: list[tuple[list[Taken], Change]] = []
     saves: dict[tuple[str, str], tuple[list[Taken], Change]] = {}
     deletions: dict[tuple[str, str, int], int] = {}
-    for event in events:
+    for index, event in enumerate(events):
+        if index % sharing.EVENTS_A_SLICE == sharing.EVENTS_A_SLICE - 1:
+            sharing.offer()
         try:
             change = _change(event)
         except Exception as exc:  # a row an older or broken writer left: it alone fails

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from cqrs_celery import sharing
 from cqrs_celery.conf import get_settings
 from cqrs_celery.constants import FIELD_REVISION, FIELD_UPDATED, SignalType
 from cqrs_celery.correlation import get_correlation_id
@@ -233,11 +233,8 @@ def envelopes_for(using: str, changes: Sequence[Change]) -> list[Envelope | Exce
             rows[cqrs_id] = exc
     result: list[Envelope | Exception | None] = []
     for index, change in enumerate(changes):
-        if index % _YIELD_EVERY == _YIELD_EVERY - 1:
-            # Let the other threads of this process run: building envelopes is pure Python, and the
-            # publisher thread would otherwise hold the interpreter for milliseconds at a stretch
-            # while the thread that saves waits for it (up to the 5 ms switch interval each time).
-            time.sleep(0)
+        if index % sharing.ENVELOPES_A_SLICE == sharing.ENVELOPES_A_SLICE - 1:
+            sharing.offer()  # pure Python: the process's other threads would wait (sharing.py)
         if change.delete_envelope is not None:
             result.append(change.delete_envelope)
             continue
@@ -285,7 +282,9 @@ def _read_rows(model: Any, using: str, pks: set[Any]) -> dict[Any, Any]:
                for index, row in enumerate(plan)]
     found: dict[Any, Any] = {}
     again = []
-    for values in filter_in(queryset, model._meta.pk, pks).values_list(*columns):
+    for count, values in enumerate(filter_in(queryset, model._meta.pk, pks).values_list(*columns)):
+        if count % sharing.ROWS_A_SLICE == sharing.ROWS_A_SLICE - 1:
+            sharing.offer()
         if texts:
             values = list(values)
             for index in texts:
@@ -338,10 +337,6 @@ def _serialized_plainly(model: Any) -> bool:
 
 
 _DEFAULT_RELATE = vars(RawMasterMixin)['relate_cqrs_serialization'].__func__
-
-
-#: Envelopes built between two chances for the process's other threads to run.
-_YIELD_EVERY = 16
 
 
 def _python_pk(model: Any, pk: Any) -> Any:

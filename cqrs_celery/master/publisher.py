@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from django.db import connections
 
+from cqrs_celery import sharing
 from cqrs_celery.conf import get_settings
 from cqrs_celery.producer import send_batch, testing_sender_installed
 
@@ -304,7 +305,8 @@ def drain_ready(using: str) -> tuple[float | None, int]:
     published = 0
     try:
         while True:
-            result = outbox.drain(using, limit=limit)
+            with sharing.collections_paused():  # (sharing.py: no full collection set off by a batch)
+                result = outbox.drain(using, limit=limit)
             published += result.published
             if result.broker_down is not None:
                 logger.warning('cqrs publisher: broker unavailable, retrying: %s', result.broker_down)
