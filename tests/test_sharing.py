@@ -5,6 +5,7 @@ measured by ``benchmarks/drain_cost.py --probe``, not here.
 """
 
 import gc
+import os
 import threading
 
 import pytest
@@ -83,3 +84,25 @@ def test_the_publishers_drain_with_collection_paused(monkeypatch):
     assert during == [False]
     assert gc.isenabled()
 
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='no fork here')
+def test_a_child_forked_during_a_pause_starts_with_collection_on_and_can_pause_again():
+    read, write = os.pipe()
+    with sharing.collections_paused():
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave without running the parent's cleanup
+            try:
+                on_after_fork = gc.isenabled()
+                with sharing.collections_paused():
+                    off_inside = not gc.isenabled()
+                on_after = gc.isenabled()
+                os.write(write, f'{on_after_fork} {off_inside} {on_after}'.encode())
+            finally:
+                os._exit(0)
+        assert not gc.isenabled()  # the parent's pause goes on
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as answer:
+        assert answer.read() == 'True True True'
+    assert gc.isenabled()
