@@ -210,7 +210,10 @@ def _ready_sql(connection: Any) -> str | None:
     """``SELECT`` of the ready events, oldest first, locked (``SKIP LOCKED``) where the database can.
 
     The same query as the ORM's, written once per database kind (``None``: a database this is
-    not written for, which keeps the ORM). Parameters: ``set_aside``, ``available_at``, the limit.
+    not written for, which keeps the ORM). Parameters: ``available_at``, the limit. ``NOT set_aside``
+    is written as the partial index ``cqrs_outbox_pending`` is (see ``OutboxEvent.Meta``), so that
+    SQLite, which matches an index's condition by its text and never by a parameter's value, reads
+    the events from that index in ``id`` order instead of sorting them.
     """
     features = connection.features
     key = (connection.vendor, connection.alias, features.has_select_for_update,
@@ -222,7 +225,7 @@ def _ready_sql(connection: Any) -> str | None:
             columns = ', '.join(quote(getattr(OutboxEvent._meta.get_field(name), 'column', name)) for name in _TAKEN)
             lock = connection.ops.for_update_sql(skip_locked=features.has_select_for_update_skip_locked) \
                 if features.has_select_for_update else ''
-            sql = (f'SELECT {columns} FROM {quote(OutboxEvent._meta.db_table)} WHERE {quote("set_aside")} = %s '
+            sql = (f'SELECT {columns} FROM {quote(OutboxEvent._meta.db_table)} WHERE NOT {quote("set_aside")} '
                    f'AND {quote("available_at")} <= %s ORDER BY {quote("id")} LIMIT %s {lock}')
         _ready_sqls[key] = sql
     return _ready_sqls[key]
@@ -231,7 +234,7 @@ def _ready_sql(connection: Any) -> str | None:
 def _taken_raw(using: str, sql: str, now: datetime.datetime, limit: int) -> list[Taken]:
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [False, connection.ops.adapt_datetimefield_value(now), limit])
+        cursor.execute(sql, [connection.ops.adapt_datetimefield_value(now), limit])
         return [Taken(*row) for row in cursor.fetchall()]
 
 
