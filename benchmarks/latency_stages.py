@@ -67,8 +67,8 @@ def _pks(raw: object) -> list:
         return []
 
 
-def _trace_gc() -> None:
-    """Stamp each garbage collection of this process that took 2 ms or more (``gc`` in the report)."""
+def _trace_gc(role: str) -> None:
+    """Stamp each garbage collection of this process (``role``: master or worker) that took 2 ms or more."""
     import gc
 
     began = [0.0]
@@ -77,7 +77,7 @@ def _trace_gc() -> None:
         if phase == 'start':
             began[0] = time.perf_counter()
         elif time.perf_counter() - began[0] >= 0.002:
-            stamp('gc', [info.get('generation'), (time.perf_counter() - began[0]) * 1000])
+            stamp('gc', [role, info.get('generation'), (time.perf_counter() - began[0]) * 1000])
 
     gc.callbacks.append(callback)
 
@@ -105,7 +105,7 @@ def master_probe(argv: list[str]) -> None:
         return result
 
     outbox.drain, outbox.send_batch = traced_drain, traced_send
-    _trace_gc()
+    _trace_gc('master')
     if os.environ.get('LATENCY_GC_FREEZE'):
         import gc
 
@@ -132,7 +132,7 @@ def worker_probe(argv: list[str]) -> None:
 
     @signals.worker_process_init.connect(weak=False)
     def pool_process(**kwargs):
-        _trace_gc()
+        _trace_gc('worker')
         from cqrs_celery import signals as cqrs_signals
         from cqrs_celery.replica import gather
 
@@ -251,8 +251,8 @@ def analyse(result: dict, worst: int = 0) -> list[str]:
     lines.append('')
     lines.append(f'{len(rows)} rows in {len(messages)} messages; {len(own)} rows started their own task.')
     if collections:
-        lines.append(f'{len(collections)} garbage collections of 2 ms or more in the master and worker processes '
-                     f'(generation, ms): ' + ', '.join(f'{g} {ms:.1f}' for g, ms in collections[:12]))
+        lines.append(f'{len(collections)} garbage collections of 2 ms or more (process, generation, ms): '
+                     + ', '.join(f'{role} {g} {ms:.1f}' for role, g, ms in collections[:12]))
     order = {pk: index for index, pk in enumerate(sorted(rows, key=lambda pk: rows[pk]['commit']), 1)}
     slowest = sorted((pk for pk, row in rows.items() if 'visible' in row),
                      key=lambda pk: rows[pk]['visible'] - rows[pk]['commit'])

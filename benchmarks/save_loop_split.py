@@ -34,6 +34,7 @@ model's columns, the outbox event, the publisher thread and the replica's work o
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -128,6 +129,16 @@ def child(saves: int, start: int, kind: str) -> None:
         return cpu(threading.main_thread().native_id), sum(cpu(t) for t in publishers)
 
     model = {'plain': PlainItem, 'quiet': QuietItem, 'item': Item}[kind]
+    collected = [0.0, 0, 0.0]  # ms in collections, full collections, when the current one began
+
+    def collecting(phase: str, info: dict) -> None:
+        if phase == 'start':
+            collected[2] = time.perf_counter()
+            return
+        collected[0] += (time.perf_counter() - collected[2]) * 1e3
+        collected[1] += info.get('generation') == 2
+
+    gc.callbacks.append(collecting)
     connection.ensure_connection()  # as driver.py's loops: the saves are timed, not the connection
     main_before, pub_before = threads()
     machine_before = machine_cpu()
@@ -138,6 +149,7 @@ def child(saves: int, start: int, kind: str) -> None:
         model(**row(start + i)).save()
         durations.append(time.perf_counter() - before)
     took = time.perf_counter() - began
+    gc.callbacks.remove(collecting)
     machine = machine_spent(machine_before, saves)  # while the loop ran (the worker's part of A)
     publisher.wait_idle(60)  # the publisher thread's CPU for these saves, all of it
     main_after, pub_after = threads()
@@ -145,7 +157,8 @@ def child(saves: int, start: int, kind: str) -> None:
                       'publisher_us': (pub_after - pub_before) / saves * 1e6, 'messages': len(messages),
                       'rows_per_message': statistics.median(messages) if messages else 0, **machine,
                       'save_us': statistics.median(durations) * 1e6,
-                      'slow_ms': sum(d for d in durations if d > SLOW) * 1e3}))
+                      'slow_ms': sum(d for d in durations if d > SLOW) * 1e3,
+                      'gc_ms': collected[0], 'full_collections': collected[1]}))
 
 
 def main() -> int:
@@ -225,8 +238,8 @@ def main() -> int:
     print(f'\n{args.broker} + {args.db}, {args.saves} creates a loop, {args.runs} runs: median (min–max)\n')
     print('| loop | saves/s | share of plain | wall µs a save | CPU µs a save: saving thread / publisher thread '
           '| CPU µs a save: database / broker / worker / idle | messages sent (median rows) '
-          f'| median save µs | ms in saves over {SLOW * 1e3:.0f} ms |')
-    print('|---|---|---|---|---|---|---|---|---|')
+          f'| median save µs | ms in saves over {SLOW * 1e3:.0f} ms | ms in garbage collections (full ones) |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for step in steps:
         rates = [r['rate'] for r in results[step]]
         publishing = step not in ('plain', 'replication off')
@@ -237,7 +250,8 @@ def main() -> int:
               f'| {statistics.median(rates) / plain * 100:.0f} % | {1e6 / statistics.median(rates):.0f} | {cpu} '
               f'| {machine} | ' + (f'{median(step, "messages"):.0f} ({median(step, "rows_per_message"):.0f})'
                                     if in_thread else '–')
-              + f' | {median(step, "save_us"):.0f} | {median(step, "slow_ms"):.1f} |')
+              + f' | {median(step, "save_us"):.0f} | {median(step, "slow_ms"):.1f} '
+              f'| {median(step, "gc_ms"):.1f} ({median(step, "full_collections"):g}) |')
     print('\nidle: of the machine\'s cores (2 cores give twice the wall time); worker: counted while the loop ran.')
     return 0
 
